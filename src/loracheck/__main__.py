@@ -1,0 +1,3 @@
+from loracheck.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""The typed model every stage shares: specs, layer records, adapters, diagnostics, reports.
+
+Data flows one way: discover -> load -> :class:`Adapter` -> rules -> engine -> :class:`Report`
+-> renderers. Nothing in this module reads files, imports torch or prints.
+
+Orientation convention (all formats are normalised to it on load):
+    A: (r, in_features)   the down-projection, ``lora_A`` / ``lora_down`` / ``lora_a``
+    B: (out_features, r)  the up-projection,   ``lora_B`` / ``lora_up``   / ``lora_b``
+    ΔW = s · B @ A        (out_features, in_features), s = the layer's effective scale
+Conv kernels are flattened to this form (A: (r, in·kh·kw), B: (out, r)); mlx stores A as
+(in, r) and B as (r, out) and is transposed on load; embeddings keep PEFT's layout
+(A: (r, num_embeddings), B: (embedding_dim, r)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Severity(str, Enum):
+    """How bad a finding is; ordered info < warning < error."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+class Stage(str, Enum):
+    """Where in its life an adapter is: freshly initialised or trained."""
+
+    INIT = "init"
+    TRAINED = "trained"
+    UNKNOWN = "unknown"
+
+
+class InitScheme(str, Enum):
+    """The initialisation scheme in force for the LoRA factors.
+
+    Expectations (Linear layers, A: (r, in)):
+        kaiming-uniform  A ~ U(±1/√in), std 1/√(3·in); B = 0     (PEFT default, kohya, torchtune, mlx)
+        gaussian         A ~ N(0, (1/r)²);              B = 0     (PEFT "gaussian")
+        normal           A ~ N(0, σ²), σ given (0.02);  B = 0     (LLMBook)
+        orthogonal       A, B ≠ 0 with B @ A = 0                  (PEFT "orthogonal")
+        pissa/olora/corda/loftq/lora-ga  B ≠ 0, structured, on a modified base ("data-driven")
+        eva              A orthonormal rows; B = 0
+        mica             A = 0; B orthonormal columns
+        embedding        A = 0; B ~ N(0, 1)                       (PEFT embedding layers)
+        random           both factors random (PEFT ``init_lora_weights=False``): breaks W' = W
+    """
+
+    KAIMING_UNIFORM = "kaiming-uniform"
+    GAUSSIAN = "gaussian"
+    NORMAL = "normal"
+    ORTHOGONAL = "orthogonal"
+    PISSA = "pissa"
+    OLORA = "olora"
+    CORDA = "corda"
+    LOFTQ = "loftq"
+    LORA_GA = "lora-ga"
+    EVA = "eva"
+    MICA = "mica"
+    DATA_DRIVEN = "data-driven"
+    EMBEDDING = "embedding"
+    RANDOM = "random"
+    UNKNOWN = "unknown"
+
+
+# The schemes whose step-0 identity comes from B = 0 (linear layers).
+B_ZERO_SCHEMES = frozenset(
+    {InitScheme.KAIMING_UNIFORM, InitScheme.GAUSSIAN, InitScheme.NORMAL, InitScheme.EVA}
+)
+# The schemes that start with B != 0 on a base the scheme itself rewrote.
+DATA_DRIVEN_SCHEMES = frozenset(
+    {
+        InitScheme.PISSA,
+        InitScheme.OLORA,
+        InitScheme.CORDA,
+        InitScheme.LOFTQ,
+        InitScheme.LORA_GA,
+        InitScheme.DATA_DRIVEN,
+    }
+)
+
+
+class LoraSpec(BaseModel):
+    """The LoRA hyper-parameters one config source declares, in one typed shape.
+
+    Every field is ``None`` when the source does not say it. ``lines`` maps a field name to the
+    1-based line of the key it came from (absent for binary sources). Values that were present but
+    of the wrong type are kept, as text, in ``invalid`` (field name -> repr of the raw value) and
+    the field itself stays ``None``: rules report them, loaders never raise on them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_format: str = Field(description="peft, axolotl, llama-factory, torchtune, trl, llmbox, "
+                               "kohya, kohya-metadata, mlx, python, diffusers, unsloth, unknown")
+    path: str = ""
+    rank: int | None = None
+    alpha: float | None = None
+    # mlx-lm: the multiplier itself, used instead of alpha / r.
+    scale: float | None = None
+    dropout: float | None = None
+    init_lora_weights: bool | str | None = None
+    # The normal init's σ when a source declares one (LLMBook: 0.02).
+    init_std: float | None = None
+    use_rslora: bool | None = None
+    use_dora: bool | None = None
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+    modules_to_save: list[str] | None = None
+    bias: str | None = None
+    layers_to_transform: list[int] | None = None
+    layers_pattern: list[str] | str | None = None
+    fan_in_fan_out: bool | None = None
+    task_type: str | None = None
+    base_model: str | None = None
+    # Sub-configs and trainer-specific keys that rules may need (loftq_config, network_args, ...).
+    extras: dict[str, Any] = Field(default_factory=dict)
+    unknown_keys: list[str] = Field(default_factory=list)
+    invalid: dict[str, str] = Field(default_factory=dict)
+    lines: dict[str, int] = Field(default_factory=dict)
+    # Inline `# loracheck: ignore[LC103]` comments: line -> codes (empty list = every code).
+    suppressions: dict[int, list[str]] = Field(default_factory=dict)
+
+    @property
+    def alpha_missing(self) -> bool:
+        return self.alpha is None and self.scale is None and "alpha" not in self.invalid
+
+
+@dataclass(frozen=True)
+class FactorStats:
+    """Statistics of one factor (A, B, or a DoRA magnitude), computed in one pass.
+
+    Moments are over the finite entries only; ``nonfinite`` counts NaN and ±Inf.
+    """
+
+    numel: int
+    mean: float
+    std: float
+    absmax: float
+    zero_fraction: float
+    nonfinite: int
+    # Excess-free (Pearson) kurtosis, E[(x-μ)^4]/σ^4: uniform ≈ 1.8, normal ≈ 3. None if σ = 0.
+    kurtosis: float | None = None
+    # Largest |row norm| deviation from the mean row norm, used to spot orthonormal structure.
+    row_norm_mean: float | None = None
+    row_norm_cv: float | None = None
+
+
+@dataclass(frozen=True)
+class DeltaStats:
+    """Statistics of ΔW = s · B @ A, computed from the r×r core, never materialising ΔW."""
+
+    frobenius: float
+    singular_values: tuple[float, ...]
+    sigma_max: float
+    # exp(entropy of σ_i / Σσ): 1 for a rank-1 update, r for a flat spectrum. 0 when ΔW = 0.
+    effective_rank: float
+    # ‖ΔW‖_F² / σ_max²; 0 when ΔW = 0.
+    stable_rank: float
+    # ‖B @ A‖_F / (‖B‖_F · ‖A‖_F): 0 when B ⟂ A (orthogonal init), ≤ 1 always.
+    alignment: float
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor lives: its key in the file, dtype name (safetensors spelling) and shape."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class LayerRecord:
+    """One LoRA module: the canonical pair and everything measured on it."""
+
+    name: str
+    kind: str  # "linear" | "embedding" | "conv" | "loha" | "lokr"
+    a: TensorRef | None
+    b: TensorRef | None
+    rank: int | None
+    in_features: int | None
+    out_features: int | None
+    alpha: float | None
+    # Where alpha came from: "config", "alpha_pattern", "tensor" (kohya .alpha), "metadata",
+    # "mlx-scale", "default:<consumer>".
+    alpha_source: str
+    scaling: float | None
+    alpha_tensor: TensorRef | None = None
+    magnitude: TensorRef | None = None
+    bias: TensorRef | None = None
+    a_stats: FactorStats | None = None
+    b_stats: FactorStats | None = None
+    magnitude_stats: FactorStats | None = None
+    delta: DeltaStats | None = None
+
+    @property
+    def module_type(self) -> str:
+        """The last path segment that names the module kind (``q_proj``, ``to_k``, ...)."""
+        parts = [p for p in self.name.replace("/", ".").split(".") if p]
+        for part in reversed(parts):
+            if not part.isdigit():
+                return part
+        return self.name
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(
+            s.nonfinite for s in (self.a_stats, self.b_stats, self.magnitude_stats) if s is not None
+        )
+
+
+@dataclass(frozen=True)
+class ExtraTensor:
+    """A tensor that is not a LoRA factor (modules_to_save, base embeddings, alpha scalars)."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    role: str  # "modules_to_save" | "base_layer" | "bias" | "token_adapter" | "variant" | "unknown"
+
+
+@dataclass(frozen=True)
+class InitInference:
+    """The init scheme in force and why loracheck believes it."""
+
+    scheme: InitScheme
+    declared: bool
+    evidence: str
+    # σ expected for A under the scheme at a representative fan-in (None when not std-based).
+    expected_std: float | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding: a stable code, a severity, a place and a one-sentence message."""
+
+    code: str
+    name: str
+    severity: Severity
+    path: str
+    message: str
+    line: int | None = None
+    col: int | None = None
+    # A tensor key, a config key, or a module name: what in the file the finding is about.
+    location: str | None = None
+    help: str | None = None
+
+
+@dataclass
+class Adapter:
+    """Everything loracheck knows about one adapter unit (weights and/or config)."""
+
+    path: str
+    format: str
+    files: list[str]
+    spec: LoraSpec | None
+    layers: list[LayerRecord] = field(default_factory=list)
+    extra_tensors: list[ExtraTensor] = field(default_factory=list)
+    # Factor keys that have no partner (A without B or B without A).
+    orphans: list[TensorRef] = field(default_factory=list)
+    # Tensors with a zero-size dimension or a 1-D factor (ZeRO-3 ungathered shards).
+    empty_tensors: list[TensorRef] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    # "lora" | "loha" | "lokr" | "mixed"
+    variant: str = "lora"
+    n_tensors: int = 0
+    n_bytes: int = 0
+    dtypes: dict[str, int] = field(default_factory=dict)
+    init: InitInference | None = None
+    stage: Stage = Stage.UNKNOWN
+    stage_forced: bool = False
+    has_weights: bool = True
+    # Configuration read alongside weights (kohya ss_* metadata parsed as a spec, for LC212).
+    metadata_spec: LoraSpec | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """The result of one run over many paths: adapters, diagnostics, summary."""
+
+    adapters: list[Adapter] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for d in self.diagnostics if d.severity == severity)

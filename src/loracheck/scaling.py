@@ -1,0 +1,103 @@
+"""PEFT's matching semantics and the effective scale of each LoRA layer.
+
+The scale multiplies B @ A in the forward pass, y = W·x + s·B·A·x:
+    s = α / r       (PEFT, torchtune, kohya with its per-module ``.alpha``, diffusers)
+    s = α / √r      (rsLoRA, ``use_rslora=True``)
+    s = scale       (mlx-lm: the multiplier is stored directly)
+What a consumer assumes when alpha is missing differs (see :data:`MISSING_ALPHA_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+from loracheck.model import LoraSpec
+
+# What each consumer does with an adapter whose alpha is missing.
+MISSING_ALPHA_DEFAULTS: Mapping[str, str] = {
+    "peft": "lora_alpha = 8, so s = 8/r",
+    "kohya": "alpha = r, so s = 1",
+    "diffusers": "alpha = r, so s = 1",
+    "comfyui": "s = 1",
+    "llama.cpp": "s = 1",
+}
+PEFT_DEFAULT_ALPHA = 8.0
+
+
+def _strip_peft_prefix(module: str) -> str:
+    for prefix in ("base_model.model.", "base_model."):
+        if module.startswith(prefix):
+            return module[len(prefix) :]
+    return module
+
+
+def target_matches(module: str, targets: list[str] | str | None) -> bool:
+    """Whether ``module`` (a full dotted name) is selected by a PEFT ``target_modules`` value.
+
+    A list selects names equal to an entry or ending in ``"." + entry``; a string is a regex
+    that must match the whole name; ``all-linear`` selects everything (the caller filters by type).
+    """
+    if targets is None:
+        return False
+    name = _strip_peft_prefix(module)
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return True
+        try:
+            return re.fullmatch(targets, name) is not None
+        except re.error:
+            return False
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def pattern_key_for(module: str, pattern: Mapping[str, object]) -> str | None:
+    """The first key of a rank_pattern/alpha_pattern (in dict order) that matches ``module``.
+
+    PEFT tests ``re.match(rf"(.*\\.)?({key})$", name)``: a regex anchored at the end and only
+    preceded by a whole dotted prefix.
+    """
+    name = _strip_peft_prefix(module)
+    for key in pattern:
+        try:
+            if re.match(rf"(.*\.)?({key})$", name):
+                return key
+        except re.error:
+            continue
+    return None
+
+
+def resolve_rank_alpha(module: str, spec: LoraSpec) -> tuple[int | None, float | None, str]:
+    """Rank and alpha in force for ``module`` under ``spec``; rank and alpha resolve separately.
+
+    Returns (rank, alpha, alpha_source) where alpha_source is "alpha_pattern", "config",
+    "mlx-scale" or "missing".
+    """
+    rank = spec.rank
+    rkey = pattern_key_for(module, spec.rank_pattern)
+    if rkey is not None:
+        rank = spec.rank_pattern[rkey]
+    akey = pattern_key_for(module, spec.alpha_pattern)
+    if akey is not None:
+        return rank, float(spec.alpha_pattern[akey]), "alpha_pattern"
+    if spec.scale is not None:
+        return rank, None, "mlx-scale"
+    if spec.alpha is not None:
+        return rank, spec.alpha, "config"
+    return rank, None, "missing"
+
+
+def effective_scale(
+    rank: int | None,
+    alpha: float | None,
+    *,
+    use_rslora: bool = False,
+    scale: float | None = None,
+) -> float | None:
+    """s = scale (mlx), else α/√r with rsLoRA, else α/r; None when it cannot be known."""
+    if scale is not None:
+        return scale
+    if rank is None or alpha is None or rank <= 0:
+        return None
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
