@@ -261,6 +261,23 @@ class Diagnostic:
     help: str | None = None
 
 
+@dataclass(frozen=True)
+class RuleMeta:
+    """What every output needs to know about a rule: identity, default severity and its docs.
+
+    ``explanation`` is the rule's docstring: Markdown with the fixed sections What it does /
+    Why is this bad? / Example / Use instead. ``status`` is "stable" or "removed" (retired codes
+    stay listed).
+    """
+
+    code: str
+    name: str
+    severity: Severity
+    summary: str
+    explanation: str
+    status: str = "stable"
+
+
 @dataclass
 class Adapter:
     """Everything loracheck knows about one adapter unit (weights and/or config)."""
