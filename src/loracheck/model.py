@@ -246,6 +246,21 @@ class InitInference:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """A problem met while loading an artifact; the input rules (LC0xx, LC215) report these.
+
+    ``code`` is the rule code it maps to: LC001 unreadable/corrupt, LC002 no LoRA content,
+    LC003 Git LFS pointer, LC215 pickle checkpoint.
+    """
+
+    code: str
+    path: str
+    detail: str
+    line: int | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True)
 class Diagnostic:
     """One finding: a stable code, a severity, a place and a one-sentence message."""
 
@@ -304,6 +319,7 @@ class Adapter:
     has_weights: bool = True
     # Configuration read alongside weights (kohya ss_* metadata parsed as a spec, for LC212).
     metadata_spec: LoraSpec | None = None
+    faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
