@@ -1,0 +1,188 @@
+"""Benchmark `loracheck inspect` on a synthetic Llama-2-7B-shaped adapter, side by side with
+merely reading the bytes and with the naive approach (torch: materialise ΔW, full SVD).
+
+    python benchmarks/bench_inspect.py [--workdir DIR] [--quick]
+
+Prints, for each dtype/rank: the marginal wall time of `inspect` over a tiny adapter, as a
+ratio to the time a Python process takes to read the file's bytes once (warm cache, minus the
+bare interpreter start); start-up times; the speed-up over the naive approach (timed on a few
+layers and extrapolated to all 224, as stated); and peak RSS with 1x and 4x the layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, INTER, LAYERS = 4096, 11008, 32
+MODULES = {
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (HIDDEN, HIDDEN),
+    "self_attn.v_proj": (HIDDEN, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (HIDDEN, INTER),
+    "mlp.up_proj": (HIDDEN, INTER),
+    "mlp.down_proj": (INTER, HIDDEN),
+}
+PY = sys.executable
+
+
+def _encode(arr: np.ndarray, dtype: str) -> bytes:
+    if dtype == "F32":
+        return arr.astype(np.float32).tobytes()
+    if dtype == "F16":
+        return arr.astype(np.float16).tobytes()
+    bits = arr.astype(np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16).tobytes()
+
+
+def write_adapter(folder: Path, *, rank: int, dtype: str, layers: int = LAYERS) -> Path:
+    """A PEFT adapter folder shaped like Llama-2-7B all-linear LoRA, written tensor by tensor."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    size = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    order: list[tuple[str, tuple[int, int], str]] = []
+    offset = 0
+    for layer in range(layers):
+        for mod, (fan_in, fan_out) in MODULES.items():
+            base = f"base_model.model.model.layers.{layer}.{mod}"
+            for key, shape, role in ((f"{base}.lora_A.weight", (rank, fan_in), "A"),
+                                     (f"{base}.lora_B.weight", (fan_out, rank), "B")):
+                nbytes = shape[0] * shape[1] * size
+                header[key] = {"dtype": dtype, "shape": list(shape),
+                               "data_offsets": [offset, offset + nbytes]}
+                order.append((key, shape, role))
+                offset += nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(folder / "adapter_model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for _key, shape, role in order:
+            if role == "A":
+                bound = 1 / np.sqrt(shape[1])
+                arr = rng.uniform(-bound, bound, size=shape)
+            else:
+                arr = rng.normal(0, 1e-3, size=shape)
+            f.write(_encode(arr, dtype))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.05,
+              "target_modules": [m.split(".")[-1] for m in MODULES], "init_lora_weights": True,
+              "use_rslora": False, "use_dora": False, "bias": "none"}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def timed(cmd: list[str], repeat: int = 3) -> tuple[float, int]:
+    """Best wall time of ``repeat`` runs and the peak RSS (KiB) of the child."""
+    best, peak = float("inf"), 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) not in (0, 1):
+            raise SystemExit(f"failed: {' '.join(cmd)}: {proc.stderr.read().decode()[-500:]}")
+        best, peak = min(best, elapsed), max(peak, usage.ru_maxrss)
+    return best, peak
+
+
+def read_bytes_cmd(path: Path) -> list[str]:
+    code = (f"f = open({str(path)!r}, 'rb')\n"
+            "while f.read(1 << 24): pass\n")
+    return [PY, "-c", code]
+
+
+def inspect_cmd(path: Path) -> list[str]:
+    return [PY, "-m", "loracheck", "inspect", str(path), "--format", "json"]
+
+
+def naive_seconds_per_layer(folder: Path, n_layers: int = 3) -> float:
+    """The approach a user writes: torch loads the file, materialises ΔW, runs a full SVD."""
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    load_time = time.perf_counter() - start
+    keys = sorted(k for k in tensors if k.endswith("lora_A.weight"))
+    # One of each module shape, so the extrapolation is fair to the mix of 4096 and 11008.
+    picks = [k for k in keys if ".layers.0." in k][: max(n_layers, 7)]
+    per_module = {}
+    for key in picks:
+        a = tensors[key].double()
+        b = tensors[key.replace("lora_A", "lora_B")].double()
+        start = time.perf_counter()
+        delta = b @ a
+        torch.linalg.svdvals(delta)
+        torch.linalg.norm(delta)
+        per_module[key.split(".")[-3]] = time.perf_counter() - start
+    per_layer = sum(per_module.values())
+    return load_time + per_layer * LAYERS, per_module  # type: ignore[return-value]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="fp16 r=16 only, no naive SVD")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lc-bench-"))
+    tiny = write_adapter(work / "tiny", rank=4, dtype="F32", layers=1)
+    cases = [("F16", 16), ("BF16", 16), ("F32", 16), ("F16", 64)]
+    if args.quick:
+        cases = [("F16", 16)]
+
+    bare, _ = timed([PY, "-c", "pass"], 5)
+    tiny_wall, _ = timed(inspect_cmd(tiny), 5)
+    print(f"bare interpreter start: {bare * 1000:.0f} ms")
+    print(f"inspect tiny adapter (wall): {tiny_wall * 1000:.0f} ms   (goal <= 500 ms)")
+
+    print("\n| adapter | file MB | read bytes s | inspect s | marginal s | ratio (goal <= 2) |")
+    print("|---|---|---|---|---|---|")
+    big_for_naive = None
+    for dtype, rank in cases:
+        folder = write_adapter(work / f"{dtype}-r{rank}", rank=rank, dtype=dtype)
+        weights = folder / "adapter_model.safetensors"
+        timed(read_bytes_cmd(weights), 1)  # warm the page cache
+        read_wall, _ = timed(read_bytes_cmd(weights))
+        big_wall, _ = timed(inspect_cmd(folder))
+        marginal = big_wall - tiny_wall
+        read_cost = read_wall - bare
+        mb = weights.stat().st_size / 1e6
+        print(f"| {dtype} r={rank} | {mb:.0f} | {read_cost:.3f} | {big_wall:.3f} | "
+              f"{marginal:.3f} | {marginal / read_cost:.2f}x |")
+        if dtype == "F16" and rank == 16:
+            big_for_naive = (folder, big_wall)
+
+    assert big_for_naive is not None
+    folder, ours = big_for_naive
+    # Peak RSS must not grow with the layer count.
+    four = write_adapter(work / "F16-r16-x4", rank=16, dtype="F16", layers=4 * LAYERS)
+    _, rss1 = timed(inspect_cmd(folder), 1)
+    _, rss4 = timed(inspect_cmd(four), 1)
+    print(f"\npeak RSS, fp16 r=16: {rss1 / 1024:.0f} MiB with {LAYERS} layers, "
+          f"{rss4 / 1024:.0f} MiB with {4 * LAYERS} layers (ratio {rss4 / rss1:.2f})")
+
+    if not args.quick:
+        naive, per_module = naive_seconds_per_layer(folder)
+        detail = ", ".join(f"{k} {v:.2f}s" for k, v in per_module.items())
+        print(f"\nnaive (torch load + materialised ΔW + full SVD, float64): layer 0 timed "
+              f"({detail}), extrapolated to {LAYERS} layers: {naive:.0f} s")
+        print(f"loracheck inspect on the same adapter: {ours:.2f} s -> speed-up "
+              f"{naive / ours:.0f}x (goal >= 1000x)")
+    print(f"\nmedian check: {statistics.median([bare, tiny_wall]):.3f}")
+
+
+if __name__ == "__main__":
+    main()

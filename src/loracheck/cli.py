@@ -1,0 +1,369 @@
+"""The command line: the only module that imports typer and rich.
+
+It parses flags, calls the pipeline, hands the Report to a renderer, and turns domain errors
+into one line on stderr and an exit code: 0 clean, 1 findings (or unreadable inputs), 2 usage,
+configuration or internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from loracheck import __version__
+from loracheck.errors import LoracheckError, UsageError
+
+app = typer.Typer(
+    name="loracheck",
+    help="Static analyzer and verifier for LoRA configs and checkpoints.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+class InspectFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class CheckFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+    github = "github"
+
+
+class StageChoice(str, Enum):
+    auto = "auto"
+    init = "init"
+    trained = "trained"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+def _color(stream: Any) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """`--select LC1,LC2 --select LC3` -> ["LC1", "LC2", "LC3"]."""
+    if values is None:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        sys.stdout.flush()
+        return
+    try:
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"{output}: cannot write: {err.strerror or err}") from err
+
+
+class _ProgressBar:
+    """A progress bar on stderr, shown only on a terminal and only for slow work."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self._enabled or total <= 1:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._progress = Progress(console=Console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("reading", total=total)
+        self._progress.update(self._task, completed=done, description=Path(label).name[:40])
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+PathsArg = Annotated[list[str], typer.Argument(help="Adapter folders, weights or config files.")]
+StageOpt = Annotated[StageChoice, typer.Option(help="Override the inferred stage.")]
+ProfileOpt = Annotated[
+    str | None, typer.Option(help="Profile: default, llmbook, or a TOML file path.")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Base model folder (config.json + safetensors).")
+]
+
+
+def _run(paths: list[str], options: Any, progress: bool) -> tuple[Any, Any]:
+    from loracheck.runner import run
+
+    bar = _ProgressBar(progress)
+    try:
+        return run(paths, options, bar)
+    finally:
+        bar.close()
+
+
+@app.command()
+def inspect(
+    paths: PathsArg,
+    format: Annotated[InspectFormat, typer.Option("--format", "-f")] = InspectFormat.text,
+    stage: StageOpt = StageChoice.auto,
+    profile: ProfileOpt = None,
+    all_layers: Annotated[bool, typer.Option("--all", help="Show every layer.")] = False,
+    model: ModelOpt = None,
+) -> int:
+    """Show what adapters really hold: format, rank, alpha, scale, init, stage, per-layer stats."""
+    from loracheck.runner import RunOptions
+
+    report, _ = _run(paths, RunOptions(stage=stage.value, profile=profile, model=model),
+                     progress=True)
+    root = Path.cwd()
+    if format is InspectFormat.json:
+        from loracheck.render import render_json
+
+        _write(render_json(report), None)
+    else:
+        from loracheck.render import render_inspect_text
+
+        _write(render_inspect_text(report, color=_color(sys.stdout), all_layers=all_layers,
+                                   root=root), None)
+    return 1 if any(d.severity.value == "error" for d in report.diagnostics) else 0
+
+
+@app.command()
+def check(
+    paths: PathsArg,
+    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
+    fail_on: Annotated[FailOn | None, typer.Option(help="Lowest severity that fails.")] = None,
+    stage: StageOpt = StageChoice.auto,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    select: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to run.")] = None,
+    extend_select: Annotated[list[str] | None, typer.Option()] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to skip.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    exit_zero: Annotated[bool, typer.Option(help="Exit 0 even when findings fail.")] = False,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1)] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per file.", min=0.1)] = 600.0,
+) -> int:
+    """Lint adapters and configs: findings with codes, for pre-commit and CI."""
+    from loracheck.model import Severity
+    from loracheck.runner import RunOptions, failing
+
+    options = RunOptions(
+        stage=stage.value, profile=profile, select=_split(select),
+        extend_select=_split(extend_select), ignore=_split(ignore),
+        fail_on=fail_on.value if fail_on is not None else None, model=model, jobs=jobs,
+        timeout=timeout,
+    )
+    report, settings = _run(paths, options, progress=format is CheckFormat.text)
+    root = Path.cwd()
+    from loracheck import render
+
+    if format is CheckFormat.json:
+        text = render.render_json(report)
+    elif format is CheckFormat.sarif:
+        from loracheck.rules.registry import all_rules
+
+        rules = {r.code: r for r in all_rules()}
+        text = render.render_sarif(report, rules, root=root, tool_version=__version__)
+    elif format is CheckFormat.github:
+        text = render.render_github(report, root=root)
+    else:
+        text = render.render_text(report, color=output is None and _color(sys.stdout),
+                                  root=root)
+    _write(text, output)
+    threshold: Severity = settings.fail_on
+    if exit_zero:
+        return 0
+    return 1 if failing(report, threshold) else 0
+
+
+@app.command()
+def rule(
+    code: Annotated[str | None, typer.Argument(help="A rule code, e.g. LC204.")] = None,
+    all_rules_: Annotated[bool, typer.Option("--all", help="List every rule.")] = False,
+    format: Annotated[InspectFormat, typer.Option("--format", "-f")] = InspectFormat.text,
+) -> int:
+    """Explain one rule, or list them all."""
+    import json
+
+    from loracheck.rules.registry import all_rules, get_rule
+
+    if all_rules_ or code is None:
+        rules = all_rules()
+        if format is InspectFormat.json:
+            _write(json.dumps([_rule_dict(r) for r in rules], indent=2), None)
+        else:
+            width = max(len(r.name) for r in rules)
+            _write("\n".join(f"{r.code}  {r.name:<{width}}  {r.severity.value:<7}  {r.summary}"
+                             for r in rules), None)
+        return 0
+    meta = get_rule(code.upper())
+    if meta is None:
+        raise UsageError(f"unknown rule code: {code} (see `loracheck rule --all`)")
+    if format is InspectFormat.json:
+        _write(json.dumps(_rule_dict(meta), indent=2), None)
+    else:
+        _write(f"# {meta.code} {meta.name}\n\nDefault severity: {meta.severity.value}"
+               f" · status: {meta.status}\n\n{meta.explanation.strip()}\n", None)
+    return 0
+
+
+def _rule_dict(meta: Any) -> dict[str, str]:
+    return {"code": meta.code, "name": meta.name, "severity": meta.severity.value,
+            "status": meta.status, "summary": meta.summary, "explanation": meta.explanation}
+
+
+@app.command()
+def verify(
+    model: Annotated[str, typer.Option(help="builtin, or a local transformers folder.")] = "builtin",
+    adapter: Annotated[str | None, typer.Option(help="An adapter to load and verify.")] = None,
+    config: Annotated[str | None, typer.Option(help="A config file with LoRA settings.")] = None,
+    profile: Annotated[str, typer.Option(help="Profile when no config is given.")] = "llmbook",
+    init: Annotated[str | None, typer.Option(help="Init scheme override: normal, kaiming, "
+                                             "gaussian, pissa, zeros, random.")] = None,
+    probe_steps: Annotated[int, typer.Option(min=1)] = 20,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    seq_len: Annotated[int, typer.Option(min=2)] = 64,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
+    data: Annotated[str | None, typer.Option(help="A text file for the probe.")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Use torch.compile.")] = False,
+    device_map: Annotated[str | None, typer.Option(help="auto: shard through accelerate.")] = None,
+    save_adapter: Annotated[str | None, typer.Option(help="Write the probed adapter here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Let --save-adapter replace a folder.")] = False,
+    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
+) -> int:
+    """Prove on a live model: identity at step 0, only adapters learn, loss falls, merge and
+    save/reload keep the outputs."""
+    try:
+        from loracheck.verify import VerifyOptions, run_verify
+    except ImportError as err:
+        raise UsageError(
+            f"verify needs torch ({err.name} is missing): pip install 'loracheck[torch]'"
+        ) from err
+    from loracheck import render
+    from loracheck.model import Report
+
+    opts = VerifyOptions(
+        model=model, adapter=adapter, config=config, profile=profile, init=init,
+        probe_steps=probe_steps, lr=lr, batch_size=batch_size, seq_len=seq_len, seed=seed,
+        device=device, dtype=dtype, data=data, compile=compile, device_map=device_map,
+        save_adapter=save_adapter, overwrite=overwrite, post_save_check=_post_save_check,
+    )
+    bar = _StepBar()
+    try:
+        result = run_verify(opts, progress=bar)
+    finally:
+        bar.close()
+    root = Path.cwd()
+    report = Report(adapters=[], diagnostics=list(result.diagnostics))
+    if format is CheckFormat.json:
+        import json
+
+        _write(json.dumps(result.to_dict(), indent=2, allow_nan=False, default=str), None)
+    elif format is CheckFormat.sarif:
+        from loracheck.rules.registry import all_rules
+
+        _write(render.render_sarif(report, {r.code: r for r in all_rules()}, root=root,
+                                   tool_version=__version__), None)
+    elif format is CheckFormat.github:
+        _write(render.render_github(report, root=root), None)
+    else:
+        from loracheck.verify import render_verify_text
+
+        _write(render_verify_text(result), None)
+    return 1 if any(d.severity.value == "error" for d in result.diagnostics) else 0
+
+
+def _post_save_check(path: Path) -> list[Any]:
+    """`loracheck check` on the adapter verify saved: its errors become verify's findings."""
+    from loracheck.runner import RunOptions, run
+
+    report, _ = run([str(path)], RunOptions(jobs=1))
+    return [d for d in report.diagnostics if d.severity.value == "error"]
+
+
+class _StepBar:
+    def __init__(self) -> None:
+        self._bar = _ProgressBar(True)
+
+    def __call__(self, done: int, total: int) -> None:
+        self._bar("probe", done, total)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loracheck {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """loracheck: find what is wrong with a LoRA adapter before a long job or a release."""
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"loracheck: {message}\n")
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code (callable without a subprocess, as pre-commit hooks)."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(args=args, prog_name="loracheck", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        sys.stderr.write("loracheck: aborted\n")
+        return 2
+    except click.ClickException as exc:
+        sys.stderr.write(f"loracheck: {exc.format_message()}\n")
+        return 2
+    except LoracheckError as exc:
+        sys.stderr.write(f"loracheck: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("loracheck: interrupted\n")
+        return 2
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # an internal error: one line, exit 2, never a traceback
+        sys.stderr.write(f"loracheck: internal error: {type(exc).__name__}: {exc}\n")
+        if os.environ.get("LORACHECK_DEBUG"):
+            raise
+        return 2
+    return int(result) if isinstance(result, int) else 0

@@ -1,0 +1,269 @@
+"""Reading a config file safely into a :class:`Doc`: its parsed value plus the line of each key.
+
+Every failure is an :class:`~loracheck.errors.ArtifactError` (LC001). Parsers are imported
+lazily, only for the format being read. YAML goes through ``yaml.SafeLoader`` only: the node
+graph is composed first (node count capped while composing) and alias expansion is measured
+before anything is constructed, so a "billion laughs" document is refused in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loracheck.configs.lines import (
+    KeyPath,
+    error_line,
+    find_suppressions,
+    json_key_lines,
+    toml_key_lines,
+)
+from loracheck.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import yaml
+
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+# Pure-Python YAML scanning runs at roughly 1 MB/s; real LoRA configs are a few kB.
+MAX_YAML_BYTES = 2 * 1024 * 1024
+MAX_YAML_NODES = 10_000
+# Nodes visited when every alias is expanded: what yaml.safe_load would build.
+MAX_YAML_EXPANDED = 100_000
+
+_SUFFIX_KIND = {
+    ".json": "json",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".toml": "toml",
+    ".py": "python",
+}
+
+
+def kind_of(path: Path) -> str | None:
+    """The syntax a config path uses by its extension: json, yaml, toml, python; else None."""
+    return _SUFFIX_KIND.get(path.suffix.lower())
+
+
+@dataclass
+class Doc:
+    """A parsed config: the top-level value, key lines and inline suppressions."""
+
+    path: str
+    kind: str
+    data: Any
+    key_lines: dict[KeyPath, int] = field(default_factory=dict)
+    suppressions: dict[int, list[str]] = field(default_factory=dict)
+
+    def line(self, *path: str | int) -> int | None:
+        """The 1-based line of the key at ``path``, when known."""
+        return self.key_lines.get(tuple(path))
+
+    def lookup(self, *path: str | int) -> tuple[bool, Any, int | None]:
+        """(present, value, line) of the value at ``path`` (mapping keys and list indices)."""
+        node: Any = self.data
+        for part in path:
+            if isinstance(part, str) and isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                return False, None, None
+        return True, node, self.line(*path)
+
+    def walk(self) -> Iterator[tuple[KeyPath, Any]]:
+        """Every (path, value) under a mapping key, depth first, in document order."""
+        stack: list[tuple[KeyPath, Any]] = [((), self.data)]
+        while stack:
+            path, node = stack.pop()
+            if path:
+                yield path, node
+            if isinstance(node, dict):
+                children = [((*path, k), v) for k, v in node.items() if isinstance(k, str)]
+                stack.extend(reversed(children))
+            elif isinstance(node, list):
+                stack.extend(reversed([((*path, i), v) for i, v in enumerate(node)]))
+
+    def find_key(self, key: str) -> tuple[bool, Any, int | None, KeyPath]:
+        """The first ``key`` at any depth (sections flattened, kohya style)."""
+        for path, value in self.walk():
+            if path[-1] == key:
+                return True, value, self.key_lines.get(path), path
+        return False, None, None, ()
+
+    def all_keys(self) -> set[str]:
+        """Every mapping key at any depth."""
+        return {p[-1] for p, _ in self.walk() if isinstance(p[-1], str)}
+
+
+def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
+    """The file's text; refuses files over ``cap`` bytes and text that is not UTF-8."""
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(cap + 1)
+    except OSError as err:
+        raise ArtifactError(name, f"cannot read file: {err.strerror or err}") from None
+    if len(raw) > cap:
+        raise ArtifactError(name, f"config file larger than {cap // (1024 * 1024)} MB refused")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ArtifactError(name, f"not UTF-8 text (byte {err.start})", line=line) from None
+
+
+def parse(path: Path, kind: str, text: str) -> Doc:
+    """Parse ``text`` of syntax ``kind`` (json, yaml, toml) into a Doc."""
+    name = str(path)
+    if kind == "json":
+        doc = _parse_json(name, text)
+    elif kind == "yaml":
+        doc = _parse_yaml(name, text)
+    elif kind == "toml":
+        doc = _parse_toml(name, text)
+    else:
+        raise ArtifactError(name, f"not a config syntax loracheck reads: {kind}")
+    if kind != "json":
+        doc.suppressions = find_suppressions(text)
+    return doc
+
+
+def read_doc(path: Path, kind: str) -> Doc:
+    """Read and parse a json/yaml/toml config file."""
+    cap = MAX_YAML_BYTES if kind == "yaml" else MAX_CONFIG_BYTES
+    return parse(path, kind, read_text(path, cap))
+
+
+def _parse_json(name: str, text: str) -> Doc:
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArtifactError(name, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    except RecursionError:
+        raise ArtifactError(name, "invalid JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer literal past the digit limit
+        raise ArtifactError(name, f"invalid JSON: {err}") from None
+    return Doc(name, "json", data, json_key_lines(text))
+
+
+def _parse_toml(name: str, text: str) -> Doc:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        msg = str(err)
+        raise ArtifactError(name, f"invalid TOML: {msg}", line=error_line(msg)) from None
+    except RecursionError:
+        raise ArtifactError(name, "invalid TOML: nested too deeply") from None
+    except ValueError as err:
+        raise ArtifactError(name, f"invalid TOML: {err}") from None
+    return Doc(name, "toml", data, toml_key_lines(text))
+
+
+class _NodeLimit(Exception):
+    """Raised inside the composer when a YAML document has too many nodes."""
+
+
+def _yaml_loader(text: str) -> yaml.SafeLoader:
+    import yaml
+
+    class CountingLoader(yaml.SafeLoader):
+        """SafeLoader that stops composing past MAX_YAML_NODES nodes."""
+
+        nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.nodes += 1
+            if self.nodes > MAX_YAML_NODES:
+                raise _NodeLimit
+            return super().compose_node(parent, index)
+
+    return CountingLoader(text)
+
+
+def _parse_yaml(name: str, text: str) -> Doc:
+    import yaml
+
+    loader = _yaml_loader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.composer.ComposerError as err:
+            if "expected a single document" not in str(err):
+                raise
+            # Several documents: the first one is the config.
+            loader.dispose()
+            loader = _yaml_loader(text)
+            root = loader.get_node() if loader.check_node() else None
+        if root is None:
+            return Doc(name, "yaml", None)
+        key_lines = _yaml_key_lines(name, root)
+        data = loader.construct_document(root)
+    except _NodeLimit:
+        raise ArtifactError(
+            name, f"YAML document with more than {MAX_YAML_NODES} nodes refused"
+        ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = err.problem or err.context or "syntax error"
+        raise ArtifactError(name, f"invalid YAML: {problem}", line=line) from None
+    except yaml.YAMLError as err:
+        raise ArtifactError(name, f"invalid YAML: {err}") from None
+    except RecursionError:
+        raise ArtifactError(name, "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # Constructor edge cases (bad timestamps, unhashable keys, ...).
+        raise ArtifactError(name, f"invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    return Doc(name, "yaml", data, key_lines)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _yaml_key_lines(name: str, root: yaml.Node) -> dict[KeyPath, int]:
+    """Key lines from the composed node graph; refuses alias blow-up before construction."""
+    import yaml
+
+    lines: dict[KeyPath, int] = {}
+    visited = 0
+    # (node, path, whether keys found here may overwrite earlier ones: merged keys may not)
+    stack: list[tuple[yaml.Node, KeyPath, bool]] = [(root, (), True)]
+    while stack:
+        node, path, primary = stack.pop()
+        visited += 1
+        if visited > MAX_YAML_EXPANDED:
+            raise ArtifactError(name, "YAML alias bomb refused (alias expansion too large)")
+        if isinstance(node, yaml.MappingNode):
+            children: list[tuple[yaml.Node, KeyPath, bool]] = []
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    merged = (
+                        value_node.value
+                        if isinstance(value_node, yaml.SequenceNode)
+                        else [value_node]
+                    )
+                    children.extend((m, path, False) for m in merged)
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    continue
+                child = (*path, key)
+                if primary or child not in lines:
+                    lines[child] = key_node.start_mark.line + 1
+                children.append((value_node, child, primary))
+            stack.extend(reversed(children))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(
+                reversed([(item, (*path, i), primary) for i, item in enumerate(node.value)])
+            )
+    return lines

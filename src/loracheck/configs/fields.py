@@ -1,0 +1,255 @@
+"""Typed field assignment for a :class:`LoraSpec` under construction.
+
+Readers hand raw values to :class:`SpecBuilder`; a value of the wrong type never raises: the
+field stays ``None``, ``invalid[field]`` keeps ``repr(raw)`` and ``lines[field]`` still points
+at the key. ``lax`` mimics pydantic's lax coercion ("16" -> 16) for sources validated by it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loracheck.model import LoraSpec
+
+_TRUE = {"true", "yes", "on", "1", "t", "y"}
+_FALSE = {"false", "no", "off", "0", "f", "n"}
+
+
+class _Invalid(Exception):
+    """A raw value that does not fit the field's type."""
+
+
+def to_int(raw: Any, lax: bool = False) -> int:
+    """An int; bools and non-integral numbers are refused (lax: integral floats, digit strings)."""
+    if isinstance(raw, bool):
+        raise _Invalid
+    if isinstance(raw, int):
+        return raw
+    if lax and isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+        return int(raw)
+    if lax and isinstance(raw, str):
+        text = raw.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise _Invalid from None
+            if math.isfinite(value) and value.is_integer():
+                return int(value)
+    raise _Invalid
+
+
+def to_float(raw: Any, lax: bool = False) -> float:
+    """A finite float from an int or float (lax: numeric strings); NaN/Inf are refused."""
+    if isinstance(raw, bool):
+        raise _Invalid
+    if isinstance(raw, (int, float)):
+        try:
+            value = float(raw)
+        except OverflowError:
+            raise _Invalid from None
+    elif lax and isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _Invalid from None
+    else:
+        raise _Invalid
+    if not math.isfinite(value):
+        raise _Invalid
+    return value
+
+
+def to_bool(raw: Any, lax: bool = False) -> bool:
+    """A bool (lax: the usual true/false spellings and 0/1)."""
+    if isinstance(raw, bool):
+        return raw
+    if lax and isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    if lax and isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    raise _Invalid
+
+
+def to_str(raw: Any, lax: bool = False) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise _Invalid
+
+
+def to_str_list(raw: Any, lax: bool = False) -> list[str]:
+    if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+        return list(raw)
+    raise _Invalid
+
+
+def to_str_or_list(raw: Any, lax: bool = False) -> list[str] | str:
+    """A list of names or one string (a regex for target_modules, a name for layers_pattern)."""
+    if isinstance(raw, str):
+        return raw
+    return to_str_list(raw)
+
+
+def to_int_list(raw: Any, lax: bool = False) -> list[int]:
+    """A list of ints; a single int becomes a one-element list (PEFT accepts both)."""
+    if isinstance(raw, (list, tuple)):
+        return [to_int(x, lax) for x in raw]
+    return [to_int(raw, lax)]
+
+
+def to_init(raw: Any, lax: bool = False) -> bool | str:
+    if isinstance(raw, (bool, str)):
+        return raw
+    raise _Invalid
+
+
+def to_rank_pattern(raw: Any, lax: bool = False) -> dict[str, int]:
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise _Invalid
+    return {k: to_int(v, lax) for k, v in raw.items()}
+
+
+def to_alpha_pattern(raw: Any, lax: bool = False) -> dict[str, float]:
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise _Invalid
+    return {k: to_float(v, lax) for k, v in raw.items()}
+
+
+# LoraSpec field -> converter.
+CONVERTERS: dict[str, Any] = {
+    "rank": to_int,
+    "alpha": to_float,
+    "scale": to_float,
+    "dropout": to_float,
+    "init_lora_weights": to_init,
+    "init_std": to_float,
+    "use_rslora": to_bool,
+    "use_dora": to_bool,
+    "target_modules": to_str_or_list,
+    "exclude_modules": to_str_or_list,
+    "rank_pattern": to_rank_pattern,
+    "alpha_pattern": to_alpha_pattern,
+    "modules_to_save": to_str_list,
+    "bias": to_str,
+    "layers_to_transform": to_int_list,
+    "layers_pattern": to_str_or_list,
+    "fan_in_fan_out": to_bool,
+    "task_type": to_str,
+    "base_model": to_str,
+}
+
+
+def split_names(raw: str) -> list[str]:
+    """A comma-separated list of names ("q_proj, v_proj") as a list, empty items dropped."""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+class SpecBuilder:
+    """Collects fields, lines, extras and problems, then builds one LoraSpec."""
+
+    def __init__(self, source_format: str, path: str, *, lax: bool = False) -> None:
+        self.source_format = source_format
+        self.path = path
+        self.lax = lax
+        self.values: dict[str, Any] = {}
+        self.lines: dict[str, int] = {}
+        self.invalid: dict[str, str] = {}
+        self.extras: dict[str, Any] = {}
+        self.unknown: list[str] = []
+        self.suppressions: dict[int, list[str]] = {}
+        # spec field -> the source's own key name, for messages ("lora_r", "network_dim").
+        self.source_keys: dict[str, str] = {}
+
+    def set(
+        self,
+        spec_field: str,
+        raw: Any,
+        line: int | None = None,
+        *,
+        key: str | None = None,
+        lax: bool | None = None,
+    ) -> bool:
+        """Convert and store ``raw`` as ``spec_field``; on a type mismatch record it in invalid.
+
+        ``None`` (YAML ``null``, JSON ``null``, Python ``None``) counts as "not said", except
+        for rank and alpha where a present null is a wrong value. Returns whether it was stored.
+        """
+        if line is not None:
+            self.lines[spec_field] = line
+        if key is not None:
+            self.source_keys[spec_field] = key
+        if raw is None:
+            if spec_field in ("rank", "alpha"):
+                self.invalid[spec_field] = repr(raw)
+            return False
+        convert = CONVERTERS[spec_field]
+        try:
+            value = convert(raw, self.lax if lax is None else lax)
+        except (_Invalid, ValueError, TypeError, OverflowError):
+            self.invalid[spec_field] = _short_repr(raw)
+            self.values.pop(spec_field, None)
+            return False
+        self.values[spec_field] = value
+        self.invalid.pop(spec_field, None)
+        return True
+
+    def has(self, spec_field: str) -> bool:
+        return spec_field in self.values
+
+    def get(self, spec_field: str) -> Any:
+        return self.values.get(spec_field)
+
+    def extra(self, key: str, value: Any, line: int | None = None) -> None:
+        """Keep a source-specific value in extras (its line under the same key in lines)."""
+        self.extras[key] = value
+        if line is not None:
+            self.lines[key] = line
+
+    def unknown_key(self, key: str, line: int | None = None) -> None:
+        if key not in self.unknown:
+            self.unknown.append(key)
+        # Unknown keys' lines are kept under their own name unless that names a spec field.
+        if line is not None and key not in CONVERTERS and key not in self.extras:
+            self.lines.setdefault(key, line)
+
+    def build(self) -> LoraSpec:
+        from loracheck.model import LoraSpec
+
+        extras = dict(self.extras)
+        if self.source_keys:
+            extras["source_keys"] = dict(self.source_keys)
+        return LoraSpec(
+            source_format=self.source_format,
+            path=self.path,
+            **self.values,
+            extras=_plain(extras),
+            unknown_keys=list(self.unknown),
+            invalid=dict(self.invalid),
+            lines=dict(self.lines),
+            suppressions=dict(self.suppressions),
+        )
+
+
+def _short_repr(raw: Any, limit: int = 200) -> str:
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A JSON-friendly copy (tuples -> lists, sets -> sorted lists, odd objects -> str)."""
+    if depth > 20:
+        return _short_repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        return [_plain(v, depth + 1) for v in value]
+    return _short_repr(value)

@@ -1,0 +1,438 @@
+"""Loading: one discovered unit becomes a typed :class:`Adapter`, measured in one streaming pass.
+
+Never more than one (A, B) pair is in memory at a time and ΔW is never materialised. Problems
+in the input never raise: they become :class:`Fault` records that the input rules report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from loracheck.discover import Unit, discover, is_pickle
+from loracheck.errors import ArtifactError
+from loracheck.model import (
+    Adapter,
+    ExtraTensor,
+    Fault,
+    LayerRecord,
+    LoraSpec,
+    Stage,
+    TensorRef,
+)
+from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_alpha
+
+if TYPE_CHECKING:
+    from loracheck.keys import KeyGrouping, PairKeys
+
+Progress = Callable[[int, int], None]
+# Receives each pair in canonical orientation (A (r, in), B (out, r)) while it is in memory.
+FactorSink = Callable[[LayerRecord, np.ndarray, np.ndarray], None]
+
+# Bytes per element of each safetensors dtype (for sizes of tensors we do not read).
+DTYPE_SIZES: Mapping[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1,
+}
+
+
+class TensorSource(Protocol):
+    """What the loader needs from a weights reader (safetensors or a safe pickle reader)."""
+
+    def refs(self) -> dict[str, TensorRef]: ...
+
+    def read(self, key: str) -> np.ndarray: ...
+
+    def metadata(self) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
+
+
+class _SafetensorsSource:
+    def __init__(self, path: Path) -> None:
+        from loracheck.safetensors_io import SafetensorsFile
+
+        self._file = SafetensorsFile.open(path)
+
+    def refs(self) -> dict[str, TensorRef]:
+        return {
+            key: TensorRef(key, e.dtype, tuple(e.shape), e.nbytes)
+            for key, e in self._file.entries.items()
+        }
+
+    def read(self, key: str) -> np.ndarray:
+        return self._file.read(key)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._file.metadata)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _PickleSource:
+    """A torch pickle checkpoint read by loracheck's restricted unpickler (no code runs)."""
+
+    def __init__(self, path: Path) -> None:
+        from loracheck.pickle_io import load_state_dict
+
+        self._tensors = load_state_dict(path)
+
+    def refs(self) -> dict[str, TensorRef]:
+        return {
+            key: TensorRef(key, _numpy_dtype_name(arr), tuple(arr.shape), int(arr.nbytes))
+            for key, arr in self._tensors.items()
+        }
+
+    def read(self, key: str) -> np.ndarray:
+        return self._tensors[key]
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _numpy_dtype_name(arr: np.ndarray) -> str:
+    names = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+    return names.get(arr.dtype.name, arr.dtype.name.upper())
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: stage override ("auto" | "init" | "trained") and whether to measure."""
+
+    stage: str = "auto"
+    measure: bool = True
+
+
+def _fault(adapter: Adapter, err: ArtifactError) -> None:
+    adapter.faults.append(Fault(err.code, err.path, err.detail, err.line, err.location))
+
+
+def _read_spec(path: Path, adapter: Adapter) -> LoraSpec | None:
+    from loracheck.configs import read_spec
+
+    try:
+        return read_spec(path)
+    except ArtifactError as err:
+        _fault(adapter, err)
+        return None
+
+
+def _open_source(path: Path, adapter: Adapter) -> TensorSource | None:
+    from loracheck.safetensors_io import is_lfs_pointer
+
+    try:
+        if is_lfs_pointer(path):
+            adapter.faults.append(Fault(
+                "LC003", str(path),
+                "Git LFS pointer, not weights: run `git lfs pull` to fetch the file"))
+            return None
+        if is_pickle(path):
+            adapter.faults.append(Fault(
+                "LC215", str(path),
+                "pickle checkpoint: loading it with torch.load can execute code; "
+                "read here by a restricted unpickler that allows tensors only"))
+            return _PickleSource(path)
+        return _SafetensorsSource(path)
+    except ArtifactError as err:
+        _fault(adapter, err)
+        return None
+    except OSError as err:
+        adapter.faults.append(Fault("LC001", str(path), f"cannot read: {err.strerror or err}"))
+        return None
+
+
+def _format_name(unit: Unit, grammar: str | None, spec: LoraSpec | None) -> str:
+    if unit.kind == "mlx":
+        return "mlx"
+    if grammar is None:
+        return spec.source_format if spec is not None else "unknown"
+    return grammar
+
+
+def _scalar(source: TensorSource, key: str) -> float | None:
+    try:
+        arr = np.asarray(source.read(key), dtype=np.float64)
+    except ArtifactError:
+        return None
+    if arr.size != 1:
+        return None
+    value = float(arr.reshape(()))
+    return value if math.isfinite(value) else value
+
+
+def _layer_alpha(
+    pair: PairKeys,
+    rank: int,
+    spec: LoraSpec | None,
+    metadata_spec: LoraSpec | None,
+    source: TensorSource,
+) -> tuple[float | None, str, float | None]:
+    """Alpha and its source, and the mlx scale, in the order a consumer resolves them."""
+    if pair.alpha_key is not None:
+        value = _scalar(source, pair.alpha_key)
+        if value is not None:
+            # kohya: alpha 0 means "no alpha", treated as alpha = rank (scale 1).
+            return (value if value != 0 else float(rank)), "tensor", None
+    for candidate in (spec, metadata_spec):
+        if candidate is None:
+            continue
+        _, alpha, origin = resolve_rank_alpha(pair.module, candidate)
+        if origin == "mlx-scale":
+            return None, "mlx-scale", candidate.scale
+        if alpha is not None:
+            return alpha, origin if candidate is spec else "metadata", None
+    grammar = pair.grammar
+    if grammar == "llmbook":
+        # The LLMBook teaching layer applies no α/r: the effective scale is 1.
+        return float(rank), "default:llmbook", None
+    if grammar in ("kohya", "lycoris", "diffusers"):
+        return float(rank), f"default:{grammar}", None
+    if grammar == "peft" and spec is not None and spec.source_format == "peft":
+        return PEFT_DEFAULT_ALPHA, "default:peft", None
+    return None, "missing", None
+
+
+def _use_rslora(spec: LoraSpec | None) -> bool:
+    return bool(spec is not None and spec.use_rslora)
+
+
+def _layers(
+    grouping: KeyGrouping,
+    refs: Mapping[str, TensorRef],
+    spec: LoraSpec | None,
+    metadata_spec: LoraSpec | None,
+    source: TensorSource,
+    adapter: Adapter,
+) -> Iterator[tuple[LayerRecord, PairKeys]]:
+    from loracheck.keys import canonical_shapes
+
+    for pair in grouping.pairs:
+        a_ref = refs.get(pair.a_key) if pair.a_key else None
+        b_ref = refs.get(pair.b_key) if pair.b_key else None
+        rank = in_f = out_f = None
+        if a_ref is not None and b_ref is not None:
+            empty = [r for r in (a_ref, b_ref) if 0 in r.shape or len(r.shape) < 2]
+            if empty:
+                adapter.empty_tensors.extend(empty)
+            else:
+                rank, in_f, out_f = canonical_shapes(pair, a_ref.shape, b_ref.shape)
+        alpha, alpha_source, mlx_scale = (None, "missing", None)
+        if rank is not None:
+            alpha, alpha_source, mlx_scale = _layer_alpha(pair, rank, spec, metadata_spec, source)
+        scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec), scale=mlx_scale)
+        record = LayerRecord(
+            name=pair.module,
+            kind=pair.kind,
+            a=a_ref,
+            b=b_ref,
+            rank=rank,
+            in_features=in_f,
+            out_features=out_f,
+            alpha=alpha,
+            alpha_source=alpha_source,
+            scaling=scaling,
+            alpha_tensor=refs.get(pair.alpha_key) if pair.alpha_key else None,
+            magnitude=refs.get(pair.magnitude_key) if pair.magnitude_key else None,
+            bias=refs.get(pair.bias_key) if pair.bias_key else None,
+        )
+        yield record, pair
+
+
+def _measure(
+    record: LayerRecord,
+    pair: PairKeys,
+    source: TensorSource,
+    sink: FactorSink | None,
+) -> None:
+    """Fill the record's statistics from one (A, B) pair, then let the arrays go."""
+    from loracheck.keys import to_canonical
+    from loracheck.stats import delta_stats, factor_stats
+
+    if record.magnitude is not None and 0 not in record.magnitude.shape:
+        record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
+    if record.rank is None or record.a is None or record.b is None:
+        return
+    a_raw = source.read(record.a.key)
+    b_raw = source.read(record.b.key)
+    a, b = to_canonical(pair, a_raw, b_raw)
+    record.a_stats = factor_stats(a, kurtosis=True, row_norms=True)
+    record.b_stats = factor_stats(b, row_norms=True)
+    if a.shape[0] == b.shape[1]:
+        scaling = record.scaling if record.scaling is not None else 1.0
+        record.delta = delta_stats(a, b, scaling)
+    if sink is not None:
+        sink(record, a, b)
+
+
+def load_unit(
+    unit: Unit,
+    options: LoadOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    sink: FactorSink | None = None,
+) -> Adapter | None:
+    """Load and measure one unit. Returns None when a non-explicit file holds no LoRA content
+    (files met while walking, or handed over by pre-commit, are skipped quietly)."""
+    opts = options or LoadOptions()
+    files = [str(p) for p in (unit.config, unit.weights) if p is not None]
+    adapter = Adapter(path=unit.path, format="unknown", files=files, spec=None)
+
+    if unit.config is not None:
+        from loracheck.configs import sniff_config
+
+        try:
+            fmt = sniff_config(unit.config)
+        except (ArtifactError, OSError):
+            fmt = "unknown"
+        if fmt is None and unit.weights is None and not unit.explicit:
+            return None
+        if fmt is not None or unit.weights is not None or unit.explicit:
+            adapter.spec = _read_spec(unit.config, adapter) if fmt is not None else None
+        if fmt is None and unit.weights is None:
+            adapter.faults.append(Fault("LC002", unit.path, "no LoRA settings found in this file"))
+            adapter.has_weights = False
+            return adapter
+
+    if unit.weights is None:
+        adapter.has_weights = False
+        if unit.kind == "unknown":
+            if not unit.explicit:
+                return None
+            adapter.faults.append(Fault("LC002", unit.path, "not a LoRA weights or config file"))
+        adapter.format = adapter.spec.source_format if adapter.spec is not None else "unknown"
+        return adapter
+
+    source = _open_source(unit.weights, adapter)
+    if source is None:
+        adapter.format = "unknown"
+        return adapter
+    try:
+        _load_weights(unit, adapter, source, opts, progress, sink)
+    except ArtifactError as err:
+        _fault(adapter, err)
+    finally:
+        source.close()
+    if (
+        not adapter.layers
+        and not adapter.faults
+        and not adapter.empty_tensors
+        and not unit.explicit
+        and unit.kind == "weights"
+        and adapter.spec is None
+    ):
+        return None
+    return adapter
+
+
+def _load_weights(
+    unit: Unit,
+    adapter: Adapter,
+    source: TensorSource,
+    opts: LoadOptions,
+    progress: Progress | None,
+    sink: FactorSink | None,
+) -> None:
+    from loracheck.configs import spec_from_metadata
+    from loracheck.initscheme import infer_init, infer_stage
+    from loracheck.keys import group_keys
+
+    refs = source.refs()
+    adapter.metadata = source.metadata()
+    adapter.metadata_spec = spec_from_metadata(adapter.metadata, str(unit.weights))
+    adapter.n_tensors = len(refs)
+    adapter.n_bytes = sum(r.nbytes for r in refs.values())
+    adapter.dtypes = dict(Counter(r.dtype for r in refs.values()))
+    grouping = group_keys({k: r.shape for k, r in refs.items()})
+    adapter.variant = grouping.variant
+    adapter.format = _format_name(unit, grouping.grammar, adapter.spec)
+    adapter.orphans = [refs[k] for k in grouping.orphans if k in refs]
+    adapter.extra_tensors = [
+        ExtraTensor(key, refs[key].dtype, refs[key].shape, refs[key].nbytes, role)
+        for key, role in grouping.extras
+        if key in refs
+    ]
+    adapter.empty_tensors.extend(
+        r for r in refs.values() if r.key not in {e.key for e in adapter.extra_tensors}
+        and 0 in r.shape and len(r.shape) > 0
+    )
+    if not refs:
+        return
+    if not grouping.pairs and not grouping.orphans:
+        adapter.faults.append(Fault("LC002", str(unit.weights),
+                                    f"no LoRA factors among {len(refs)} tensors"))
+        return
+    spec = adapter.spec
+    if spec is None and adapter.metadata_spec is not None:
+        spec_for_scale = adapter.metadata_spec
+    else:
+        spec_for_scale = spec
+    total = len(grouping.pairs)
+    seen_empty: set[str] = {r.key for r in adapter.empty_tensors}
+    for index, (record, pair) in enumerate(
+        _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
+    ):
+        if opts.measure:
+            try:
+                _measure(record, pair, source, sink)
+            except ArtifactError as err:
+                _fault(adapter, err)
+        adapter.layers.append(record)
+        if progress is not None:
+            progress(index + 1, total)
+    # Dedupe empty tensors (the same tensor can be met as a zero-size tensor and as a factor).
+    unique: dict[str, TensorRef] = {}
+    for ref in adapter.empty_tensors:
+        if ref.key not in unique:
+            unique[ref.key] = ref
+    adapter.empty_tensors = list(unique.values())
+    del seen_empty
+    if opts.measure:
+        adapter.init = infer_init(adapter.layers, adapter.spec or adapter.metadata_spec)
+        adapter.stage = infer_stage(adapter.layers, adapter.init.scheme)
+    if opts.stage in ("init", "trained"):
+        adapter.stage = Stage(opts.stage)
+        adapter.stage_forced = True
+
+
+def load_paths(
+    paths: list[str], options: LoadOptions | None = None
+) -> list[Adapter]:
+    """Discover and load every unit under ``paths`` (UsageError for a missing path)."""
+    adapters = []
+    for unit in discover(paths):
+        adapter = load_unit(unit, options)
+        if adapter is not None:
+            adapters.append(adapter)
+    return adapters
+
+
+def load_factors(path: str | Path) -> tuple[Adapter, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Load one adapter and keep its factors: module -> (A (r, in), B (out, r)) float32 copies.
+
+    For ``verify --adapter``: the caller puts them onto a live model. Raises ArtifactError when
+    the path is not one readable adapter.
+    """
+    units = [u for u in discover([path]) if u.weights is not None]
+    if len(units) != 1:
+        raise ArtifactError(str(path), f"expected one adapter, found {len(units)}", code="LC002")
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def keep(record: LayerRecord, a: np.ndarray, b: np.ndarray) -> None:
+        factors[record.name] = (np.array(a, dtype=np.float32), np.array(b, dtype=np.float32))
+
+    adapter = load_unit(units[0], sink=keep)
+    if adapter is None or (adapter.faults and not factors):
+        detail = adapter.faults[0].detail if adapter and adapter.faults else "no LoRA content"
+        raise ArtifactError(str(path), detail, code="LC001")
+    return adapter, factors

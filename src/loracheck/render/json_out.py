@@ -1,0 +1,283 @@
+"""The stable JSON schema of ``inspect --format json`` and ``check --format json``.
+
+Documented field by field in ``docs/json-schema.md``; bump :data:`SCHEMA_VERSION` on any change
+that removes or retypes a field (adding a field is not a break). Non-finite floats become
+``null``: JSON has no NaN, and the ``nonfinite`` counters and the diagnostics say what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from loracheck import __version__
+from loracheck.model import (
+    Adapter,
+    Diagnostic,
+    ExtraTensor,
+    FactorStats,
+    Fault,
+    InitInference,
+    LayerRecord,
+    LoraSpec,
+    Report,
+    Severity,
+    TensorRef,
+)
+from loracheck.render._common import (
+    distinct_scalings,
+    scaling_convention,
+    selected_layers,
+    sorted_diagnostics,
+)
+
+SCHEMA_VERSION = 1
+TOOL_NAME = "loracheck"
+
+
+def clean(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats -> None, enums -> their value, tuples and
+    sets -> lists (sets sorted), mapping keys -> str, anything else unknown -> ``str``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Enum):
+        return clean(value.value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((clean(v) for v in value), key=repr)
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return clean(item())
+    return str(value)
+
+
+def _float(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _ref(ref: TensorRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"key": ref.key, "dtype": ref.dtype, "shape": list(ref.shape), "nbytes": ref.nbytes}
+
+
+def _factor(prefix: str, stats: FactorStats | None) -> dict[str, Any]:
+    s = stats
+    return {
+        f"{prefix}_mean": _float(s.mean) if s else None,
+        f"{prefix}_std": _float(s.std) if s else None,
+        f"{prefix}_absmax": _float(s.absmax) if s else None,
+        f"{prefix}_zero_fraction": _float(s.zero_fraction) if s else None,
+        f"{prefix}_kurtosis": _float(s.kurtosis) if s else None,
+        f"{prefix}_row_norm_mean": _float(s.row_norm_mean) if s else None,
+        f"{prefix}_row_norm_cv": _float(s.row_norm_cv) if s else None,
+        f"{prefix}_nonfinite": s.nonfinite if s else None,
+    }
+
+
+def _layer_dtype(layer: LayerRecord) -> str | None:
+    dtypes = sorted({ref.dtype for ref in (layer.a, layer.b) if ref is not None})
+    return "/".join(dtypes) if dtypes else None
+
+
+def layer_to_dict(layer: LayerRecord) -> dict[str, Any]:
+    delta = layer.delta
+    out: dict[str, Any] = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "module_type": layer.module_type,
+        "rank": layer.rank,
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "alpha": _float(layer.alpha),
+        "alpha_source": layer.alpha_source,
+        "scaling": _float(layer.scaling),
+        "a_key": layer.a.key if layer.a else None,
+        "b_key": layer.b.key if layer.b else None,
+        "a_shape": list(layer.a.shape) if layer.a else None,
+        "b_shape": list(layer.b.shape) if layer.b else None,
+        "dtype": _layer_dtype(layer),
+        "alpha_key": layer.alpha_tensor.key if layer.alpha_tensor else None,
+        "magnitude_key": layer.magnitude.key if layer.magnitude else None,
+        "bias_key": layer.bias.key if layer.bias else None,
+    }
+    out.update(_factor("a", layer.a_stats))
+    out.update(_factor("b", layer.b_stats))
+    out.update(_factor("magnitude", layer.magnitude_stats))
+    out.update(
+        {
+            "delta_norm": _float(delta.frobenius) if delta else None,
+            "sigma_max": _float(delta.sigma_max) if delta else None,
+            "singular_values": [_float(v) for v in delta.singular_values] if delta else None,
+            "effective_rank": _float(delta.effective_rank) if delta else None,
+            "stable_rank": _float(delta.stable_rank) if delta else None,
+            "alignment": _float(delta.alignment) if delta else None,
+            "nonfinite": layer.nonfinite,
+        }
+    )
+    return out
+
+
+def scaling_to_dict(adapter: Adapter) -> dict[str, Any]:
+    values = distinct_scalings(adapter)
+    return {
+        "convention": scaling_convention(adapter),
+        "value": values[0] if len(values) == 1 else None,
+        "values": values,
+    }
+
+
+def spec_to_dict(spec: LoraSpec, adapter: Adapter | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "source_format": spec.source_format,
+        "path": spec.path,
+        "rank": spec.rank,
+        "alpha": _float(spec.alpha),
+        "alpha_missing": spec.alpha_missing,
+        "scale": _float(spec.scale),
+    }
+    if adapter is not None:
+        out["scaling"] = scaling_to_dict(adapter)
+    out.update(
+        {
+            "dropout": _float(spec.dropout),
+            "use_rslora": spec.use_rslora,
+            "use_dora": spec.use_dora,
+            "init_lora_weights": spec.init_lora_weights,
+            "init_std": _float(spec.init_std),
+            "target_modules": clean(spec.target_modules),
+            "exclude_modules": clean(spec.exclude_modules),
+            "rank_pattern": clean(spec.rank_pattern),
+            "alpha_pattern": clean(spec.alpha_pattern),
+            "modules_to_save": clean(spec.modules_to_save),
+            "bias": spec.bias,
+            "layers_to_transform": clean(spec.layers_to_transform),
+            "layers_pattern": clean(spec.layers_pattern),
+            "fan_in_fan_out": spec.fan_in_fan_out,
+            "task_type": spec.task_type,
+            "base_model": spec.base_model,
+            "extras": clean(dict(sorted(spec.extras.items()))),
+            "unknown_keys": list(spec.unknown_keys),
+            "invalid": dict(sorted(spec.invalid.items())),
+            "lines": dict(sorted(spec.lines.items())),
+            "suppressions": {
+                str(line): sorted(codes) for line, codes in sorted(spec.suppressions.items())
+            },
+        }
+    )
+    return out
+
+
+def _init(init: InitInference | None) -> dict[str, Any] | None:
+    if init is None:
+        return None
+    return {
+        "scheme": init.scheme.value,
+        "declared": init.declared,
+        "evidence": init.evidence,
+        "expected_std": _float(init.expected_std),
+    }
+
+
+def _extra(t: ExtraTensor) -> dict[str, Any]:
+    return {"key": t.key, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes,
+            "role": t.role}
+
+
+def _fault(f: Fault) -> dict[str, Any]:
+    return {"code": f.code, "path": f.path, "detail": f.detail, "line": f.line,
+            "location": f.location}
+
+
+def adapter_to_dict(adapter: Adapter, *, all_layers: bool = True) -> dict[str, Any]:
+    if all_layers:
+        layers = adapter.layers
+        omitted = 0
+    else:
+        keep = {id(layer) for _, rows, _ in selected_layers(adapter, False) for layer in rows}
+        layers = [layer for layer in adapter.layers if id(layer) in keep]
+        omitted = len(adapter.layers) - len(layers)
+    return {
+        "path": adapter.path,
+        "format": adapter.format,
+        "files": list(adapter.files),
+        "variant": adapter.variant,
+        "has_weights": adapter.has_weights,
+        "stage": adapter.stage.value,
+        "stage_forced": adapter.stage_forced,
+        "init_scheme": _init(adapter.init),
+        "spec": spec_to_dict(adapter.spec, adapter) if adapter.spec is not None else None,
+        "metadata_spec": (
+            spec_to_dict(adapter.metadata_spec) if adapter.metadata_spec is not None else None
+        ),
+        "scaling": scaling_to_dict(adapter),
+        "n_tensors": adapter.n_tensors,
+        "n_bytes": adapter.n_bytes,
+        "dtypes": dict(sorted(adapter.dtypes.items())),
+        "metadata": dict(sorted((str(k), str(v)) for k, v in adapter.metadata.items())),
+        "n_layers": len(adapter.layers),
+        "layers_omitted": omitted,
+        "layers": [layer_to_dict(layer) for layer in layers],
+        "extra_tensors": [_extra(t) for t in adapter.extra_tensors],
+        "orphans": [_ref(t) for t in adapter.orphans],
+        "empty_tensors": [_ref(t) for t in adapter.empty_tensors],
+        "faults": [_fault(f) for f in adapter.faults],
+        "notes": list(adapter.notes),
+    }
+
+
+def diagnostic_to_dict(d: Diagnostic) -> dict[str, Any]:
+    return {
+        "code": d.code,
+        "name": d.name,
+        "severity": d.severity.value,
+        "path": d.path,
+        "line": d.line,
+        "col": d.col,
+        "location": d.location,
+        "message": d.message,
+        "help": d.help,
+    }
+
+
+def report_to_dict(report: Report, *, all_layers: bool = True) -> dict[str, Any]:
+    """The whole report in the stable JSON schema (``docs/json-schema.md``).
+
+    ``all_layers=False`` keeps, per module type, only the rows the text table shows (outliers
+    first, at most five), in file order; ``layers_omitted`` counts the rest.
+    """
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": TOOL_NAME, "version": __version__},
+        "files": [adapter_to_dict(a, all_layers=all_layers) for a in report.adapters],
+        "diagnostics": [diagnostic_to_dict(d) for d in sorted_diagnostics(report.diagnostics)],
+        "summary": {
+            "files": len(report.adapters),
+            "layers": sum(len(a.layers) for a in report.adapters),
+            "errors": report.count(Severity.ERROR),
+            "warnings": report.count(Severity.WARNING),
+            "infos": report.count(Severity.INFO),
+        },
+    }
+
+
+def dumps(data: Any) -> str:
+    """Deterministic, strict ASCII JSON (no NaN tokens), two-space indent, trailing newline."""
+    return json.dumps(clean(data), indent=2, ensure_ascii=True, allow_nan=False) + "\n"
+
+
+def render_json(report: Report, *, all_layers: bool = True) -> str:
+    return dumps(report_to_dict(report, all_layers=all_layers))

@@ -1,0 +1,59 @@
+"""``check`` text output: one line per finding, then a summary line (ruff/flake8 style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loracheck.model import Diagnostic, Report, Severity
+from loracheck.render.ansi import BOLD, GREEN, SEVERITY_STYLE, paint
+from loracheck.render._common import (
+    display_path,
+    message_with_location,
+    plural,
+    severity_counts,
+    sorted_diagnostics,
+)
+
+
+def format_diagnostic(d: Diagnostic, *, root: Path, color: bool = False) -> str:
+    """``path:line:col: CODE [severity] message (location)``; line and col default to 1."""
+    place = f"{display_path(d.path, root)}:{d.line or 1}:{d.col or 1}:"
+    return " ".join(
+        [
+            paint(place, BOLD, color),
+            paint(d.code, SEVERITY_STYLE[d.severity], color),
+            paint(f"[{d.severity.value}]", SEVERITY_STYLE[d.severity], color),
+            " ".join(message_with_location(d).split()),
+        ]
+    )
+
+
+def summary_line(report: Report, *, color: bool = False) -> str:
+    """``Found 3 problems (1 error, 2 warnings) in 2 files.`` or ``All checks passed (N files).``"""
+    diagnostics = report.diagnostics
+    if not diagnostics:
+        text = f"All checks passed ({plural(len(report.adapters), 'file')})."
+        return paint(text, GREEN, color)
+    counts = severity_counts(diagnostics)
+    parts = [
+        plural(counts[Severity.ERROR], "error"),
+        plural(counts[Severity.WARNING], "warning"),
+        plural(counts[Severity.INFO], "info"),
+    ]
+    shown = [p for p, s in zip(parts, (Severity.ERROR, Severity.WARNING, Severity.INFO))
+             if counts[s]]
+    n_paths = len({d.path for d in diagnostics})
+    text = (
+        f"Found {plural(len(diagnostics), 'problem')} ({', '.join(shown)}) "
+        f"in {plural(n_paths, 'file')}."
+    )
+    return paint(text, BOLD, color)
+
+
+def render_text(report: Report, *, color: bool, root: Path) -> str:
+    """Every finding (sorted by path, line, column, code), then the summary line."""
+    lines = [
+        format_diagnostic(d, root=root, color=color) for d in sorted_diagnostics(report.diagnostics)
+    ]
+    lines.append(summary_line(report, color=color))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""The pipeline of `inspect` and `check`: discover -> load -> rules -> Report.
+
+No printing here and no typer/rich: the CLI renders the Report this returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loracheck.discover import Unit, discover
+from loracheck.model import Adapter, Diagnostic, Fault, Report, Severity
+
+if TYPE_CHECKING:
+    from loracheck.basemodel import BaseModelInfo
+    from loracheck.settings import Settings
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunOptions:
+    """What the user asked for on the command line (None = not given: config file or default)."""
+
+    stage: str = "auto"
+    profile: str | None = None
+    select: list[str] | None = None
+    extend_select: list[str] | None = None
+    ignore: list[str] | None = None
+    fail_on: str | None = None
+    model: str | None = None
+    jobs: int | None = None
+    timeout: float = 600.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _load_one(unit: Unit, stage: str) -> Adapter | None:
+    from loracheck.load import LoadOptions, load_unit
+
+    return load_unit(unit, LoadOptions(stage=stage))
+
+
+def _timed_out(unit: Unit, seconds: float) -> Adapter:
+    adapter = Adapter(path=unit.path, format="unknown",
+                      files=[str(p) for p in (unit.config, unit.weights) if p], spec=None,
+                      has_weights=False)
+    adapter.faults.append(Fault("LC001", unit.path,
+                                f"analysis did not finish within {seconds:g} s (--timeout)"))
+    return adapter
+
+
+def load_units(
+    units: Sequence[Unit], stage: str, jobs: int, timeout: float,
+    progress: Progress | None = None,
+) -> list[Adapter]:
+    """Load units, in parallel worker processes when there is more than one weights file.
+
+    The output order is the input order whatever the scheduling; a unit that exceeds
+    ``timeout`` becomes an LC001 diagnostic instead of stalling the others.
+    """
+    heavy = [u for u in units if u.weights is not None]
+    if jobs <= 1 or len(heavy) <= 1:
+        results: list[Adapter | None] = []
+        for i, unit in enumerate(units):
+            results.append(_load_one(unit, stage))
+            if progress is not None:
+                progress(unit.path, i + 1, len(units))
+        return [a for a in results if a is not None]
+    executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)))
+    futures: list[Future[Adapter | None]] = [
+        executor.submit(_load_one, unit, stage) for unit in units
+    ]
+    out: list[Adapter | None] = []
+    stuck = False
+    for i, (unit, fut) in enumerate(zip(units, futures, strict=True)):
+        try:
+            out.append(fut.result(timeout=None if stuck else timeout))
+        except TimeoutError:
+            stuck = True
+            out.append(_timed_out(unit, timeout))
+        except Exception as err:  # a crashed worker must not take the other files down
+            out.append(_crashed(unit, err))
+        if progress is not None:
+            progress(unit.path, i + 1, len(units))
+    _shutdown(executor, kill=stuck)
+    return [a for a in out if a is not None]
+
+
+def _crashed(unit: Unit, err: BaseException) -> Adapter:
+    adapter = _timed_out(unit, 0)
+    adapter.faults[0] = Fault("LC001", unit.path, f"internal error while reading: {err!r}")
+    return adapter
+
+
+def _shutdown(executor: ProcessPoolExecutor, *, kill: bool) -> None:
+    if kill:
+        for proc in list(getattr(executor, "_processes", {}).values()):
+            proc.kill()
+    executor.shutdown(wait=not kill, cancel_futures=True)
+
+
+def _base_model(path: str | None) -> BaseModelInfo | None:
+    if path is None:
+        return None
+    from loracheck.basemodel import read_base_model
+
+    return read_base_model(Path(path))
+
+
+def run(
+    paths: Sequence[str],
+    options: RunOptions,
+    progress: Progress | None = None,
+) -> tuple[Report, Settings]:
+    """Run `check`/`inspect` over ``paths``: every unit loaded, measured and judged."""
+    from loracheck.engine import check_adapter
+    from loracheck.settings import load_settings
+
+    units = discover(paths)
+    settings = load_settings(
+        [Path(p) for p in paths],
+        profile=options.profile,
+        select=options.select,
+        extend_select=options.extend_select,
+        ignore=options.ignore,
+        fail_on=options.fail_on,
+    )
+    base = _base_model(options.model)
+    jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
+    adapters = load_units(units, options.stage, jobs, options.timeout, progress)
+    diagnostics: list[Diagnostic] = []
+    for adapter in adapters:
+        diagnostics.extend(check_adapter(adapter, settings, base))
+    return Report(adapters=adapters, diagnostics=diagnostics), settings
+
+
+def failing(report: Report, fail_on: Severity) -> bool:
+    return any(d.severity.rank >= fail_on.rank for d in report.diagnostics)

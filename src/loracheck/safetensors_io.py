@@ -1,0 +1,494 @@
+"""A torch-free reader for safetensors files: full header validation, memory-mapped tensor reads.
+
+Layout: an 8-byte little-endian u64 ``N``, then ``N`` bytes of UTF-8 JSON mapping tensor names to
+``{"dtype", "shape", "data_offsets"}`` (plus an optional ``"__metadata__"`` map of str -> str), then
+the data section. ``data_offsets`` are relative to the data section; the tensors must tile it
+exactly, with no gap, overlap or trailing byte (what the safetensors Rust library enforces).
+
+Every fault in a file becomes :class:`~loracheck.errors.ArtifactError` (code ``LC001``; a Git LFS
+pointer is ``LC003``). The header length is bounded by the file size before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from loracheck.errors import ArtifactError
+
+__all__ = [
+    "DTYPE_BITS",
+    "LFS_MAGIC",
+    "MAX_HEADER_BYTES",
+    "SafetensorsFile",
+    "TensorEntry",
+    "is_lfs_pointer",
+]
+
+LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+# The same cap as the safetensors Rust library (MAX_HEADER_SIZE).
+MAX_HEADER_BYTES = 100_000_000
+# numpy cannot build arrays with more dimensions than this (NPY_MAXDIMS in numpy 2).
+MAX_NDIM = 64
+_MAX_INT = 2**63 - 1
+# How much of the header is decoded first, so that garbage is refused before a full-size decode.
+_PRECHECK_BYTES = 4096
+
+# Bits per element of every dtype the safetensors format defines.
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
+
+# Stored dtypes read() returns as a view (or a byte-order fix) of the file's bytes.
+_DIRECT: dict[str, str] = {
+    "F32": "<f4",
+    "F64": "<f8",
+    "C64": "<c8",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+}
+_FP8 = frozenset({"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0"})
+_ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's header record; ``start``/``end`` are absolute byte offsets in the file."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the tensor's bytes in the file."""
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        """The number of elements (1 for a 0-dim tensor)."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def is_lfs_pointer(path: str | Path) -> bool:
+    """Whether ``path`` is a Git LFS pointer file, not the real content (reads ≤ 200 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return head.startswith(LFS_MAGIC)
+
+
+class _HeaderFault(Exception):
+    """A header fault found inside a json hook; carries the one-line detail."""
+
+
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _HeaderFault(f"header has a duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _parse_int(text: str) -> int:
+    # Negative numbers are never valid here; mapping them all to -1 also covers "-0", which Python
+    # reads as 0 but the Rust reader refuses.
+    if text.startswith("-"):
+        return -1
+    return int(text)
+
+
+def _reject_float(text: str) -> NoReturn:
+    raise _HeaderFault(f"header has a non-integer number {text[:32]!r}")
+
+
+def _reject_constant(text: str) -> NoReturn:
+    raise _HeaderFault(f"header has a non-standard JSON constant {text!r}")
+
+
+def _utf8_clean(s: str) -> bool:
+    # Python's json accepts lone surrogate escapes (\ud800); they are not valid UTF-8 text.
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fp8_table(dtype: str) -> npt.NDArray[np.float32]:
+    """The float32 value of each of the 256 byte patterns of an 8-bit float format."""
+    b = np.arange(256, dtype=np.int64)
+    nan = np.float64("nan")
+    if dtype == "F8_E8M0":
+        vals = np.ldexp(1.0, b - 127).astype(np.float64)
+        vals[b == 0xFF] = nan
+        return vals.astype(np.float32)
+    if dtype in ("F8_E4M3", "F8_E4M3FNUZ"):
+        mbits, bias = 3, (7 if dtype == "F8_E4M3" else 8)
+    else:
+        mbits, bias = 2, (15 if dtype == "F8_E5M2" else 16)
+    ebits = 7 - mbits
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp = (b >> mbits) & ((1 << ebits) - 1)
+    man = (b & ((1 << mbits) - 1)).astype(np.float64)
+    scale = float(1 << mbits)
+    normal = np.ldexp(1.0 + man / scale, exp - bias)
+    subnormal = np.ldexp(man / scale, 1 - bias)
+    vals = sign * np.where(exp == 0, subnormal, normal)
+    emax = (1 << ebits) - 1
+    mmax = (1 << mbits) - 1
+    if dtype == "F8_E4M3":
+        # The "fn" variant: no infinities, only S.1111.111 is NaN.
+        vals[(exp == emax) & (man == mmax)] = nan
+    elif dtype == "F8_E5M2":
+        vals[(exp == emax) & (man == 0)] = sign[(exp == emax) & (man == 0)] * np.inf
+        vals[(exp == emax) & (man != 0)] = nan
+    else:
+        # "fnuz": no infinities, no negative zero; 0x80 is the only NaN.
+        vals[0x80] = nan
+    return vals.astype(np.float32)
+
+
+_FP8_TABLES: dict[str, npt.NDArray[np.float32]] = {}
+
+
+def _fp8_lookup(dtype: str) -> npt.NDArray[np.float32]:
+    table = _FP8_TABLES.get(dtype)
+    if table is None:
+        table = _FP8_TABLES[dtype] = _fp8_table(dtype)
+    return table
+
+
+class SafetensorsFile:
+    """An open, validated safetensors file whose tensors are read on demand from a read-only mmap.
+
+    ``entries`` keeps the header's key order; ``metadata`` is ``__metadata__`` (empty if absent).
+    Use :meth:`open` (or ``with SafetensorsFile.open(p) as f``); arrays from :meth:`read` may be
+    read-only views of the mapping and stay valid after :meth:`close`.
+    """
+
+    path: str
+    file_size: int
+    header_size: int
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+
+    def __init__(
+        self,
+        path: str,
+        file_size: int,
+        header_size: int,
+        entries: dict[str, TensorEntry],
+        metadata: dict[str, str],
+        mapping: mmap.mmap | None,
+    ) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.header_size = header_size
+        self.entries = entries
+        self.metadata = metadata
+        self._mmap = mapping
+        self._closed = False
+
+    # --- opening and validation -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> SafetensorsFile:
+        """Open ``path`` read-only and validate its whole header; raise ArtifactError on a fault."""
+        spath = os.fspath(path)
+        mapping: mmap.mmap | None = None
+        try:
+            with open(spath, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise ArtifactError(spath, "empty file")
+                if size < 8:
+                    prefix = f.read(8)
+                else:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    prefix = mapping[:8]
+        except (OSError, ValueError) as e:
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ArtifactError(spath, f"cannot read file: {detail}") from None
+        try:
+            if LFS_MAGIC.startswith(prefix) and is_lfs_pointer(spath):
+                raise ArtifactError(
+                    spath,
+                    "Git LFS pointer, not the file's content (run `git lfs pull`)",
+                    code="LC003",
+                )
+            if mapping is None:
+                raise ArtifactError(
+                    spath, f"file is {size} bytes, shorter than the 8-byte header length"
+                )
+            header_size, entries, metadata = _parse_header(spath, mapping, size)
+        except BaseException:
+            if mapping is not None:
+                mapping.close()
+            raise
+        return cls(spath, size, header_size, entries, metadata, mapping)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read(self, key: str) -> npt.NDArray[Any]:
+        """The tensor ``key`` as a shaped numpy array.
+
+        Float formats come back as float32 (F64 stays float64, C64 complex64), integers as their
+        numpy integer type, BOOL as bool. F32 and integer tensors are read-only views of the file
+        mapping; others are fresh arrays. Raises KeyError for a key not in ``entries`` and
+        ArtifactError for a dtype that has no numpy form (F4, F6_*).
+        """
+        entry = self.entries[key]
+        if self._closed or self._mmap is None:
+            raise ValueError(f"{self.path}: read from a closed SafetensorsFile")
+        numel = entry.numel
+        dtype = entry.dtype
+        if dtype in _DIRECT:
+            dt = np.dtype(_DIRECT[dtype])
+            arr: npt.NDArray[Any] = self._raw(entry, dt, numel)
+            if not dt.isnative:
+                arr = arr.astype(dt.newbyteorder("="))
+        elif dtype == "F16":
+            arr = self._raw(entry, np.dtype("<f2"), numel).astype(np.float32)
+        elif dtype == "BF16":
+            # bfloat16 is the upper half of a float32: widen and shift into place.
+            wide = self._raw(entry, np.dtype("<u2"), numel).astype(np.uint32)
+            wide <<= 16
+            arr = wide.view(np.float32)
+        elif dtype == "BOOL":
+            arr = self._raw(entry, np.dtype("u1"), numel) != 0
+        elif dtype in _FP8:
+            arr = _fp8_lookup(dtype).take(self._raw(entry, np.dtype("u1"), numel))
+        else:
+            raise ArtifactError(
+                self.path, f"tensor {key!r} has dtype {dtype}, which loracheck cannot read",
+                location=key,
+            )
+        return arr.reshape(entry.shape)
+
+    def _raw(self, entry: TensorEntry, dt: np.dtype[Any], numel: int) -> npt.NDArray[Any]:
+        if numel == 0:
+            return np.zeros(0, dtype=dt)
+        assert self._mmap is not None
+        return np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the mapping (arrays already returned by read() keep it alive until freed)."""
+        self._closed = True
+        if self._mmap is not None:
+            # Views handed out by read() may still export the buffer; it is unmapped with them.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SafetensorsFile({self.path!r}, {len(self.entries)} tensors)"
+
+
+def _parse_header(
+    path: str, mapping: mmap.mmap, size: int
+) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
+    """Validate the header at the start of ``mapping``; return (N, entries, metadata)."""
+
+    def fail(detail: str) -> NoReturn:
+        raise ArtifactError(path, detail)
+
+    (n,) = struct.unpack("<Q", mapping[:8])
+    if n > size - 8:
+        fail(f"header length {n} exceeds the {size - 8} bytes after the length field")
+    if n > MAX_HEADER_BYTES:
+        fail(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if n == 0:
+        fail("header is empty (length 0)")
+    with memoryview(mapping) as view:
+        raw = view[8 : 8 + n]
+        try:
+            # Decode a prefix first: random bytes fail here without a header-sized allocation.
+            head = codecs.getincrementaldecoder("utf-8")().decode(
+                bytes(raw[:_PRECHECK_BYTES]), final=n <= _PRECHECK_BYTES
+            )
+            stripped = head.lstrip(" \t\r\n")
+            if stripped and not stripped.startswith("{"):
+                fail("header is not a JSON object")
+            text, _ = codecs.utf_8_decode(raw, "strict", True)
+        except UnicodeDecodeError as e:
+            fail(f"header is not valid UTF-8 (byte {e.start + 8})")
+        finally:
+            raw.release()
+    try:
+        doc = json.loads(
+            text,
+            object_pairs_hook=_pairs_no_duplicates,
+            parse_int=_parse_int,
+            parse_float=_reject_float,
+            parse_constant=_reject_constant,
+        )
+    except _HeaderFault as e:
+        fail(str(e))
+    except RecursionError:
+        fail("header JSON is nested too deeply")
+    except json.JSONDecodeError as e:
+        fail(f"header is not valid JSON ({e.msg} at char {e.pos})")
+    except (ValueError, MemoryError) as e:
+        fail(f"header is not valid JSON ({str(e)[:80]})")
+    del text
+    if not isinstance(doc, dict):
+        fail(f"header is a JSON {type(doc).__name__}, not an object")
+    return n, *_validate_entries(path, doc, size - 8 - n, 8 + n)
+
+
+def _validate_entries(
+    path: str, doc: dict[str, Any], data_size: int, data_start: int
+) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    def fail(detail: str, key: str | None = None) -> NoReturn:
+        raise ArtifactError(path, detail, location=key)
+
+    metadata: dict[str, str] = {}
+    spans: list[tuple[int, int, str]] = []
+    entries: dict[str, TensorEntry] = {}
+    for key, info in doc.items():
+        if not _utf8_clean(key):
+            fail("header has a key that is not valid UTF-8 (lone surrogate)")
+        if key == "__metadata__":
+            # The Rust reader accepts a null __metadata__ as "none"; so do we.
+            if info is None:
+                continue
+            if not isinstance(info, dict):
+                fail(f"__metadata__ is a JSON {type(info).__name__}, not a map of str to str")
+            for mk, mv in info.items():
+                if not isinstance(mv, str):
+                    fail(f"__metadata__[{mk!r}] is a JSON {type(mv).__name__}, not a string")
+                if not (_utf8_clean(mk) and _utf8_clean(mv)):
+                    fail("__metadata__ has text that is not valid UTF-8 (lone surrogate)")
+            metadata = dict(info)
+            continue
+        where = f"tensor {key!r}"
+        if not isinstance(info, dict):
+            fail(f"{where}: entry is a JSON {type(info).__name__}, not an object", key)
+        for name in _ENTRY_FIELDS:
+            if name not in info:
+                fail(f"{where}: entry has no {name!r}", key)
+        extra = [k for k in info if k not in _ENTRY_FIELDS]
+        if extra:
+            fail(f"{where}: entry has an unexpected field {extra[0]!r}", key)
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+            fail(f"{where}: unknown dtype {str(dtype)[:40]!r}", key)
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            fail(f"{where}: shape is not a list of non-negative integers", key)
+        if len(shape) > MAX_NDIM:
+            fail(f"{where}: shape has {len(shape)} dimensions (more than {MAX_NDIM})", key)
+        numel, nonzero = 1, 1
+        for d in shape:
+            numel *= d
+            if d:
+                nonzero *= d
+            if d > _MAX_INT or nonzero > _MAX_INT:
+                fail(f"{where}: shape {_short(shape)} overflows (element count too large)", key)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) and o >= 0 for o in offsets)
+        ):
+            fail(f"{where}: data_offsets is not a pair of non-negative integers", key)
+        begin, end = offsets
+        if begin > end:
+            fail(f"{where}: data_offsets begin {begin} > end {end}", key)
+        if end > data_size:
+            fail(
+                f"{where}: data_offsets [{begin}, {end}] out of range of the "
+                f"{data_size}-byte data section",
+                key,
+            )
+        nbits = numel * DTYPE_BITS[dtype]
+        if nbits % 8:
+            fail(f"{where}: {dtype} {_short(shape)} is not a whole number of bytes", key)
+        if nbits // 8 != end - begin:
+            fail(
+                f"{where}: {dtype} {_short(shape)} needs {nbits // 8} bytes but data_offsets "
+                f"span {end - begin}",
+                key,
+            )
+        spans.append((begin, end, key))
+        entries[key] = TensorEntry(key, dtype, tuple(shape), data_start + begin, data_start + end)
+    cursor = 0
+    for begin, end, key in sorted(spans):
+        if begin > cursor:
+            fail(f"gap in the data section: bytes {cursor}..{begin} belong to no tensor", key)
+        if begin < cursor:
+            fail(f"tensor {key!r} overlaps the previous tensor (starts at {begin} < {cursor})", key)
+        cursor = end
+    if cursor != data_size:
+        fail(
+            f"data section not covered exactly: tensors end at {cursor} of {data_size} bytes "
+            f"({data_size - cursor} trailing bytes)"
+        )
+    return entries, metadata
+
+
+def _short(shape: list[int]) -> str:
+    text = str(shape)
+    return text if len(text) <= 60 else text[:57] + "..."
