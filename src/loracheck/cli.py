@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -237,7 +237,7 @@ def _rule_dict(meta: Any) -> dict[str, str]:
 
 @app.command()
 def verify(
-    model: Annotated[str, typer.Option(help="builtin, or a local transformers folder.")] = "builtin",
+    model: Annotated[str, typer.Option(help="builtin, or a transformers folder.")] = "builtin",
     adapter: Annotated[str | None, typer.Option(help="An adapter to load and verify.")] = None,
     config: Annotated[str | None, typer.Option(help="A config file with LoRA settings.")] = None,
     profile: Annotated[str, typer.Option(help="Profile when no config is given.")] = "llmbook",
@@ -331,11 +331,6 @@ def _root(
     ] = False,
 ) -> None:
     """loracheck: find what is wrong with a LoRA adapter before a long job or a release."""
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"loracheck: {message}\n")
-    raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,7 +74,7 @@ def _folder_unit(folder: Path, explicit: bool) -> Unit | None:
 def _file_unit(path: Path, explicit: bool) -> Unit | None:
     name = path.name
     folder = path.parent
-    if name == PEFT_CONFIG or name in PEFT_WEIGHTS or name == MLX_WEIGHTS:
+    if name in (PEFT_CONFIG, MLX_WEIGHTS, *PEFT_WEIGHTS):
         return _folder_unit(folder, explicit)
     if name in IGNORED_FILES:
         return None

@@ -6,7 +6,6 @@ in the input never raise: they become :class:`Fault` records that the input rule
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -167,8 +166,7 @@ def _scalar(source: TensorSource, key: str) -> float | None:
         return None
     if arr.size != 1:
         return None
-    value = float(arr.reshape(()))
-    return value if math.isfinite(value) else value
+    return float(arr.reshape(()))
 
 
 def _layer_alpha(
@@ -378,7 +376,6 @@ def _load_weights(
     else:
         spec_for_scale = spec
     total = len(grouping.pairs)
-    seen_empty: set[str] = {r.key for r in adapter.empty_tensors}
     for index, (record, pair) in enumerate(
         _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
     ):
@@ -396,7 +393,6 @@ def _load_weights(
         if ref.key not in unique:
             unique[ref.key] = ref
     adapter.empty_tensors = list(unique.values())
-    del seen_empty
     if opts.measure:
         adapter.init = infer_init(adapter.layers, adapter.spec or adapter.metadata_spec)
         adapter.stage = infer_stage(adapter.layers, adapter.init.scheme)

@@ -44,6 +44,36 @@ def _load_one(unit: Unit, stage: str) -> Adapter | None:
     return load_unit(unit, LoadOptions(stage=stage))
 
 
+class _Deadline(Exception):
+    """Raised by the interval timer inside a unit that ran past --timeout."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _Deadline
+
+
+def _load_with_deadline(unit: Unit, stage: str, timeout: float) -> Adapter | None:
+    """Load in this process; a unit running past ``timeout`` becomes an LC001 diagnostic.
+
+    Uses an interval timer, so it only applies in the main thread of a Unix process.
+    """
+    import signal
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if not hasattr(signal, "setitimer") or not in_main:
+        return _load_one(unit, stage)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return _load_one(unit, stage)
+    except _Deadline:
+        return _timed_out(unit, timeout)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _timed_out(unit: Unit, seconds: float) -> Adapter:
     adapter = Adapter(path=unit.path, format="unknown",
                       files=[str(p) for p in (unit.config, unit.weights) if p], spec=None,
@@ -66,7 +96,7 @@ def load_units(
     if jobs <= 1 or len(heavy) <= 1:
         results: list[Adapter | None] = []
         for i, unit in enumerate(units):
-            results.append(_load_one(unit, stage))
+            results.append(_load_with_deadline(unit, stage, timeout))
             if progress is not None:
                 progress(unit.path, i + 1, len(units))
         return [a for a in results if a is not None]

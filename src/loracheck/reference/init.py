@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from loracheck.reference.layers import LoRAEmbedding, LoRALinear, LoRAModule
 
@@ -132,11 +131,3 @@ def init_model(
     for _, module in sorted(modules, key=lambda item: item[0]):
         init_lora(module, scheme, std=std, generator=gen)
 
-
-def is_lora_parameter(module: nn.Module, name: str) -> bool:
-    """Whether ``name`` (a direct parameter path under a LoRA module) is one of its factors."""
-    if isinstance(module, LoRALinear):
-        return name in ("lora_A.weight", "lora_B.weight")
-    if isinstance(module, LoRAEmbedding):
-        return name in ("lora_embedding_A", "lora_embedding_B")
-    return False

@@ -78,7 +78,7 @@ def is_finite(x: float | None) -> bool:
 
 
 def fmt_num(x: float | int | None, digits: int = 4) -> str:
-    """Compact number: ``-`` when unknown, ``nan``/``inf`` spelled out, else ``digits`` significant."""
+    """A compact number: ``-`` if unknown, ``nan``/``inf`` spelled out, else ``digits`` g."""
     if x is None:
         return "-"
     if isinstance(x, bool):
@@ -207,8 +207,9 @@ def outlier_order(members: Sequence[tuple[int, LayerRecord]]) -> list[tuple[int,
     norms = [
         layer.delta.frobenius
         for _, layer in members
-        if layer.delta is not None and is_finite(layer.delta.frobenius) and layer.delta.frobenius > 0
+        if layer.delta is not None and math.isfinite(layer.delta.frobenius)
     ]
+    norms = [n for n in norms if n > 0]
     median = _median(norms)
 
     def score(layer: LayerRecord) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from loracheck.model import Diagnostic, Report, Severity
-from loracheck.render.ansi import BOLD, GREEN, SEVERITY_STYLE, paint
 from loracheck.render._common import (
     display_path,
     message_with_location,
@@ -13,6 +12,7 @@ from loracheck.render._common import (
     severity_counts,
     sorted_diagnostics,
 )
+from loracheck.render.ansi import BOLD, GREEN, SEVERITY_STYLE, paint
 
 
 def format_diagnostic(d: Diagnostic, *, root: Path, color: bool = False) -> str:
@@ -35,13 +35,8 @@ def summary_line(report: Report, *, color: bool = False) -> str:
         text = f"All checks passed ({plural(len(report.adapters), 'file')})."
         return paint(text, GREEN, color)
     counts = severity_counts(diagnostics)
-    parts = [
-        plural(counts[Severity.ERROR], "error"),
-        plural(counts[Severity.WARNING], "warning"),
-        plural(counts[Severity.INFO], "info"),
-    ]
-    shown = [p for p, s in zip(parts, (Severity.ERROR, Severity.WARNING, Severity.INFO))
-             if counts[s]]
+    words = ((Severity.ERROR, "error"), (Severity.WARNING, "warning"), (Severity.INFO, "info"))
+    shown = [plural(counts[s], word) for s, word in words if counts[s]]
     n_paths = len({d.path for d in diagnostics})
     text = (
         f"Found {plural(len(diagnostics), 'problem')} ({', '.join(shown)}) "

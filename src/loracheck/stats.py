@@ -1,0 +1,185 @@
+"""Per-layer statistics of LoRA factors and of their update ΔW = s·B·A, without materialising ΔW.
+
+Factor moments (over the n finite entries x_k of a factor):
+    μ = Σx/n,  σ² = Σx²/n − μ²  (two-pass Σ(x−μ)²/n when that cancels),
+    kurtosis = E[(x−μ)⁴]/σ⁴   (Pearson: normal ≈ 3, uniform ≈ 1.8).
+
+Update spectrum from the r×r Gram matrices, in float64:
+    G_A = A·Aᵀ,  G_B = Bᵀ·B,   ‖ΔW‖_F² = s²·tr(G_B·G_A) = s²·Σ_ij (G_B ∘ G_A)_ij.
+With G_A = V·diag(w)·Vᵀ (eigh) and R = V·diag(√w), A = R·Qᵀ for some Q with orthonormal columns,
+so σ(B·A) = σ(B·R) and σ_i(ΔW)² = |s|²·λ_i(Rᵀ·G_B·R), a symmetric PSD r×r eigenproblem.
+    effective rank = exp(−Σ p_i·ln p_i), p_i = σ_i/Σσ     (0 when ΔW = 0)
+    stable rank    = ‖ΔW‖_F²/σ_max²                       (0 when ΔW = 0)
+    alignment      = ‖B·A‖_F/(‖B‖_F·‖A‖_F) = √(tr(G_B·G_A)/(tr G_B·tr G_A))   (0 if a factor is 0)
+
+numpy only; no torch. Each factor is copied once to float64 (an r×n block, cache-sized per layer)
+because a float32 Gram loses the singular values below ~1e-3·σ_max.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from loracheck.model import DeltaStats, FactorStats
+
+_NAN_DELTA = DeltaStats(
+    frobenius=math.nan,
+    singular_values=(),
+    sigma_max=math.nan,
+    effective_rank=math.nan,
+    stable_rank=math.nan,
+    alignment=math.nan,
+)
+
+
+def _as_2d(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 2:
+        return x
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    """x as float64, keeping its memory order so that a transposed view stays cheap to ravel."""
+    return x if x.dtype == np.float64 else x.astype(np.float64, order="K")
+
+
+def _factor(
+    x: np.ndarray,
+    x64: np.ndarray,
+    sq_row_norms: np.ndarray | None,
+    *,
+    kurtosis: bool,
+    row_norms: bool,
+) -> FactorStats:
+    """Moments of one factor; ``sq_row_norms`` (a Gram diagonal) saves the Σx² pass."""
+    n = int(x.size)
+    if n == 0:
+        return FactorStats(numel=0, mean=0.0, std=0.0, absmax=0.0, zero_fraction=0.0,
+                           nonfinite=0)
+    flat = x64.ravel(order="K")
+    total = float(flat.sum())
+    sumsq = float(sq_row_norms.sum()) if sq_row_norms is not None else float(flat @ flat)
+    nonfinite = 0
+    if not (math.isfinite(sumsq) and math.isfinite(total)):
+        # slow path, only for broken tensors: moments over the finite entries
+        finite = np.isfinite(flat)
+        nonfinite = n - int(np.count_nonzero(finite))
+        flat = flat[finite]
+        total = float(flat.sum())
+        sumsq = float(flat @ flat)
+        sq_row_norms = None
+        row_norms = False
+    m = int(flat.size)
+    zero_fraction = (n - int(np.count_nonzero(x))) / n
+    if m == 0:
+        return FactorStats(numel=n, mean=0.0, std=0.0, absmax=0.0,
+                           zero_fraction=zero_fraction, nonfinite=nonfinite)
+    mean = total / m
+    var = sumsq / m - mean * mean
+    if var <= 1e-6 * (sumsq / m):
+        # Σx²/n − μ² cancels when |μ| ≫ σ (DoRA magnitudes): redo it centred
+        centred = flat - mean
+        var = float(centred @ centred) / m
+    var = max(var, 0.0)
+    std = math.sqrt(var)
+    src = x if nonfinite == 0 else flat
+    absmax = float(max(src.max(), -src.min()))
+    kurt: float | None = None
+    if kurtosis and var > 0.0:
+        d = flat - mean
+        np.multiply(d, d, out=d)
+        kurt = float(d @ d) / m / (var * var)
+    rn_mean: float | None = None
+    rn_cv: float | None = None
+    if row_norms:
+        sq = sq_row_norms if sq_row_norms is not None else np.einsum("ij,ij->i", x64, x64)
+        norms = np.sqrt(np.maximum(sq, 0.0))
+        rn_mean = float(norms.mean())
+        rn_cv = float(norms.std() / rn_mean) if rn_mean > 0.0 else None
+    return FactorStats(numel=n, mean=mean, std=std, absmax=absmax,
+                       zero_fraction=zero_fraction, nonfinite=nonfinite, kurtosis=kurt,
+                       row_norm_mean=rn_mean, row_norm_cv=rn_cv)
+
+
+def factor_stats(x: np.ndarray, *, kurtosis: bool = False, row_norms: bool = False) -> FactorStats:
+    """Statistics of one factor (any float dtype, any shape).
+
+    Row norms are those of the rows of ``x`` viewed as 2-D (x.reshape(x.shape[0], -1)); pass
+    ``b.T`` for a B factor to get the norms of its r columns (what orthonormal-structure checks
+    want; :func:`pair_stats` does this). row_norm_cv = std(‖row‖)/mean(‖row‖).
+    """
+    x2 = _as_2d(np.asarray(x))
+    return _factor(x2, _f64(x2), None, kurtosis=kurtosis, row_norms=row_norms)
+
+
+def _delta_from_grams(g_a: np.ndarray, g_b: np.ndarray, scaling: float) -> DeltaStats:
+    if not (np.isfinite(g_a).all() and np.isfinite(g_b).all()) or not math.isfinite(scaling):
+        return _NAN_DELTA
+    r = g_a.shape[0]
+    tr_a = float(np.trace(g_a))
+    tr_b = float(np.trace(g_b))
+    cross = max(float(np.einsum("ij,ij->", g_b, g_a)), 0.0)  # tr(G_B·G_A), both symmetric
+    s = abs(float(scaling))
+    fro = s * math.sqrt(cross)
+    if r == 0 or cross == 0.0 or s == 0.0:
+        return DeltaStats(frobenius=0.0, singular_values=(0.0,) * r, sigma_max=0.0,
+                          effective_rank=0.0, stable_rank=0.0, alignment=0.0)
+    w, v = np.linalg.eigh(g_a)
+    root = v * np.sqrt(np.maximum(w, 0.0))
+    core = root.T @ g_b @ root
+    lam = np.linalg.eigvalsh((core + core.T) * 0.5)
+    sig = np.sqrt(np.maximum(lam[::-1], 0.0)) * s
+    sigma_max = float(sig[0])
+    total = float(sig.sum())
+    pos = sig[sig > 0.0] / total
+    eff = math.exp(-float(pos @ np.log(pos))) if total > 0.0 else 0.0
+    stable = fro * fro / (sigma_max * sigma_max) if sigma_max > 0.0 else 0.0
+    align = min(math.sqrt(cross / (tr_a * tr_b)), 1.0) if tr_a > 0.0 and tr_b > 0.0 else 0.0
+    return DeltaStats(frobenius=fro, singular_values=tuple(float(x) for x in sig),
+                      sigma_max=sigma_max, effective_rank=eff, stable_rank=stable,
+                      alignment=align)
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        raise ValueError(f"factors do not chain: A {a.shape} (r, in), B {b.shape} (out, r)")
+
+
+def delta_stats(a: np.ndarray, b: np.ndarray, scaling: float) -> DeltaStats:
+    """Statistics of ΔW = s·B·A from canonical 2-D factors A (r, in) and B (out, r).
+
+    Raises ValueError when A and B do not chain. NaN fields (and no singular values) when a
+    factor holds NaN/Inf.
+    """
+    _check_pair(a, b)
+    a64, b64 = _f64(a), _f64(b)
+    return _delta_from_grams(a64 @ a64.T, b64.T @ b64, scaling)
+
+
+def pair_stats(
+    a: np.ndarray,
+    b: np.ndarray,
+    scaling: float,
+    *,
+    kurtosis: bool = True,
+    row_norms: bool = True,
+) -> tuple[FactorStats, FactorStats, DeltaStats]:
+    """(A stats, B stats, ΔW stats) in one go, sharing the float64 copies and Gram matrices.
+
+    Prefer this over :func:`factor_stats` + :func:`delta_stats`: Σx² and the row norms come from
+    the Gram diagonals. Kurtosis is computed for A only. The "row" norms of B are the norms of
+    its r columns (diag Bᵀ·B), the rank-axis vectors, like A's rows.
+    """
+    _check_pair(a, b)
+    a64, b64 = _f64(a), _f64(b)
+    g_a = a64 @ a64.T
+    g_b = b64.T @ b64
+    a_st = _factor(a, a64, np.diagonal(g_a), kurtosis=kurtosis, row_norms=row_norms)
+    b_st = _factor(b, b64, np.diagonal(g_b), kurtosis=False, row_norms=row_norms)
+    return a_st, b_st, _delta_from_grams(g_a, g_b, scaling)
