@@ -15,6 +15,9 @@ from loracheck.model import Adapter, Diagnostic, LayerRecord, Severity
 
 # Rows shown per module type in the inspect table (and in JSON with all_layers=False).
 TOP_ROWS_PER_TYPE = 5
+# A layer is promoted as an outlier when its ‖ΔW‖ is this many times off its type's median;
+# closer layers keep their file order, so small tables do not shuffle on noise.
+OUTLIER_RATIO = 2.0
 
 _PEFT_PREFIXES = ("base_model.model.", "base_model.")
 _NUMERIC_SEGMENT = re.compile(r"(?:^|[._/])(\d+)(?=$|[._/])")
@@ -201,8 +204,9 @@ def _median(values: Sequence[float]) -> float | None:
 def outlier_order(members: Sequence[tuple[int, LayerRecord]]) -> list[tuple[int, LayerRecord]]:
     """Members of one module type, most suspicious first.
 
-    Non-finite layers come first, then by |log(‖ΔW‖ / median ‖ΔW‖ of the type)| descending (a
-    zero update among moving peers counts as infinitely far), ties in file order.
+    Non-finite layers come first, then those at least :data:`OUTLIER_RATIO` times off the type's
+    median ‖ΔW‖, by |log(‖ΔW‖ / median)| descending (a zero update among moving peers counts as
+    infinitely far), then the rest in file order.
     """
     norms = [
         layer.delta.frobenius
@@ -222,7 +226,14 @@ def outlier_order(members: Sequence[tuple[int, LayerRecord]]) -> list[tuple[int,
             return math.inf
         return abs(math.log(norm / median))
 
-    return sorted(members, key=lambda m: (m[1].nonfinite == 0, -score(m[1]), m[0]))
+    threshold = math.log(OUTLIER_RATIO)
+
+    def key(member: tuple[int, LayerRecord]) -> tuple[bool, float, int]:
+        index, layer = member
+        s = score(layer)
+        return (layer.nonfinite == 0, -s if s >= threshold else 0.0, index)
+
+    return sorted(members, key=key)
 
 
 def selected_layers(adapter: Adapter, all_layers: bool) -> list[tuple[str, list[LayerRecord], int]]:
