@@ -8,6 +8,7 @@ before anything is constructed, so a "billion laughs" document is refused in mil
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Doc:
     data: Any
     key_lines: dict[KeyPath, int] = field(default_factory=dict)
     suppressions: dict[int, list[str]] = field(default_factory=dict)
+    _first: dict[str, tuple[KeyPath, Any]] | None = field(default=None, repr=False)
 
     def line(self, *path: str | int) -> int | None:
         """The 1-based line of the key at ``path``, when known."""
@@ -64,9 +66,9 @@ class Doc:
         """(present, value, line) of the value at ``path`` (mapping keys and list indices)."""
         node: Any = self.data
         for part in path:
-            if isinstance(part, str) and isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            in_dict = isinstance(part, str) and isinstance(node, dict) and part in node
+            in_list = isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node)
+            if in_dict or in_list:
                 node = node[part]
             else:
                 return False, None, None
@@ -87,10 +89,15 @@ class Doc:
 
     def find_key(self, key: str) -> tuple[bool, Any, int | None, KeyPath]:
         """The first ``key`` at any depth (sections flattened, kohya style)."""
-        for path, value in self.walk():
-            if path[-1] == key:
-                return True, value, self.key_lines.get(path), path
-        return False, None, None, ()
+        if self._first is None:
+            self._first = {}
+            for path, value in self.walk():
+                if isinstance(path[-1], str) and path[-1] not in self._first:
+                    self._first[path[-1]] = (path, value)
+        if key not in self._first:
+            return False, None, None, ()
+        path, value = self._first[key]
+        return True, value, self.key_lines.get(path), path
 
     def all_keys(self) -> set[str]:
         """Every mapping key at any depth."""
@@ -151,10 +158,10 @@ def _parse_json(name: str, text: str) -> Doc:
 
 
 def _parse_toml(name: str, text: str) -> Doc:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+    else:  # Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -191,6 +198,34 @@ def _yaml_loader(text: str) -> yaml.SafeLoader:
 def _parse_yaml(name: str, text: str) -> Doc:
     import yaml
 
+    try:
+        root, data, key_lines = _compose_and_construct(name, text)
+    except _NodeLimit:
+        raise ArtifactError(
+            name, f"YAML document with more than {MAX_YAML_NODES} nodes refused"
+        ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = err.problem or err.context or "syntax error"
+        raise ArtifactError(name, f"invalid YAML: {problem}", line=line) from None
+    except yaml.YAMLError as err:
+        # ReaderError (control characters) has no mark; give its message.
+        raise ArtifactError(name, f"invalid YAML: {err}".splitlines()[0]) from None
+    except RecursionError:
+        raise ArtifactError(name, "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # Constructor edge cases (bad timestamps, unhashable keys, ...).
+        raise ArtifactError(name, f"invalid YAML: {err}") from None
+    if root is None:
+        return Doc(name, "yaml", None)
+    return Doc(name, "yaml", data, key_lines)
+
+
+def _compose_and_construct(name: str, text: str) -> tuple[Any, Any, dict[KeyPath, int]]:
+    """(root node, constructed value, key lines) of the first document; (None, ...) if empty."""
+    import yaml
+
     loader = _yaml_loader(text)
     try:
         try:
@@ -203,28 +238,11 @@ def _parse_yaml(name: str, text: str) -> Doc:
             loader = _yaml_loader(text)
             root = loader.get_node() if loader.check_node() else None
         if root is None:
-            return Doc(name, "yaml", None)
+            return None, None, {}
         key_lines = _yaml_key_lines(name, root)
-        data = loader.construct_document(root)
-    except _NodeLimit:
-        raise ArtifactError(
-            name, f"YAML document with more than {MAX_YAML_NODES} nodes refused"
-        ) from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = err.problem or err.context or "syntax error"
-        raise ArtifactError(name, f"invalid YAML: {problem}", line=line) from None
-    except yaml.YAMLError as err:
-        raise ArtifactError(name, f"invalid YAML: {err}") from None
-    except RecursionError:
-        raise ArtifactError(name, "invalid YAML: nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as err:
-        # Constructor edge cases (bad timestamps, unhashable keys, ...).
-        raise ArtifactError(name, f"invalid YAML: {err}") from None
+        return root, loader.construct_document(root), key_lines
     finally:
         loader.dispose()
-    return Doc(name, "yaml", data, key_lines)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -83,8 +83,11 @@ def to_str(raw: Any, lax: bool = False) -> str:
 
 
 def to_str_list(raw: Any, lax: bool = False) -> list[str]:
+    """A list of strings; a set (Python scripts, PEFT accepts one) becomes a sorted list."""
     if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
         return list(raw)
+    if isinstance(raw, (set, frozenset)) and all(isinstance(x, str) for x in raw):
+        return sorted(raw)
     raise _Invalid
 
 
@@ -236,7 +239,10 @@ class SpecBuilder:
 
 
 def _short_repr(raw: Any, limit: int = 200) -> str:
-    text = repr(raw)
+    try:
+        text = repr(raw)
+    except (ValueError, RecursionError):  # ints past the digit limit, very deep nesting
+        return f"<{type(raw).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

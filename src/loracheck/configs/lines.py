@@ -131,7 +131,8 @@ def toml_key_lines(text: str) -> dict[KeyPath, int]:
             continue
         key = _TOML_KEY.match(line)
         if key:
-            lines[(*table, *_toml_parts(key.group(1)))] = lineno
+            key_path: KeyPath = (*table, *_toml_parts(key.group(1)))
+            lines[key_path] = lineno
             rest = line[key.end():]
             for quote in ('"""', "'''"):
                 if rest.count(quote) % 2 == 1:

@@ -148,7 +148,8 @@ def read_llama_factory(doc: Doc) -> LoraSpec:
     if present and pissa is True:
         # LLaMA-Factory turns pissa_init into PEFT's init string (pissa_iter -1 = full SVD).
         _, iters, _ = doc.lookup("pissa_iter")
-        iters = 16 if iters is None else iters
+        if not isinstance(iters, int) or isinstance(iters, bool):
+            iters = 16
         init = "pissa" if iters == -1 else f"pissa_niter_{iters}"
         b.set("init_lora_weights", init, line, key="pissa_init")
     if "alpha" not in b.values and "alpha" not in b.invalid:
