@@ -1,0 +1,121 @@
+"""The rule engine: run the selected rules on one adapter and turn findings into diagnostics.
+
+Order of decisions for each finding: rule selection (select / extend-select / ignore, the
+longest prefix wins), severity (the finding's own, else the rule's default, then the
+``severity`` overrides), per-file-ignores, inline ``# loracheck: ignore[...]`` comments.
+The result is sorted by (path, line, code, location), so output never depends on rule order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatch
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
+
+from loracheck.model import Adapter, Diagnostic, Severity
+from loracheck.rules.context import HELP_URL, Finding, Rule, RuleContext
+from loracheck.rules.registry import select_rules
+
+if TYPE_CHECKING:
+    from loracheck.basemodel import BaseModelInfo
+    from loracheck.settings import Settings
+
+
+def _longest(code: str, selectors: Iterable[str]) -> int:
+    best = -1
+    for sel in selectors:
+        if sel == "ALL":
+            best = max(best, 0)
+        elif code.startswith(sel):
+            best = max(best, len(sel))
+    return best
+
+
+def severity_for(code: str, default: Severity, overrides: Mapping[str, Severity]) -> Severity:
+    """The override with the longest matching prefix, else ``default``."""
+    best, chosen = -1, default
+    for sel, sev in overrides.items():
+        n = _longest(code, [sel])
+        if n > best:
+            best, chosen = n, sev
+    return chosen
+
+
+def _path_forms(path: str, root: Path | None) -> list[str]:
+    p = Path(path)
+    forms = [p.as_posix(), p.name]
+    try:
+        absolute = p.resolve()
+        forms.append(absolute.as_posix())
+        if root is not None:
+            forms.append(absolute.relative_to(root.resolve()).as_posix())
+    except (OSError, ValueError):
+        pass
+    return forms
+
+
+def file_ignored(
+    code: str, path: str, per_file: Sequence[tuple[str, Sequence[str]]], root: Path | None
+) -> bool:
+    """Whether a per-file-ignores glob matching ``path`` names ``code`` (or a prefix of it)."""
+    if not per_file:
+        return False
+    forms = _path_forms(path, root)
+    for glob, codes in per_file:
+        if any(fnmatch(form, glob) for form in forms) and _longest(code, codes) >= 0:
+            return True
+    return False
+
+
+def _suppressed(adapter: Adapter, diag: Diagnostic) -> bool:
+    spec = adapter.spec
+    if spec is None or diag.line is None or not spec.suppressions:
+        return False
+    if spec.path and PurePath(diag.path) != PurePath(spec.path):
+        return False
+    codes = spec.suppressions.get(diag.line)
+    if codes is None:
+        return False
+    return not codes or _longest(diag.code, [c.upper() for c in codes]) >= 0
+
+
+def _diagnostic(rule: Rule, finding: Finding, adapter: Adapter, settings: Settings) -> Diagnostic:
+    default = finding.severity or rule.meta.severity
+    return Diagnostic(
+        code=rule.code,
+        name=rule.meta.name,
+        severity=severity_for(rule.code, default, settings.severity),
+        path=finding.path or adapter.path,
+        message=finding.message,
+        line=finding.line,
+        location=finding.location,
+        help=HELP_URL.format(code=rule.code),
+    )
+
+
+def sort_key(d: Diagnostic) -> tuple[str, int, str, str]:
+    return (d.path, d.line or 0, d.code, d.location or "")
+
+
+def check_adapter(
+    adapter: Adapter, settings: Settings, base: BaseModelInfo | None = None
+) -> list[Diagnostic]:
+    """Every diagnostic the selected rules give for ``adapter``, filtered and sorted."""
+    ctx = RuleContext(adapter=adapter, profile=settings.profile, base=base)
+    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
+    out: list[Diagnostic] = []
+    for rule in rules:
+        for finding in rule(ctx):
+            diag = _diagnostic(rule, finding, adapter, settings)
+            if file_ignored(diag.code, diag.path, settings.per_file_ignores, settings.root):
+                continue
+            if _suppressed(adapter, diag):
+                continue
+            out.append(diag)
+    return sorted(out, key=sort_key)
+
+
+def exit_code(diagnostics: Iterable[Diagnostic], fail_on: Severity) -> int:
+    """1 when a diagnostic reaches ``fail_on``, else 0."""
+    return 1 if any(d.severity.rank >= fail_on.rank for d in diagnostics) else 0

@@ -1,0 +1,120 @@
+"""The CLI as pre-commit hooks are tested: `main(argv) -> int`, no subprocess (but one, to
+prove that `check` and `inspect` never import torch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loracheck.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "adapters"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_json_of_a_real_peft_adapter(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["inspect", str(EXAMPLES / "healthy"), "--format", "json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    (entry,) = doc["files"]
+    assert entry["format"] == "peft"
+    assert entry["stage"] == "trained"
+    assert entry["spec"]["rank"] == 8 and entry["spec"]["alpha"] == 16
+    # make_adapters.py: 2 layers x q,k,v,o
+    assert len(entry["layers"]) == 8
+    assert {layer["scaling"] for layer in entry["layers"]} == {2.0}
+    assert doc["diagnostics"] == []
+
+
+def test_inspect_text_names_format_rank_and_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["inspect", str(EXAMPLES / "healthy")], capsys)
+    assert code == 0
+    assert "peft" in out and "q_proj" in out
+    assert "2" in out
+
+
+def test_check_clean_adapter_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["check", str(EXAMPLES / "healthy")], capsys)
+    assert code == 0, out
+
+
+def test_check_nan_adapter_exits_one_with_lc203(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["check", str(EXAMPLES / "broken-nan")], capsys)
+    assert code == 1
+    assert "LC203" in out
+
+
+def test_exit_zero_and_fail_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["check", str(EXAMPLES / "broken-nan"), "--exit-zero"], capsys)[0] == 0
+    code, out, _ = run(["check", str(EXAMPLES / "broken-no-op"), "--fail-on", "warning"], capsys)
+    assert code == 1 and "LC207" in out
+    assert run(["check", str(EXAMPLES / "broken-no-op")], capsys)[0] == 0
+
+
+def test_usage_errors_exit_two_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["check", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no such file" in err
+    code, _, err = run(["check", "--no-such-flag", str(tmp_path)], capsys)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run(["rule", "LC999"], capsys)
+    assert code == 2 and "LC999" in err
+
+
+def test_corrupt_file_is_a_diagnostic_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(EXAMPLES / "healthy", bad)
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    good = tmp_path / "good"
+    shutil.copytree(EXAMPLES / "healthy", good)
+    code, out, err = run(["check", str(bad), str(good)], capsys)
+    assert code == 1
+    assert "LC001" in out and "Traceback" not in out + err
+    lines = [line for line in out.splitlines() if "LC001" in line]
+    assert len(lines) == 1 and "adapter_model.safetensors" in lines[0]
+
+
+def test_rule_explains_a_code(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["rule", "LC203"], capsys)
+    assert code == 0 and "What it does" in out and "Why is this bad?" in out
+    code, out, _ = run(["rule", "--all", "--format", "json"], capsys)
+    codes = [r["code"] for r in json.loads(out)]
+    assert code == 0 and codes == sorted(codes) and "LC204" in codes
+
+
+def test_sarif_and_github_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sarif_file = tmp_path / "out.sarif"
+    code, _, _ = run(["check", str(EXAMPLES / "broken-nan"), "--format", "sarif",
+                      "--output", str(sarif_file)], capsys)
+    assert code == 1
+    sarif = json.loads(sarif_file.read_text())
+    assert sarif["runs"][0]["results"][0]["ruleId"] == "LC203"
+    code, out, _ = run(["check", str(EXAMPLES / "broken-nan"), "--format", "github"], capsys)
+    assert code == 1 and out.startswith("::error file=") and "title=LC203" in out
+
+
+@pytest.mark.parametrize("command", ["check", "inspect"])
+def test_check_and_inspect_never_import_torch(command: str) -> None:
+    code = (
+        "import sys\n"
+        "from loracheck.cli import main\n"
+        f"main([{command!r}, {str(EXAMPLES / 'healthy')!r}])\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
