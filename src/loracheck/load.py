@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError
 from loracheck.model import (
@@ -28,11 +26,14 @@ from loracheck.model import (
 from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_alpha
 
 if TYPE_CHECKING:
+    # numpy is imported where tensors are read, so that checking config files never pays for it.
+    import numpy as np
+
     from loracheck.keys import KeyGrouping, PairKeys
 
 Progress = Callable[[int, int], None]
 # Receives each pair in canonical orientation (A (r, in), B (out, r)) while it is in memory.
-FactorSink = Callable[[LayerRecord, np.ndarray, np.ndarray], None]
+FactorSink = Callable[[LayerRecord, "np.ndarray", "np.ndarray"], None]
 
 # Bytes per element of each safetensors dtype (for sizes of tensors we do not read).
 DTYPE_SIZES: Mapping[str, int] = {
@@ -160,6 +161,8 @@ def _format_name(unit: Unit, grammar: str | None, spec: LoraSpec | None) -> str:
 
 
 def _scalar(source: TensorSource, key: str) -> float | None:
+    import numpy as np
+
     try:
         arr = np.asarray(source.read(key), dtype=np.float64)
     except ArtifactError:
@@ -422,6 +425,8 @@ def load_factors(path: str | Path) -> tuple[Adapter, dict[str, tuple[np.ndarray,
     units = [u for u in discover([path]) if u.weights is not None]
     if len(units) != 1:
         raise ArtifactError(str(path), f"expected one adapter, found {len(units)}", code="LC002")
+    import numpy as np
+
     factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def keep(record: LayerRecord, a: np.ndarray, b: np.ndarray) -> None:
