@@ -30,11 +30,19 @@ import numpy as np
 
 GRAMMARS = ("peft", "kohya", "lycoris", "diffusers", "llmbook", "torchtune", "mlx", "litgpt")
 _PEFT_PREFIX = "base_model.model."
-_DIFFUSERS_COMPONENTS = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.",
-                         "text_encoder_3.", "prior.", "decoder.")
+_DIFFUSERS_COMPONENTS = (
+    "unet.",
+    "transformer.",
+    "text_encoder.",
+    "text_encoder_2.",
+    "text_encoder_3.",
+    "prior.",
+    "decoder.",
+)
 _LOHA = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"})
-_LOKR = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-                   "lokr_t2"})
+_LOKR = frozenset(
+    {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
+)
 _VARIANT_LEAVES = frozenset({"lora_velora_embed", "lora_diag"})
 
 
@@ -193,7 +201,7 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
             continue
         module, role, grammar = hit
         if module.startswith(_PEFT_PREFIX):
-            module = module[len(_PEFT_PREFIX):]
+            module = module[len(_PEFT_PREFIX) :]
         elif grammar == "peft" and module.startswith(_DIFFUSERS_COMPONENTS):
             grammar = "diffusers"
         slot = slots.get(module)
@@ -238,9 +246,18 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
         leftovers = [k for k in (slot.alpha, slot.magnitude, slot.bias) if k is not None]
         if slot.kind in ("loha", "lokr"):
             extra = tuple(sorted(slot.extra + [k for k in (slot.a, slot.b) if k is not None]))
-            pairs.append(PairKeys(slot.module, slot.kind, "lycoris", None, None,
-                                  alpha_key=slot.alpha, magnitude_key=slot.magnitude,
-                                  extra_keys=extra))
+            pairs.append(
+                PairKeys(
+                    slot.module,
+                    slot.kind,
+                    "lycoris",
+                    None,
+                    None,
+                    alpha_key=slot.alpha,
+                    magnitude_key=slot.magnitude,
+                    extra_keys=extra,
+                )
+            )
             grammar_count["lycoris"] += 1
             kinds.add(slot.kind)
             continue
@@ -277,9 +294,20 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
         if mag is not None and not _magnitude_fits(mag, grammar):
             extras.append((mag, "unknown"))
             mag = None
-        pairs.append(PairKeys(slot.module, kind, grammar, slot.a, slot.b, alpha_key=slot.alpha,
-                              magnitude_key=mag, bias_key=slot.bias, transposed=transposed,
-                              extra_keys=tuple(slot.extra)))
+        pairs.append(
+            PairKeys(
+                slot.module,
+                kind,
+                grammar,
+                slot.a,
+                slot.b,
+                alpha_key=slot.alpha,
+                magnitude_key=mag,
+                bias_key=slot.bias,
+                transposed=transposed,
+                extra_keys=tuple(slot.extra),
+            )
+        )
         grammar_count[grammar] += 1
         kinds.add("lora")
 
@@ -294,8 +322,9 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
         variant = next(iter(kinds))
     else:
         variant = "mixed"
-    return KeyGrouping(pairs=pairs, extras=extras, orphans=orphans, grammar=dominant,
-                       variant=variant)
+    return KeyGrouping(
+        pairs=pairs, extras=extras, orphans=orphans, grammar=dominant, variant=variant
+    )
 
 
 def _taken(slot: _Slot, role: str) -> bool:
