@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -238,4 +239,9 @@ def test_lc214_dora() -> None:
     zero_m = factor(64, 0.0, zero=True)
     lay = [*layers(4, magnitude=True),
            layer(peft_name(4, "q_proj"), magnitude=True, magnitude_stats=zero_m)]
+    only(adapter(lay, spec_=dora), "LC214")
+    # A few negative entries among positive ones: the mean is positive, the minimum is not.
+    negative_m = replace(factor(64, 0.1), mean=1.0, min=-0.5, max=2.0)
+    lay = [*layers(4, magnitude=True),
+           layer(peft_name(4, "q_proj"), magnitude=True, magnitude_stats=negative_m)]
     only(adapter(lay, spec_=dora), "LC214")

@@ -245,7 +245,7 @@ def verify(
                                              "gaussian, pissa, zeros, random.")] = None,
     probe_steps: Annotated[int, typer.Option(min=1)] = 20,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
     seq_len: Annotated[int, typer.Option(min=2)] = 64,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
@@ -268,11 +268,18 @@ def verify(
     from loracheck import render
     from loracheck.model import Report
 
+    spec = None
+    if config is not None:
+        from loracheck.configs import read_spec
+
+        # Any config format the core reads: a bad one is one line and exit 2, as a bad flag.
+        spec = read_spec(Path(config))
     opts = VerifyOptions(
-        model=model, adapter=adapter, config=config, profile=profile, init=init,
-        probe_steps=probe_steps, lr=lr, batch_size=batch_size, seq_len=seq_len, seed=seed,
-        device=device, dtype=dtype, data=data, compile=compile, device_map=device_map,
-        save_adapter=save_adapter, overwrite=overwrite, post_save_check=_post_save_check,
+        model=model, adapter=_path(adapter), config=_path(config), spec=spec, profile=profile,
+        init=init, probe_steps=probe_steps, lr=lr, batch_size=batch_size, seq_len=seq_len,
+        seed=seed, device=device, dtype=dtype, data=_path(data), compile=compile,
+        device_map=device_map, save_adapter=_path(save_adapter), overwrite=overwrite,
+        post_save_check=_post_save_check,
     )
     bar = _StepBar()
     try:
@@ -297,6 +304,10 @@ def verify(
 
         _write(render_verify_text(result), None)
     return 1 if any(d.severity.value == "error" for d in result.diagnostics) else 0
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def _post_save_check(path: Path) -> list[Any]:

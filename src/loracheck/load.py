@@ -6,6 +6,8 @@ in the input never raise: they become :class:`Fault` records that the input rule
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -103,7 +105,8 @@ class _PickleSource:
 def _numpy_dtype_name(arr: np.ndarray) -> str:
     names = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-    return names.get(arr.dtype.name, arr.dtype.name.upper())
+    name = str(arr.dtype.name)
+    return names.get(name, name.upper())
 
 
 @dataclass(frozen=True)
@@ -258,22 +261,41 @@ def _measure(
 ) -> None:
     """Fill the record's statistics from one (A, B) pair, then let the arrays go."""
     from loracheck.keys import to_canonical
-    from loracheck.stats import delta_stats, factor_stats
+    from loracheck.stats import factor_stats, pair_stats
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
     if record.rank is None or record.a is None or record.b is None:
         return
-    a_raw = source.read(record.a.key)
-    b_raw = source.read(record.b.key)
-    a, b = to_canonical(pair, a_raw, b_raw)
-    record.a_stats = factor_stats(a, kurtosis=True, row_norms=True)
-    record.b_stats = factor_stats(b, row_norms=True)
+    a, b = to_canonical(pair, source.read(record.a.key), source.read(record.b.key))
     if a.shape[0] == b.shape[1]:
         scaling = record.scaling if record.scaling is not None else 1.0
-        record.delta = delta_stats(a, b, scaling)
+        record.a_stats, record.b_stats, record.delta = pair_stats(a, b, scaling)
+    else:
+        # Inner dimensions disagree (LC202): no product to measure, the factors still are.
+        record.a_stats = factor_stats(a, kurtosis=True, row_norms=True)
+        record.b_stats = factor_stats(b.T, row_norms=True)
     if sink is not None:
         sink(record, a, b)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that can be read without blocking, or None.
+
+    A FIFO would block ``open`` until a writer comes; a device or socket is no artifact.
+    A missing or unreadable path returns None: opening it reports the OS error.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a regular file"
+    return "not a regular file (device or socket)"
 
 
 def load_unit(
@@ -288,6 +310,14 @@ def load_unit(
     opts = options or LoadOptions()
     files = [str(p) for p in (unit.config, unit.weights) if p is not None]
     adapter = Adapter(path=unit.path, format="unknown", files=files, spec=None)
+    for path in (unit.config, unit.weights):
+        why = _not_a_file(path) if path is not None else None
+        if why is not None:
+            if not unit.explicit:
+                return None
+            adapter.faults.append(Fault("LC001", str(path), f"cannot read: {why}"))
+            adapter.has_weights = False
+            return adapter
 
     if unit.config is not None:
         from loracheck.configs import sniff_config
@@ -373,11 +403,8 @@ def _load_weights(
         adapter.faults.append(Fault("LC002", str(unit.weights),
                                     f"no LoRA factors among {len(refs)} tensors"))
         return
-    spec = adapter.spec
-    if spec is None and adapter.metadata_spec is not None:
-        spec_for_scale = adapter.metadata_spec
-    else:
-        spec_for_scale = spec
+    # Without a config, the metadata embedded in the weights (kohya ss_*) sets rank and alpha.
+    spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)
     for index, (record, pair) in enumerate(
         _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)

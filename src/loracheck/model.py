@@ -45,7 +45,7 @@ class InitScheme(str, Enum):
     """The initialisation scheme in force for the LoRA factors.
 
     Expectations (Linear layers, A: (r, in)):
-        kaiming-uniform  A ~ U(±1/√in), std 1/√(3·in); B = 0     (PEFT default, kohya, torchtune, mlx)
+        kaiming-uniform  A ~ U(±1/√in), std 1/√(3·in); B = 0  (PEFT default, kohya, torchtune, mlx)
         gaussian         A ~ N(0, (1/r)²);              B = 0     (PEFT "gaussian")
         normal           A ~ N(0, σ²), σ given (0.02);  B = 0     (LLMBook)
         orthogonal       A, B ≠ 0 with B @ A = 0                  (PEFT "orthogonal")
@@ -142,7 +142,8 @@ class LoraSpec(BaseModel):
 class FactorStats:
     """Statistics of one factor (A, B, or a DoRA magnitude), computed in one pass.
 
-    Moments are over the finite entries only; ``nonfinite`` counts NaN and ±Inf.
+    Moments are over the finite entries only; ``nonfinite`` counts NaN and ±Inf. The row norms
+    of B are those of its r columns (its rank-axis vectors, like A's rows).
     """
 
     numel: int
@@ -156,6 +157,9 @@ class FactorStats:
     # Largest |row norm| deviation from the mean row norm, used to spot orthonormal structure.
     row_norm_mean: float | None = None
     row_norm_cv: float | None = None
+    # Extremes over the finite entries (a DoRA magnitude must have min > 0).
+    min: float | None = None
+    max: float | None = None
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def _factor(
     var = max(var, 0.0)
     std = math.sqrt(var)
     src = x if nonfinite == 0 else flat
-    absmax = float(max(src.max(), -src.min()))
+    lo, hi = float(src.min()), float(src.max())
+    absmax = max(hi, -lo)
     kurt: float | None = None
     if kurtosis and var > 0.0:
         d = flat - mean
@@ -121,6 +122,8 @@ def _factor(
         kurtosis=kurt,
         row_norm_mean=rn_mean,
         row_norm_cv=rn_cv,
+        min=lo,
+        max=hi,
     )
 
 

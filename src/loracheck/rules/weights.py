@@ -807,8 +807,9 @@ def dora_magnitude_invalid(ctx: RuleContext) -> Iterator[Finding]:
                 f"{plural(stats.nonfinite, 'non-finite value')}",
                 ref.key,
             )
-        elif stats.zero_fraction > 0 or stats.mean <= 0:
+        elif stats.zero_fraction > 0 or (stats.min if stats.min is not None else stats.mean) <= 0:
+            lowest = f" (min {stats.min:.4g})" if stats.min is not None else ""
             yield ctx.weight_finding(
-                f"DoRA magnitude of {short_name(layer.name)} is not strictly positive",
+                f"DoRA magnitude of {short_name(layer.name)} is not strictly positive{lowest}",
                 ref.key,
             )
