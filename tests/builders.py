@@ -128,7 +128,7 @@ def write_safetensors(
     blobs: list[bytes] = []
     offset = 0
     for key, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")  # ascontiguousarray would turn 0-dim into (1,)
         if key in bf16:
             bits = arr.astype(np.float32).view(np.uint32).astype(np.uint64)
             rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
