@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from builders import kohya_file, peft_adapter, write_safetensors
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from builders import kohya_file, peft_adapter, write_safetensors
 from loracheck.errors import ArtifactError
 from loracheck.safetensors_io import SafetensorsFile, TensorEntry, is_lfs_pointer
 
 
-def _raw_file(path: Path, header: Any, data: bytes = b"", *, raw_header: bytes | None = None) -> Path:
+def _raw_file(
+    path: Path, header: Any, data: bytes = b"", *, raw_header: bytes | None = None
+) -> Path:
     """Write a safetensors file by hand: u64 length, header bytes, data bytes."""
     blob = raw_header if raw_header is not None else json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)

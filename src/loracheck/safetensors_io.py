@@ -31,8 +31,10 @@ __all__ = [
     "DTYPE_BITS",
     "LFS_MAGIC",
     "MAX_HEADER_BYTES",
+    "RAW_DTYPES",
     "SafetensorsFile",
     "TensorEntry",
+    "decode_array",
     "is_lfs_pointer",
 ]
 
@@ -71,8 +73,9 @@ DTYPE_BITS: dict[str, int] = {
     "U64": 64,
 }
 
-# Stored dtypes read() returns as a view (or a byte-order fix) of the file's bytes.
-_DIRECT: dict[str, str] = {
+# The numpy dtype each readable stored dtype is first viewed as (little-endian, as stored):
+# BF16 as its 16 raw bits, BOOL and 8-bit floats as bytes; decode_array() finishes the job.
+RAW_DTYPES: dict[str, str] = {
     "F32": "<f4",
     "F64": "<f8",
     "C64": "<c8",
@@ -84,6 +87,14 @@ _DIRECT: dict[str, str] = {
     "U32": "<u4",
     "U16": "<u2",
     "U8": "u1",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "BOOL": "u1",
+    "F8_E4M3": "u1",
+    "F8_E5M2": "u1",
+    "F8_E4M3FNUZ": "u1",
+    "F8_E5M2FNUZ": "u1",
+    "F8_E8M0": "u1",
 }
 _FP8 = frozenset({"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0"})
 _ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
@@ -209,6 +220,29 @@ def _fp8_lookup(dtype: str) -> npt.NDArray[np.float32]:
     return table
 
 
+def decode_array(raw: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
+    """Turn ``raw`` (viewed as ``RAW_DTYPES[dtype]``, either byte order) into loracheck's output.
+
+    Floats become float32 (F64 stays float64, C64 complex64); integers keep their type in native
+    byte order; BOOL becomes bool. Native F32/integer input is returned as is (no copy).
+    """
+    if dtype == "F16":
+        return raw.astype(np.float32)
+    if dtype == "BF16":
+        # bfloat16 is the upper half of a float32: widen and shift into place.
+        wide = raw.astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+    if dtype == "BOOL":
+        flags: npt.NDArray[np.bool_] = raw != 0
+        return flags
+    if dtype in _FP8:
+        return _fp8_lookup(dtype).take(raw)
+    if not raw.dtype.isnative:
+        return raw.astype(raw.dtype.newbyteorder("="))
+    return raw
+
+
 class SafetensorsFile:
     """An open, validated safetensors file whose tensors are read on demand from a read-only mmap.
 
@@ -291,36 +325,20 @@ class SafetensorsFile:
         entry = self.entries[key]
         if self._closed or self._mmap is None:
             raise ValueError(f"{self.path}: read from a closed SafetensorsFile")
-        numel = entry.numel
-        dtype = entry.dtype
-        if dtype in _DIRECT:
-            dt = np.dtype(_DIRECT[dtype])
-            arr: npt.NDArray[Any] = self._raw(entry, dt, numel)
-            if not dt.isnative:
-                arr = arr.astype(dt.newbyteorder("="))
-        elif dtype == "F16":
-            arr = self._raw(entry, np.dtype("<f2"), numel).astype(np.float32)
-        elif dtype == "BF16":
-            # bfloat16 is the upper half of a float32: widen and shift into place.
-            wide = self._raw(entry, np.dtype("<u2"), numel).astype(np.uint32)
-            wide <<= 16
-            arr = wide.view(np.float32)
-        elif dtype == "BOOL":
-            arr = self._raw(entry, np.dtype("u1"), numel) != 0
-        elif dtype in _FP8:
-            arr = _fp8_lookup(dtype).take(self._raw(entry, np.dtype("u1"), numel))
-        else:
+        raw_dtype = RAW_DTYPES.get(entry.dtype)
+        if raw_dtype is None:
             raise ArtifactError(
-                self.path, f"tensor {key!r} has dtype {dtype}, which loracheck cannot read",
+                self.path,
+                f"tensor {key!r} has dtype {entry.dtype}, which loracheck cannot read",
                 location=key,
             )
-        return arr.reshape(entry.shape)
-
-    def _raw(self, entry: TensorEntry, dt: np.dtype[Any], numel: int) -> npt.NDArray[Any]:
+        dt = np.dtype(raw_dtype)
+        numel = entry.numel
         if numel == 0:
-            return np.zeros(0, dtype=dt)
-        assert self._mmap is not None
-        return np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
+            raw: npt.NDArray[Any] = np.zeros(0, dtype=dt)
+        else:
+            raw = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
+        return decode_array(raw, entry.dtype).reshape(entry.shape)
 
     # --- lifetime ---------------------------------------------------------------------------
 
