@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+
+# The statistics are many small r×r and r×n products: OpenBLAS's thread pool only adds
+# hand-offs there, and on a busy machine its spinning threads made `inspect` 4x slower
+# (benchmarks/bench_inspect.py). Set before numpy is first imported; a user's value wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -69,11 +75,23 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 def _write(text: str, output: Path | None) -> None:
     if output is None:
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        text = text if text.endswith("\n") or not text else text + "\n"
+        if getattr(sys.stdout, "errors", None) == "strict":
+            # A file name that is not UTF-8 (surrogate escapes) must not crash the report.
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            try:
+                text.encode(encoding)
+            except UnicodeEncodeError:
+                text = text.encode(encoding, "backslashreplace").decode(encoding)
+            except LookupError:
+                pass
+        sys.stdout.write(text)
         sys.stdout.flush()
         return
     try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        # surrogateescape: a file name that is not UTF-8 is written back as its own bytes.
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8",
+                          errors="surrogateescape")
     except OSError as err:
         raise UsageError(f"{output}: cannot write: {err.strerror or err}") from err
 

@@ -49,7 +49,9 @@ class TensorSource(Protocol):
 
     def refs(self) -> dict[str, TensorRef]: ...
 
-    def read(self, key: str) -> np.ndarray: ...
+    def read(self, key: str, *, float64: bool = False) -> np.ndarray: ...
+
+    def release(self, key: str) -> None: ...
 
     def metadata(self) -> dict[str, str]: ...
 
@@ -68,8 +70,11 @@ class _SafetensorsSource:
             for key, e in self._file.entries.items()
         }
 
-    def read(self, key: str) -> np.ndarray:
-        return self._file.read(key)
+    def read(self, key: str, *, float64: bool = False) -> np.ndarray:
+        return self._file.read(key, float64=float64)
+
+    def release(self, key: str) -> None:
+        self._file.release(key)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._file.metadata)
@@ -82,31 +87,27 @@ class _PickleSource:
     """A torch pickle checkpoint read by loracheck's restricted unpickler (no code runs)."""
 
     def __init__(self, path: Path) -> None:
-        from loracheck.pickle_io import load_state_dict
+        from loracheck.pickle_io import TorchCheckpoint
 
-        self._tensors = load_state_dict(path)
+        self._checkpoint = TorchCheckpoint.open(path)
 
     def refs(self) -> dict[str, TensorRef]:
         return {
-            key: TensorRef(key, _numpy_dtype_name(arr), tuple(arr.shape), int(arr.nbytes))
-            for key, arr in self._tensors.items()
+            key: TensorRef(key, t.dtype, tuple(t.shape), t.nbytes)
+            for key, t in self._checkpoint.entries.items()
         }
 
-    def read(self, key: str) -> np.ndarray:
-        return self._tensors[key]
+    def read(self, key: str, *, float64: bool = False) -> np.ndarray:
+        return self._checkpoint.read(key)
+
+    def release(self, key: str) -> None:
+        """Nothing to release: tensors are read from the zip on demand."""
 
     def metadata(self) -> dict[str, str]:
         return {}
 
     def close(self) -> None:
-        self._tensors = {}
-
-
-def _numpy_dtype_name(arr: np.ndarray) -> str:
-    names = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-    name = str(arr.dtype.name)
-    return names.get(name, name.upper())
+        self._checkpoint.close()
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,10 @@ def _measure(
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
     if record.rank is None or record.a is None or record.b is None:
         return
-    a, b = to_canonical(pair, source.read(record.a.key), source.read(record.b.key))
+    # Read straight into float64, the precision the statistics are computed in.
+    a, b = to_canonical(
+        pair, source.read(record.a.key, float64=True), source.read(record.b.key, float64=True)
+    )
     if a.shape[0] == b.shape[1]:
         scaling = record.scaling if record.scaling is not None else 1.0
         record.a_stats, record.b_stats, record.delta = pair_stats(a, b, scaling)
@@ -277,6 +281,8 @@ def _measure(
         record.b_stats = factor_stats(b.T, row_norms=True)
     if sink is not None:
         sink(record, a, b)
+    source.release(record.a.key)
+    source.release(record.b.key)
 
 
 def _not_a_file(path: Path) -> str | None:

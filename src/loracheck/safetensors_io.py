@@ -220,12 +220,22 @@ def _fp8_lookup(dtype: str) -> npt.NDArray[np.float32]:
     return table
 
 
-def decode_array(raw: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
+def decode_array(
+    raw: npt.NDArray[Any], dtype: str, *, float64: bool = False
+) -> npt.NDArray[Any]:
     """Turn ``raw`` (viewed as ``RAW_DTYPES[dtype]``, either byte order) into loracheck's output.
 
     Floats become float32 (F64 stays float64, C64 complex64); integers keep their type in native
     byte order; BOOL becomes bool. Native F32/integer input is returned as is (no copy).
+    ``float64=True`` decodes F16/BF16/F32 straight to float64 in one pass, for callers that
+    compute in float64 anyway (the statistics), instead of a float32 copy and then another.
     """
+    if float64 and dtype in ("F16", "F32"):
+        return raw.astype(np.float64)
+    if float64 and dtype == "BF16":
+        wide = raw.astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32).astype(np.float64)
     if dtype == "F16":
         return raw.astype(np.float32)
     if dtype == "BF16":
@@ -314,8 +324,8 @@ class SafetensorsFile:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def read(self, key: str) -> npt.NDArray[Any]:
-        """The tensor ``key`` as a shaped numpy array.
+    def read(self, key: str, *, float64: bool = False) -> npt.NDArray[Any]:
+        """The tensor ``key`` as a shaped numpy array (see :func:`decode_array` for ``float64``).
 
         Float formats come back as float32 (F64 stays float64, C64 complex64), integers as their
         numpy integer type, BOOL as bool. F32 and integer tensors are read-only views of the file
@@ -338,7 +348,18 @@ class SafetensorsFile:
             raw: npt.NDArray[Any] = np.zeros(0, dtype=dt)
         else:
             raw = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
-        return decode_array(raw, entry.dtype).reshape(entry.shape)
+        return decode_array(raw, entry.dtype, float64=float64).reshape(entry.shape)
+
+    def release(self, key: str) -> None:
+        """Drop the pages of ``key`` from this process's resident set (they stay in the page
+        cache). Keeps peak RSS flat when a large file is streamed one tensor pair at a time;
+        arrays still viewing those pages remain valid and fault them back in if touched."""
+        entry = self.entries[key]
+        if self._mmap is None or entry.end <= entry.start or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = entry.start - entry.start % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
 
     # --- lifetime ---------------------------------------------------------------------------
 
