@@ -357,9 +357,14 @@ class SafetensorsFile:
         entry = self.entries[key]
         if self._mmap is None or entry.end <= entry.start or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = entry.start - entry.start % mmap.PAGESIZE
+        # The kernel maps pages around each fault too (fault-around, 64 KiB by default), so a
+        # margin on both sides also drops the neighbours' pages that reading this one mapped.
+        margin = 256 * 1024
+        start = max(0, entry.start - margin)
+        start -= start % mmap.PAGESIZE
+        end = min(len(self._mmap), entry.end + margin)
         with contextlib.suppress(OSError, ValueError):
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     # --- lifetime ---------------------------------------------------------------------------
 
