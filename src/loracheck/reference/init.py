@@ -130,4 +130,3 @@ def init_model(
     gen = torch.Generator().manual_seed(seed)
     for _, module in sorted(modules, key=lambda item: item[0]):
         init_lora(module, scheme, std=std, generator=gen)
-

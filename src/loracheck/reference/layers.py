@@ -65,10 +65,9 @@ class LoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scaling = lora_scaling(rank, self.alpha, use_rslora=use_rslora)
-        weight = base.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        self.lora_A = nn.Linear(base.in_features, rank, bias=False, **factory)
-        self.lora_B = nn.Linear(rank, base.out_features, bias=False, **factory)
+        dev, dt = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=dev, dtype=dt)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=dev, dtype=dt)
         nn.init.zeros_(self.lora_A.weight)
         nn.init.zeros_(self.lora_B.weight)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -83,19 +82,20 @@ class LoRALinear(nn.Module):
         return int(self.base_layer.out_features)
 
     @property
-    def factor_a(self) -> nn.Parameter:
+    def factor_a(self) -> torch.Tensor:
         return self.lora_A.weight
 
     @property
-    def factor_b(self) -> nn.Parameter:
+    def factor_b(self) -> torch.Tensor:
         return self.lora_B.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y: torch.Tensor = self.base_layer(x)
         if self.merged:
             return y
         # (..., in) -> (..., r) -> (..., out)
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        update: torch.Tensor = self.lora_B(self.lora_A(self.lora_dropout(x)))
+        return torch.add(y, update, alpha=self.scaling)  # y + s·update in one kernel
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · B @ A, shape (out, in), computed in fp32 and returned in the base's dtype."""
@@ -138,10 +138,13 @@ class LoRAEmbedding(nn.Module):
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scaling = lora_scaling(rank, self.alpha, use_rslora=use_rslora)
-        weight = base.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        self.lora_embedding_A = nn.Parameter(torch.zeros(rank, base.num_embeddings, **factory))
-        self.lora_embedding_B = nn.Parameter(torch.zeros(base.embedding_dim, rank, **factory))
+        dev, dt = base.weight.device, base.weight.dtype
+        self.lora_embedding_A = nn.Parameter(
+            torch.zeros(rank, base.num_embeddings, device=dev, dtype=dt)
+        )
+        self.lora_embedding_B = nn.Parameter(
+            torch.zeros(base.embedding_dim, rank, device=dev, dtype=dt)
+        )
         self.merged = False
 
     @property
@@ -153,15 +156,15 @@ class LoRAEmbedding(nn.Module):
         return int(self.base_layer.embedding_dim)
 
     @property
-    def factor_a(self) -> nn.Parameter:
+    def factor_a(self) -> torch.Tensor:
         return self.lora_embedding_A
 
     @property
-    def factor_b(self) -> nn.Parameter:
+    def factor_b(self) -> torch.Tensor:
         return self.lora_embedding_B
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(ids)
+        y: torch.Tensor = self.base_layer(ids)
         if self.merged:
             return y
         base = self.base_layer
@@ -188,4 +191,4 @@ class LoRAEmbedding(nn.Module):
 
 
 LoRAModule = LoRALinear | LoRAEmbedding
-"""Either LoRA layer type; both expose ``factor_a``, ``factor_b``, ``delta_weight`` and ``merged``."""
+"""Either LoRA layer: both expose ``factor_a``, ``factor_b``, ``delta_weight`` and ``merged``."""

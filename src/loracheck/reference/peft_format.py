@@ -34,9 +34,17 @@ from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-# Scheme name -> what PEFT's ``init_lora_weights`` says for it (B = 0 schemes load the same).
-_PEFT_INIT = {"kaiming": True, "normal": True, "zeros": True, "gaussian": "gaussian",
-              "pissa": "pissa", "random": False}
+# Scheme name -> the ``init_lora_weights`` written. PEFT overwrites the factors on load, so only
+# PiSSA (which rewrites the base into its residual) must be declared; a trained adapter that
+# started random is not a fresh random init any more, and is written as True.
+_PEFT_INIT = {
+    "kaiming": True,
+    "normal": True,
+    "zeros": True,
+    "gaussian": "gaussian",
+    "pissa": "pissa",
+    "random": True,
+}
 
 Factors = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
@@ -128,7 +136,7 @@ def save_adapter(
     return out_dir
 
 
-def _spec_from_peft_json(path: Path) -> LoraSpec:
+def spec_from_peft_json(path: Path) -> LoraSpec:
     raw = json.loads(path.read_text())
     return LoraSpec(
         source_format="peft",
@@ -154,15 +162,19 @@ def strip_prefix(key: str) -> str:
 
 def read_peft_dir(path: Path) -> AdapterFactors:
     """Read a PEFT adapter folder (ours or PEFT's) into canonical float32 factors."""
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     path = Path(path)
-    spec = _spec_from_peft_json(path / CONFIG_NAME)
-    tensors = load_file(str(path / WEIGHTS_NAME))
+    spec = spec_from_peft_json(path / CONFIG_NAME)
+    tensors = {k: v.float().numpy() for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
-        for suffix, role in ((".lora_A.weight", "a"), (".lora_B.weight", "b"),
-                             (".lora_embedding_A", "a"), (".lora_embedding_B", "b")):
+        for suffix, role in (
+            (".lora_A.weight", "a"),
+            (".lora_B.weight", "b"),
+            (".lora_embedding_A", "a"),
+            (".lora_embedding_B", "b"),
+        ):
             if key.endswith(suffix):
                 module = strip_prefix(key[: -len(suffix)])
                 pairs.setdefault(module, {})[role] = value.astype(np.float32)
@@ -181,7 +193,7 @@ def read_adapter(path: Path) -> AdapterFactors:
     """Read any adapter the core can load (``loracheck.load``), else a PEFT folder directly."""
     path = Path(path)
     try:
-        from loracheck.load import load_factors  # type: ignore[import-not-found,unused-ignore]
+        from loracheck.load import load_factors
     except ImportError:
         if path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
             return read_peft_dir(path)
@@ -251,8 +263,11 @@ def fit_adapter(
             continue
         if a.shape[1] != fan_in or b.shape[0] != fan_out:
             problems.append(
-                (key, f"A {tuple(a.shape)} and B {tuple(b.shape)} do not fit {name} "
-                      f"({fan_out} x {fan_in}, as (out, in))")
+                (
+                    key,
+                    f"A {tuple(a.shape)} and B {tuple(b.shape)} do not fit {name} "
+                    f"({fan_out} x {fan_in}, as (out, in))",
+                )
             )
             continue
         scale = adapter.scalings.get(key)
@@ -265,7 +280,9 @@ def fit_adapter(
 
 
 @torch.no_grad()
-def load_adapter(model: nn.Module, factors: Factors, *, mapping: Mapping[str, str] | None = None) -> int:
+def load_adapter(
+    model: nn.Module, factors: Factors, *, mapping: Mapping[str, str] | None = None
+) -> int:
     """Copy (A, B) pairs into the LoRA layers of an injected ``model``; returns how many.
 
     Keys are module names (PEFT's ``base_model.model.`` prefix is accepted), or adapter keys
