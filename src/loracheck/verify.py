@@ -49,6 +49,8 @@ from loracheck.reference.peft_format import (
     spec_from_peft_json,
 )
 from loracheck.reference.tinymodel import PROBE_TEXT, build_tiny, encode_bytes
+from loracheck.rules.context import HELP_URL
+from loracheck.rules.registry import get_rule
 
 PROFILES: dict[str, LoraSpec] = {
     # LLMBook / LLMBox: r 16, α 16, dropout 0.05, A ~ N(0, 0.02²), B = 0, PEFT's default targets.
@@ -78,17 +80,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Relative tolerance on outputs, per dtype: |Δ| ≤ tol · max(1, max |reference|).
 OUTPUT_TOL = {torch.float32: 2e-5, torch.bfloat16: 5e-2, torch.float16: 5e-3}
 
-_NAMES = {
-    "LC207": "zero-update-adapter",
-    "LC301": "not-identity-at-init",
-    "LC302": "loss-does-not-fall",
-    "LC303": "non-adapter-learns",
-    "LC304": "factor-gets-no-gradient",
-    "LC305": "merge-changes-outputs",
-    "LC306": "reload-changes-outputs",
-    "LC307": "non-finite-values",
-    "LC308": "adapter-does-not-fit",
-}
+
 
 
 @dataclass
@@ -326,15 +318,17 @@ class _Run:
         severity: Severity = Severity.ERROR,
         help: str | None = None,
     ) -> None:
+        # Names and help pages come from the one rule registry (rules/probe.py, rules/weights.py).
+        meta = get_rule(code)
         self.result.diagnostics.append(
             Diagnostic(
                 code=code,
-                name=_NAMES.get(code, code),
+                name=meta.name if meta is not None else code,
                 severity=severity,
                 path=self.label,
                 message=message,
                 location=location,
-                help=help,
+                help=help or HELP_URL.format(code=code),
             )
         )
 

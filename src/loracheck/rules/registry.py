@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from loracheck.model import RuleMeta, Severity
-from loracheck.rules import base, config, input, weights
+from loracheck.rules import base, config, input, probe, weights
 from loracheck.rules.context import Rule
 
 RULES: tuple[Rule, ...] = (
@@ -42,6 +42,14 @@ RULES: tuple[Rule, ...] = (
     input.pickle_checkpoint,
     base.module_not_in_base,
     base.vocab_size_mismatch,
+    probe.probe_identity_broken,
+    probe.stalled_loss,
+    probe.base_weights_learn,
+    probe.gradient_free_factor,
+    probe.merge_changes_outputs,
+    probe.reload_changes_outputs,
+    probe.probe_non_finite,
+    probe.adapter_model_mismatch,
 )
 
 # Retired codes: code -> (name, what replaced it). Never reuse one of these codes.
