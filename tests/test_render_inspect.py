@@ -32,7 +32,7 @@ def test_exact_output_of_a_healthy_adapter() -> None:
         "  scaling  alpha/r = 2",
         "  dropout  0.05",
         "  targets  q_proj, v_proj × 2 layers = 4 modules",
-        "  init     kaiming-uniform (inferred: A std 0.0720 vs kaiming 0.0722 at in=64)",
+        "  init     kaiming-uniform: A std 0.0720 vs kaiming 0.0722 at in=64",
         "  stage    trained",
         "  tensors  9",
         "  bytes    40.0 KiB (40,960 B)",

@@ -318,12 +318,12 @@ def infer_init(layers: Sequence[LayerRecord], spec: LoraSpec | None) -> InitInfe
 
 def _declared_source(spec: LoraSpec | None, scheme: InitScheme) -> str:
     if spec is None:
-        return f"declared {scheme.value}"
+        return "declared"
     if spec.init_lora_weights is not None:
-        return f"declared init_lora_weights={spec.init_lora_weights!r} ({scheme.value})"
+        return f"declared by init_lora_weights={spec.init_lora_weights!r}"
     if spec.init_std is not None:
-        return f"declared init_std={spec.init_std:g} (normal)"
-    return f"{spec.source_format} default ({scheme.value})"
+        return f"declared by init_std={spec.init_std:g}"
+    return f"the {spec.source_format} default"
 
 
 def infer_stage(layers: Sequence[LayerRecord], scheme: InitScheme) -> Stage:

@@ -141,10 +141,10 @@ def init_text(adapter: Adapter) -> str:
     init = adapter.init
     if init is None:
         return "-"
-    how = "declared" if init.declared else "inferred"
     if init.evidence:
-        return f"{init.scheme.value} ({how}: {init.evidence})"
-    return f"{init.scheme.value} ({how})"
+        # The evidence says how the scheme was found: declared (and by what) or inferred.
+        return f"{init.scheme.value}: {init.evidence}"
+    return f"{init.scheme.value} ({'declared' if init.declared else 'inferred'})"
 
 
 def _dtypes_text(adapter: Adapter) -> str:
