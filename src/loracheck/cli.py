@@ -193,6 +193,9 @@ def check(
         extend_select=_split(extend_select), ignore=_split(ignore),
         fail_on=fail_on.value if fail_on is not None else None, model=model, jobs=jobs,
         timeout=timeout,
+        # pre-commit sets PRE_COMMIT=1 for its hooks and hands over every staged file that
+        # matches the hook's pattern: those that hold no LoRA content are skipped quietly.
+        handed_over=os.environ.get("PRE_COMMIT") == "1",
     )
     report, settings = _run(paths, options, progress=format is CheckFormat.text)
     root = Path.cwd()

@@ -7,7 +7,9 @@ config file. Naming either file of a PEFT pair analyses the pair once.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +56,54 @@ def _display(path: Path) -> str:
     return str(path)
 
 
+# Path.is_file()/is_dir()/exists() raise PermissionError when a parent folder cannot be searched;
+# discovery must not: such a path becomes a unit and the loader reports it as unreadable (LC001).
+def _mode(path: Path, *, follow: bool = True) -> int | None:
+    try:
+        return (os.stat(path) if follow else os.lstat(path)).st_mode
+    except (OSError, ValueError):
+        return None
+
+
+def _is_file(path: Path) -> bool:
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def _is_dir(path: Path) -> bool:
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+def _is_symlink(path: Path) -> bool:
+    mode = _mode(path, follow=False)
+    return mode is not None and stat.S_ISLNK(mode)
+
+
+def _missing(path: Path) -> bool:
+    """True when ``path`` does not exist (a dangling symlink exists; an unsearchable parent
+    folder does not make a path missing)."""
+    try:
+        os.lstat(path)
+    except OSError as err:
+        return err.errno in (errno.ENOENT, errno.ENOTDIR)
+    except ValueError:  # an embedded NUL byte
+        return True
+    return False
+
+
 def _folder_unit(folder: Path, explicit: bool) -> Unit | None:
     """The PEFT or mlx unit a folder holds, if it holds one."""
     config = folder / PEFT_CONFIG
     for name in PEFT_WEIGHTS:
         weights = folder / name
-        if weights.is_file():
-            return Unit(_display(folder), "peft", weights, config if config.is_file() else None,
+        if _is_file(weights):
+            return Unit(_display(folder), "peft", weights, config if _is_file(config) else None,
                         explicit)
     mlx = folder / MLX_WEIGHTS
-    if mlx.is_file():
-        return Unit(_display(folder), "mlx", mlx, config if config.is_file() else None, explicit)
-    if config.is_file():
+    if _is_file(mlx):
+        return Unit(_display(folder), "mlx", mlx, config if _is_file(config) else None, explicit)
+    if _is_file(config):
         # A config without weights (e.g. weights not pulled yet): checked as a config.
         return Unit(_display(config), "config", None, config, explicit)
     return None
@@ -81,7 +119,7 @@ def _file_unit(path: Path, explicit: bool) -> Unit | None:
     suffix = path.suffix.lower()
     if suffix in WEIGHT_SUFFIXES:
         sibling = folder / PEFT_CONFIG
-        return Unit(_display(path), "weights", path, sibling if sibling.is_file() else None,
+        return Unit(_display(path), "weights", path, sibling if _is_file(sibling) else None,
                     explicit)
     if suffix in CONFIG_SUFFIXES:
         return Unit(_display(path), "config", None, path, explicit)
@@ -96,12 +134,14 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def discover(paths: Sequence[str | Path]) -> list[Unit]:
+def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[Unit]:
     """Turn paths (files or folders, walked recursively) into units, each once, in input order.
 
     Raises UsageError for a path that does not exist (exit code 2). Files found while walking
     are candidates only: whether they hold LoRA content is decided by the loader, which skips
-    quietly what is not LoRA unless the unit is explicit.
+    quietly what is not LoRA unless the unit is explicit. ``handed_over`` says that the files
+    were handed over by a tool (pre-commit passes every staged file that matches the hook's
+    pattern): they are candidates too, not explicit.
     """
     units: list[Unit] = []
     seen: set[tuple[str, Path | None, Path | None]] = set()
@@ -116,9 +156,9 @@ def discover(paths: Sequence[str | Path]) -> list[Unit]:
 
     for raw in paths:
         path = Path(raw)
-        if not path.exists() and not path.is_symlink():
+        if _missing(path):
             raise UsageError(f"{raw}: no such file or directory")
-        if path.is_dir():
+        if _is_dir(path):
             folder_unit = _folder_unit(path, explicit=True)
             if folder_unit is not None and folder_unit.kind != "config":
                 add(folder_unit)
@@ -128,12 +168,16 @@ def discover(paths: Sequence[str | Path]) -> list[Unit]:
                 if folder_unit.config is not None:
                     handled.add(folder_unit.config)
             for file in _walk(path):
-                if file in handled or file.is_symlink():
+                # Symlinks are not followed; FIFOs, sockets and devices are not files to read
+                # (opening a FIFO blocks until a writer comes).
+                if file in handled or _is_symlink(file) or not _is_file(file):
                     continue
                 add(_file_unit(file, explicit=False))
         else:
-            add(_file_unit(path, explicit=True)
-                or Unit(_display(path), "unknown", None, None, explicit=True))
+            explicit = not handed_over
+            add(_file_unit(path, explicit=explicit)
+                or (Unit(_display(path), "unknown", None, None, explicit=True)
+                    if explicit else None))
     return units
 
 

@@ -50,7 +50,7 @@ def _path_forms(path: str, root: Path | None) -> list[str]:
         forms.append(absolute.as_posix())
         if root is not None:
             forms.append(absolute.relative_to(root.resolve()).as_posix())
-    except (OSError, ValueError):
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop (Python < 3.13)
         pass
     return forms
 

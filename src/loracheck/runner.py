@@ -35,6 +35,8 @@ class RunOptions:
     model: str | None = None
     jobs: int | None = None
     timeout: float = 600.0
+    # Files handed over one by one by a tool (pre-commit): skip quietly those with no LoRA content.
+    handed_over: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -42,6 +44,10 @@ def _load_one(unit: Unit, stage: str) -> Adapter | None:
     from loracheck.load import LoadOptions, load_unit
 
     return load_unit(unit, LoadOptions(stage=stage))
+
+
+# Seconds added to the backstop wait on a worker (process start-up, result transfer).
+_GRACE_S = 5.0
 
 
 class _Deadline(Exception):
@@ -101,14 +107,18 @@ def load_units(
                 progress(unit.path, i + 1, len(units))
         return [a for a in results if a is not None]
     executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)))
+    # Each worker enforces the limit on its own unit (its interval timer starts when the unit
+    # does); the wait here is only a backstop for a worker stuck where the timer cannot reach
+    # (inside C code), long enough to cover a unit queued behind another one.
     futures: list[Future[Adapter | None]] = [
-        executor.submit(_load_one, unit, stage) for unit in units
+        executor.submit(_load_with_deadline, unit, stage, timeout) for unit in units
     ]
+    backstop = 2 * timeout + _GRACE_S
     out: list[Adapter | None] = []
     stuck = False
     for i, (unit, fut) in enumerate(zip(units, futures, strict=True)):
         try:
-            out.append(fut.result(timeout=None if stuck else timeout))
+            out.append(fut.result(timeout=backstop))
         except TimeoutError:
             stuck = True
             out.append(_timed_out(unit, timeout))
@@ -150,7 +160,7 @@ def run(
     from loracheck.engine import check_adapter
     from loracheck.settings import load_settings
 
-    units = discover(paths)
+    units = discover(paths, handed_over=options.handed_over)
     settings = load_settings(
         [Path(p) for p in paths],
         profile=options.profile,

@@ -9,6 +9,7 @@ An unknown key or a bad value raises :class:`~loracheck.errors.UsageError` with 
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -208,7 +209,7 @@ def find_config(paths: Sequence[Path]) -> tuple[Path, dict[str, Any]] | None:
     for folder in (start, *start.parents):
         for name in CONFIG_FILES:
             candidate = folder / name
-            if not candidate.is_file():
+            if not os.path.isfile(candidate):  # never raises (an unsearchable folder: False)
                 continue
             data = _read_toml(candidate)
             if name == "pyproject.toml":
@@ -226,8 +227,13 @@ def find_config(paths: Sequence[Path]) -> tuple[Path, dict[str, Any]] | None:
 def _common_folder(paths: Sequence[Path]) -> Path:
     folders = []
     for p in paths:
-        resolved = p.resolve()
-        folders.append(resolved if resolved.is_dir() else resolved.parent)
+        try:
+            resolved = p.resolve()
+        except (OSError, RuntimeError):
+            # A symlink loop (RuntimeError before Python 3.13, OSError after): the path itself
+            # is reported by the loader; its folder is still where settings are looked up.
+            resolved = Path(os.path.abspath(p))
+        folders.append(resolved if os.path.isdir(resolved) else resolved.parent)
     if not folders:
         return Path.cwd().resolve()
     common = folders[0]

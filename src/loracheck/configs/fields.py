@@ -22,8 +22,20 @@ class _Invalid(Exception):
     """A raw value that does not fit the field's type."""
 
 
+# Integers no consumer can hold (torch and numpy sizes are int64) are refused, so that rules never
+# meet a rank whose float conversion overflows.
+_INT_LIMIT = 2**63
+
+
 def to_int(raw: Any, lax: bool = False) -> int:
     """An int; bools and non-integral numbers are refused (lax: integral floats, digit strings)."""
+    value = _to_int(raw, lax)
+    if not -_INT_LIMIT <= value < _INT_LIMIT:
+        raise _Invalid
+    return value
+
+
+def _to_int(raw: Any, lax: bool) -> int:
     if isinstance(raw, bool):
         raise _Invalid
     if isinstance(raw, int):

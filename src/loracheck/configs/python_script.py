@@ -11,6 +11,7 @@ contains "lora") is scanned for how it initialises its factors (``extras["custom
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,10 @@ def read_python(path: Path) -> LoraSpec:
     name = str(path)
     text = read_text(path, MAX_PYTHON_BYTES)
     try:
-        tree = ast.parse(text, filename=name)
+        # Compiler warnings about the script (invalid escapes, "1.inf") are not ours to print.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text, filename=name)
     except SyntaxError as err:
         raise ArtifactError(name, f"invalid Python: {err.msg}", line=err.lineno) from None
     except (ValueError, RecursionError, MemoryError) as err:

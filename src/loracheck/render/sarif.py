@@ -51,12 +51,13 @@ def artifact_uri(path: str, root: Path) -> str:
     pure = PurePath(shown)
     if pure.is_absolute():
         return Path(pure).as_uri()
-    return quote(shown, safe="/")
+    # A file name that is not UTF-8 reaches us with surrogate escapes: encode its raw bytes.
+    return quote(shown, safe="/", errors="surrogateescape")
 
 
 def fingerprint(d: Diagnostic, relpath: str) -> str:
     raw = "\x00".join([d.code, relpath, d.location or ""])
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _rule_entry(code: str, meta: RuleMeta | None, fallback: Diagnostic) -> dict[str, Any]:

@@ -15,9 +15,18 @@ from loracheck.render._common import (
 from loracheck.render.ansi import BOLD, GREEN, SEVERITY_STYLE, paint
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so that a file name holding a newline
+    cannot split one finding over two lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def format_diagnostic(d: Diagnostic, *, root: Path, color: bool = False) -> str:
     """``path:line:col: CODE [severity] message (location)``; line and col default to 1."""
-    place = f"{display_path(d.path, root)}:{d.line or 1}:{d.col or 1}:"
+    place = f"{_printable(display_path(d.path, root))}:{d.line or 1}:{d.col or 1}:"
     return " ".join(
         [
             paint(place, BOLD, color),

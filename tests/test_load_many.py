@@ -1,0 +1,89 @@
+"""Issue 5 §6 at test size: `check` over a tree of about 200 small units (PEFT adapters healthy
+and broken, kohya files, trainer configs good and bad, corrupt files, unrelated files) gives a
+byte-identical report whatever the scheduling: twice with --jobs 2, and the same with --jobs 1.
+
+benchmarks/bench_many_files.py measures files/s and peak RSS for 100 vs 1,000 units.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import builders
+from loracheck.cli import main
+
+N_UNITS = 200
+
+
+def _peft(folder: Path, rng: np.random.Generator, variant: int) -> None:
+    folder.mkdir(parents=True)
+    tensors: dict[str, np.ndarray] = {}
+    for layer in range(2):
+        for mod in ("q_proj", "v_proj"):
+            base = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
+            tensors[f"{base}.lora_A.weight"] = builders.kaiming_a(rng, 4, 32)
+            b = rng.normal(0, 1e-2, (32, 4)).astype(np.float32)
+            if variant == 1:
+                b[:] = 0  # at init (or never trained)
+            tensors[f"{base}.lora_B.weight"] = b
+    if variant == 2:
+        tensors["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"][0, 0] = np.nan
+    builders.write_safetensors(folder / "adapter_model.safetensors", tensors, {"format": "pt"})
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
+              "target_modules": ["q_proj", "v_proj"], "init_lora_weights": True}
+    if variant == 3:
+        config["r"] = 8  # disagrees with the weights
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def make_tree(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(N_UNITS):
+        kind = i % 8
+        group = root / f"group{i % 7}"
+        group.mkdir(parents=True, exist_ok=True)
+        if kind in (0, 1, 2, 3):
+            _peft(group / f"adapter{i:03d}", rng, variant=(i // 8) % 4)
+        elif kind == 4:
+            builders.kohya_file(group / f"kohya{i:03d}.safetensors", seed=i, trained=i % 3 > 0)
+        elif kind == 5:
+            dropout = 1.5 if i % 3 == 0 else 0.05
+            (group / f"axolotl{i:03d}.yaml").write_text(
+                f"adapter: lora\nlora_r: {4 * (1 + i % 5)}\nlora_alpha: 16\n"
+                f"lora_dropout: {dropout}\nlora_target_linear: true\n")
+        elif kind == 6:
+            (group / f"kohya{i:03d}.toml").write_text(
+                f"network_dim = {1 + i % 9}\nnetwork_alpha = {i % 4}\n")
+        else:
+            (group / f"truncated{i:03d}.safetensors").write_bytes(b"\x10\x00" + b"{" * (i % 50))
+            (group / f"notes{i:03d}.yaml").write_text("name: ci\non: [push]\n")
+    return root
+
+
+def _report(root: Path, jobs: str, fmt: str, capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(["check", str(root), "--format", fmt, "--jobs", jobs, "--fail-on", "info"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    return out
+
+
+def test_many_units_give_one_deterministic_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_tree(tmp_path / "tree")
+    first = _report(root, "2", "json", capsys)
+    again = _report(root, "2", "json", capsys)
+    serial = _report(root, "1", "json", capsys)
+    assert first == again
+    assert first == serial
+    doc = json.loads(first)
+    # Every unit but the unrelated YAML files is in the report, with what it holds.
+    assert len(doc["files"]) == N_UNITS
+    codes = {d["code"] for d in doc["diagnostics"]}
+    assert {"LC001", "LC103", "LC203"} <= codes
+    assert sum(len(f["layers"]) for f in doc["files"]) > 300
+    assert _report(root, "2", "sarif", capsys) == _report(root, "1", "sarif", capsys)
