@@ -97,17 +97,26 @@ def _write(text: str, output: Path | None) -> None:
 
 
 class _ProgressBar:
-    """A progress bar on stderr, shown only on a terminal and only for slow work."""
+    """A progress bar on stderr, shown only on a terminal and only for slow work: it appears
+    once the work has run for half a second, so quick runs print nothing and import no rich."""
+
+    DELAY_S = 0.5
 
     def __init__(self, enabled: bool) -> None:
+        import time
+
         self._enabled = enabled and sys.stderr.isatty()
         self._progress: Any = None
         self._task: Any = None
+        self._clock = time.monotonic
+        self._start = self._clock()
 
     def __call__(self, label: str, done: int, total: int) -> None:
         if not self._enabled or total <= 1:
             return
         if self._progress is None:
+            if self._clock() - self._start < self.DELAY_S:
+                return
             from rich.console import Console
             from rich.progress import Progress
 

@@ -5,6 +5,7 @@ No printing here and no typer/rich: the CLI renders the Report this returns.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
@@ -40,10 +41,12 @@ class RunOptions:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _load_one(unit: Unit, stage: str) -> Adapter | None:
+def _load_one(
+    unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None
+) -> Adapter | None:
     from loracheck.load import LoadOptions, load_unit
 
-    return load_unit(unit, LoadOptions(stage=stage))
+    return load_unit(unit, LoadOptions(stage=stage), progress=layer_progress)
 
 
 # Seconds added to the backstop wait on a worker (process start-up, result transfer).
@@ -58,7 +61,12 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise _Deadline
 
 
-def _load_with_deadline(unit: Unit, stage: str, timeout: float) -> Adapter | None:
+def _load_with_deadline(
+    unit: Unit,
+    stage: str,
+    timeout: float,
+    layer_progress: Callable[[int, int], None] | None = None,
+) -> Adapter | None:
     """Load in this process; a unit running past ``timeout`` becomes an LC001 diagnostic.
 
     Uses an interval timer, so it only applies in the main thread of a Unix process.
@@ -68,11 +76,11 @@ def _load_with_deadline(unit: Unit, stage: str, timeout: float) -> Adapter | Non
 
     in_main = threading.current_thread() is threading.main_thread()
     if not hasattr(signal, "setitimer") or not in_main:
-        return _load_one(unit, stage)
+        return _load_one(unit, stage, layer_progress)
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        return _load_one(unit, stage)
+        return _load_one(unit, stage, layer_progress)
     except _Deadline:
         return _timed_out(unit, timeout)
     finally:
@@ -102,8 +110,12 @@ def load_units(
     if jobs <= 1 or len(heavy) <= 1:
         results: list[Adapter | None] = []
         for i, unit in enumerate(units):
-            results.append(_load_with_deadline(unit, stage, timeout))
-            if progress is not None:
+            # One unit: the bar follows its layers; several: it follows the units.
+            per_layer = None
+            if progress is not None and len(units) == 1:
+                per_layer = functools.partial(progress, unit.path)
+            results.append(_load_with_deadline(unit, stage, timeout, per_layer))
+            if progress is not None and len(units) > 1:
                 progress(unit.path, i + 1, len(units))
         return [a for a in results if a is not None]
     executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)))
