@@ -543,10 +543,10 @@ def test_timeout_turns_a_stuck_unit_into_lc001(
         pytest.skip("workers inherit the patch only when forked")
     original = runner._load_one
 
-    def slow(unit: Any, stage: str) -> Any:
+    def slow(unit: Any, stage: str, *rest: Any) -> Any:
         if "stuck" in unit.path:
             time.sleep(60)
-        return original(unit, stage)
+        return original(unit, stage, *rest)
 
     monkeypatch.setattr(runner, "_load_one", slow)
     stuck = [peft_folder(tmp_path, VALID, f"stuck{i}") for i in (1, 2)]
