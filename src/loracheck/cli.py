@@ -205,6 +205,7 @@ def check(
         # pre-commit sets PRE_COMMIT=1 for its hooks and hands over every staged file that
         # matches the hook's pattern: those that hold no LoRA content are skipped quietly.
         handed_over=os.environ.get("PRE_COMMIT") == "1",
+        keep_details=format is CheckFormat.json,
     )
     report, settings = _run(paths, options, progress=format is CheckFormat.text)
     root = Path.cwd()

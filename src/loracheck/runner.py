@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,8 @@ class RunOptions:
     timeout: float = 600.0
     # Files handed over one by one by a tool (pre-commit): skip quietly those with no LoRA content.
     handed_over: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    # False when only the findings will be rendered: measurements are dropped once judged.
+    keep_details: bool = True
 
 
 def _load_one(
@@ -97,49 +98,64 @@ def _timed_out(unit: Unit, seconds: float) -> Adapter:
     return adapter
 
 
-def load_units(
+def iter_units(
     units: Sequence[Unit], stage: str, jobs: int, timeout: float,
     progress: Progress | None = None,
-) -> list[Adapter]:
+) -> Iterator[Adapter]:
     """Load units, in parallel worker processes when there is more than one weights file.
 
-    The output order is the input order whatever the scheduling; a unit that exceeds
-    ``timeout`` becomes an LC001 diagnostic instead of stalling the others.
+    Adapters come out in input order whatever the scheduling, one at a time, so that a caller
+    that judges and drops each one keeps memory flat in the number of files. A unit that
+    exceeds ``timeout`` becomes an LC001 diagnostic instead of stalling the others.
     """
     heavy = [u for u in units if u.weights is not None]
     if jobs <= 1 or len(heavy) <= 1:
-        results: list[Adapter | None] = []
         for i, unit in enumerate(units):
             # One unit: the bar follows its layers; several: it follows the units.
             per_layer = None
             if progress is not None and len(units) == 1:
                 per_layer = functools.partial(progress, unit.path)
-            results.append(_load_with_deadline(unit, stage, timeout, per_layer))
+            adapter = _load_with_deadline(unit, stage, timeout, per_layer)
             if progress is not None and len(units) > 1:
                 progress(unit.path, i + 1, len(units))
-        return [a for a in results if a is not None]
+            if adapter is not None:
+                yield adapter
+        return
     executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)))
     # Each worker enforces the limit on its own unit (its interval timer starts when the unit
     # does); the wait here is only a backstop for a worker stuck where the timer cannot reach
     # (inside C code), long enough to cover a unit queued behind another one.
-    futures: list[Future[Adapter | None]] = [
+    futures: list[Future[Adapter | None] | None] = [
         executor.submit(_load_with_deadline, unit, stage, timeout) for unit in units
     ]
     backstop = 2 * timeout + _GRACE_S
-    out: list[Adapter | None] = []
     stuck = False
-    for i, (unit, fut) in enumerate(zip(units, futures, strict=True)):
-        try:
-            out.append(fut.result(timeout=backstop))
-        except TimeoutError:
-            stuck = True
-            out.append(_timed_out(unit, timeout))
-        except Exception as err:  # a crashed worker must not take the other files down
-            out.append(_crashed(unit, err))
-        if progress is not None:
-            progress(unit.path, i + 1, len(units))
-    _shutdown(executor, kill=stuck)
-    return [a for a in out if a is not None]
+    try:
+        for i, unit in enumerate(units):
+            fut = futures[i]
+            futures[i] = None  # a consumed result is not kept alive by its future
+            assert fut is not None
+            try:
+                result = fut.result(timeout=backstop)
+            except TimeoutError:
+                stuck = True
+                result = _timed_out(unit, timeout)
+            except Exception as err:  # a crashed worker must not take the other files down
+                result = _crashed(unit, err)
+            if progress is not None:
+                progress(unit.path, i + 1, len(units))
+            if result is not None:
+                yield result
+    finally:
+        _shutdown(executor, kill=stuck)
+
+
+def load_units(
+    units: Sequence[Unit], stage: str, jobs: int, timeout: float,
+    progress: Progress | None = None,
+) -> list[Adapter]:
+    """Every unit loaded (see :func:`iter_units`), as a list."""
+    return list(iter_units(units, stage, jobs, timeout, progress))
 
 
 def _crashed(unit: Unit, err: BaseException) -> Adapter:
@@ -183,11 +199,21 @@ def run(
     )
     base = _base_model(options.model)
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
-    adapters = load_units(units, options.stage, jobs, options.timeout, progress)
+    adapters: list[Adapter] = []
     diagnostics: list[Diagnostic] = []
-    for adapter in adapters:
+    for adapter in iter_units(units, options.stage, jobs, options.timeout, progress):
         diagnostics.extend(check_adapter(adapter, settings, base))
+        if not options.keep_details:
+            # Only the findings are rendered (check's text, SARIF, GitHub formats): keep the
+            # unit's identity and drop its measurements, so memory stays flat in the file count.
+            adapter = _summary_only(adapter)
+        adapters.append(adapter)
     return Report(adapters=adapters, diagnostics=diagnostics), settings
+
+
+def _summary_only(adapter: Adapter) -> Adapter:
+    return Adapter(path=adapter.path, format=adapter.format, files=adapter.files, spec=None,
+                   has_weights=adapter.has_weights, stage=adapter.stage)
 
 
 def failing(report: Report, fail_on: Severity) -> bool:
