@@ -50,12 +50,9 @@ def _f64(x: np.ndarray) -> np.ndarray:
 
 
 def _count_nonzero(x: np.ndarray) -> int:
-    """Entries ≠ ±0. float32 goes through its bits (numpy's float count is 3× slower); doubling
-    the bit pattern drops the sign, so -0.0 (0x80000000) counts as zero like +0.0."""
-    if x.dtype == np.float32:
-        bits = x.view(np.uint32)
-        return int(np.count_nonzero(bits + bits))
-    return int(np.count_nonzero(x))
+    """Entries ≠ ±0 (NaN counts as non-zero). A vectorised ``== 0`` and a count of the bool
+    mask is about 3x faster than numpy's float count_nonzero; -0.0 == 0 holds, as wanted."""
+    return int(x.size - np.count_nonzero(x == 0))
 
 
 def _factor(
