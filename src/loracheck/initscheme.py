@@ -71,6 +71,15 @@ def declared_scheme(spec: LoraSpec | None) -> InitScheme | None:
     ``init_std`` (normal) or the format's only init (kohya, torchtune, mlx: kaiming-uniform;
     llmbook: normal 0.02); None when nothing says.
     """
+    scheme = explicit_scheme(spec)
+    if scheme is not None or spec is None:
+        return scheme
+    return _FORMAT_DEFAULTS.get(spec.source_format)
+
+
+def explicit_scheme(spec: LoraSpec | None) -> InitScheme | None:
+    """The scheme a config states itself, through ``init_lora_weights`` or ``init_std``; None
+    when it states none (format defaults are :func:`declared_scheme`'s business)."""
     if spec is None:
         return None
     value = spec.init_lora_weights
@@ -82,7 +91,7 @@ def declared_scheme(spec: LoraSpec | None) -> InitScheme | None:
         return _scheme_from_string(value)
     if spec.init_std is not None:
         return InitScheme.NORMAL
-    return _FORMAT_DEFAULTS.get(spec.source_format)
+    return None
 
 
 def _scheme_from_string(value: str) -> InitScheme:

@@ -120,6 +120,14 @@ class Rule:
         return self.check(ctx)
 
 
+def faults_of(ctx: RuleContext, code: str) -> Iterator[Finding]:
+    """The loader's (or the probe's) recorded faults with ``code``, as findings: how the input
+    rules (LC0xx, LC215) and the probe rules (LC3xx) report."""
+    for fault in ctx.adapter.faults:
+        if fault.code == code:
+            yield Finding(fault.detail, fault.location, fault.line, fault.path or None)
+
+
 def summary_of(doc: str) -> str:
     """The first sentence of the "What it does" section: the rule's one-line summary."""
     text = doc.split(SECTIONS[0], 1)[-1].split("##", 1)[0]
@@ -160,29 +168,15 @@ class SchemeInForce:
 
 
 def declared_scheme(spec: LoraSpec | None) -> InitScheme | None:
-    """The scheme a config declares through ``init_lora_weights`` (PEFT spelling)."""
-    if spec is None:
-        return None
-    value = spec.init_lora_weights
-    if value is None:
-        return InitScheme.KAIMING_UNIFORM if spec.source_format == "peft" else None
-    if value is True:
+    """The scheme a config states (PEFT's default True when a PEFT config omits the key), None
+    when nothing known is stated: format defaults rank below the profile in
+    :func:`scheme_in_force`, and an init name loracheck does not know is LC105's business."""
+    from loracheck.initscheme import explicit_scheme
+
+    scheme = explicit_scheme(spec)
+    if scheme is None and spec is not None and spec.source_format == "peft":
         return InitScheme.KAIMING_UNIFORM
-    if value is False:
-        return InitScheme.RANDOM
-    text = str(value)
-    if text.startswith("pissa"):
-        return InitScheme.PISSA
-    if text.startswith("corda"):
-        return InitScheme.CORDA
-    table = {
-        "gaussian": InitScheme.GAUSSIAN, "olora": InitScheme.OLORA, "mica": InitScheme.MICA,
-        "eva": InitScheme.EVA, "loftq": InitScheme.LOFTQ, "orthogonal": InitScheme.ORTHOGONAL,
-        "lora_ga": InitScheme.LORA_GA, "normal": InitScheme.NORMAL,
-    }
-    lowered = {"gaussian", "olora", "mica"}
-    key = text.lower() if text.lower() in lowered else text
-    return table.get(key)
+    return None if scheme is InitScheme.UNKNOWN else scheme
 
 
 def scheme_in_force(ctx: RuleContext) -> SchemeInForce:

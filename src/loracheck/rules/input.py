@@ -9,13 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from loracheck.model import Severity
-from loracheck.rules.context import Finding, RuleContext, rule
-
-
-def _faults(ctx: RuleContext, code: str) -> Iterator[Finding]:
-    for fault in ctx.adapter.faults:
-        if fault.code == code:
-            yield Finding(fault.detail, fault.location, fault.line, fault.path or None)
+from loracheck.rules.context import Finding, RuleContext, faults_of, rule
 
 
 @rule("LC001", "unreadable-artifact", Severity.ERROR)
@@ -38,7 +32,7 @@ def unreadable_artifact(ctx: RuleContext) -> Iterator[Finding]:
     Re-download or re-save the artifact (``save_pretrained`` writes a valid file) and check it
     again.
     """
-    return _faults(ctx, "LC001")
+    return faults_of(ctx, "LC001")
 
 
 @rule("LC002", "missing-lora-content", Severity.ERROR)
@@ -61,7 +55,7 @@ def no_lora_content(ctx: RuleContext) -> Iterator[Finding]:
     Point loracheck (and your consumers) at the adapter itself, e.g. the folder holding
     ``adapter_config.json`` and ``adapter_model.safetensors``.
     """
-    return _faults(ctx, "LC002")
+    return faults_of(ctx, "LC002")
 
 
 @rule("LC003", "git-lfs-pointer", Severity.ERROR)
@@ -85,7 +79,7 @@ def git_lfs_pointer(ctx: RuleContext) -> Iterator[Finding]:
     ## Use instead
     Run ``git lfs pull`` (or install git-lfs before cloning) so the real file is checked out.
     """
-    return _faults(ctx, "LC003")
+    return faults_of(ctx, "LC003")
 
 
 @rule("LC215", "pickle-checkpoint", Severity.WARNING)
@@ -109,4 +103,4 @@ def pickle_checkpoint(ctx: RuleContext) -> Iterator[Finding]:
     Save with safetensors (``save_pretrained(..., safe_serialization=True)``, the PEFT default
     since v0.7) and load pickles only with ``torch.load(path, weights_only=True)``.
     """
-    return _faults(ctx, "LC215")
+    return faults_of(ctx, "LC215")

@@ -11,13 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from loracheck.model import Severity
-from loracheck.rules.context import Finding, RuleContext, rule
-
-
-def _faults(ctx: RuleContext, code: str) -> Iterator[Finding]:
-    for fault in ctx.adapter.faults:
-        if fault.code == code:
-            yield Finding(fault.detail, fault.location, fault.line, fault.path or None)
+from loracheck.rules.context import Finding, RuleContext, faults_of, rule
 
 
 @rule("LC301", "probe-identity-broken", Severity.ERROR)
@@ -42,7 +36,7 @@ def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
     Zero B (``nn.init.zeros_``) or use a scheme that keeps the identity (PEFT's default,
     ``gaussian``, ``pissa`` on its residual base).
     """
-    yield from _faults(ctx, "LC301")
+    yield from faults_of(ctx, "LC301")
 
 
 @rule("LC302", "stalled-loss", Severity.ERROR)
@@ -65,7 +59,7 @@ def stalled_loss(ctx: RuleContext) -> Iterator[Finding]:
     Build the optimizer after injecting the adapter, over the trainable parameters, with a
     learning rate suited to LoRA (1e-4 … 1e-3), and check α/r.
     """
-    yield from _faults(ctx, "LC302")
+    yield from faults_of(ctx, "LC302")
 
 
 @rule("LC303", "base-weights-learn", Severity.ERROR)
@@ -89,7 +83,7 @@ def base_weights_learn(ctx: RuleContext) -> Iterator[Finding]:
     Freeze by module type after injection (every parameter, then re-enable ``lora_A``/``lora_B``
     modules), never by name substring.
     """
-    yield from _faults(ctx, "LC303")
+    yield from faults_of(ctx, "LC303")
 
 
 @rule("LC304", "gradient-free-factor", Severity.ERROR)
@@ -113,7 +107,7 @@ def gradient_free_factor(ctx: RuleContext) -> Iterator[Finding]:
     Make every LoRA factor trainable and reached by the forward pass; with gradient checkpointing,
     enable input gradients.
     """
-    yield from _faults(ctx, "LC304")
+    yield from faults_of(ctx, "LC304")
 
 
 @rule("LC305", "merge-changes-outputs", Severity.ERROR)
@@ -134,7 +128,7 @@ def merge_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
     ## Use instead
     Merge with the same scale and orientation as the forward pass: ΔW = s·B·A, (out, in).
     """
-    yield from _faults(ctx, "LC305")
+    yield from faults_of(ctx, "LC305")
 
 
 @rule("LC306", "reload-changes-outputs", Severity.ERROR)
@@ -156,7 +150,7 @@ def reload_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
     ## Use instead
     Save with ``save_pretrained`` and keep ``adapter_config.json`` beside the weights.
     """
-    yield from _faults(ctx, "LC306")
+    yield from faults_of(ctx, "LC306")
 
 
 @rule("LC307", "probe-non-finite", Severity.ERROR)
@@ -176,7 +170,7 @@ def probe_non_finite(ctx: RuleContext) -> Iterator[Finding]:
     ## Use instead
     Train in bf16 or fp32, lower the scale (α/r) or the learning rate, keep the adapter in fp32.
     """
-    yield from _faults(ctx, "LC307")
+    yield from faults_of(ctx, "LC307")
 
 
 @rule("LC308", "adapter-model-mismatch", Severity.ERROR)
@@ -197,4 +191,4 @@ def adapter_model_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     ## Use instead
     Apply the adapter to the base model it was trained on (``base_model_name_or_path``).
     """
-    yield from _faults(ctx, "LC308")
+    yield from faults_of(ctx, "LC308")
