@@ -90,3 +90,19 @@ def test_cli_values_are_validated(tmp_path: Path) -> None:
         load_settings([tmp_path], select=["LCX"], isolated=True)
     with pytest.raises(UsageError):
         load_settings([tmp_path], fail_on="none", isolated=True)
+
+
+def test_profiles_carry_the_recipe_verify_injects(tmp_path: Path) -> None:
+    llmbook = load_profile("llmbook").recipe
+    assert (llmbook.rank, llmbook.alpha, llmbook.dropout) == (16, 16.0, 0.05)
+    default = load_profile("default").recipe
+    assert (default.rank, default.alpha, default.dropout) == (8, 8.0, 0.0)
+    custom = tmp_path / "mine.toml"
+    custom.write_text('[lora]\nrank = 32\nalpha = 64.0\ntarget-modules = ["q_proj"]\n')
+    recipe = load_profile(str(custom)).recipe
+    assert (recipe.rank, recipe.alpha, recipe.dropout, recipe.target_modules) == (
+        32, 64.0, 0.0, ("q_proj",))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[lora]\ndropout = 1.5\n")
+    with pytest.raises(UsageError, match="lora.dropout"):
+        load_profile(str(bad))

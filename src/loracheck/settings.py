@@ -52,14 +52,26 @@ _THRESHOLD_KEYS: Mapping[str, tuple[str, type]] = {
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The LoRA settings a profile stands for: what `verify` injects when no config is given."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
 class Profile:
-    """A named set of expectations: thresholds, and the init assumed when none is declared."""
+    """A named set of expectations: thresholds, the init assumed when none is declared, and the
+    LoRA recipe the profile stands for."""
 
     name: str = "default"
     description: str = ""
     thresholds: Thresholds = field(default_factory=Thresholds)
     init_scheme: InitScheme | None = None
     init_std: float | None = None
+    recipe: Recipe = field(default_factory=Recipe)
 
 
 @dataclass(frozen=True)
@@ -139,9 +151,36 @@ def _profile_from_toml(where: str, data: Mapping[str, Any], base: Profile) -> Pr
             profile = replace(profile, thresholds=_thresholds(where, value, profile.thresholds))
         elif key == "init":
             profile = _profile_init(where, value, profile)
+        elif key == "lora":
+            profile = replace(profile, recipe=_recipe(where, value, profile.recipe))
         else:
             raise UsageError(f"{where}: unknown profile key `{key}`")
     return profile
+
+
+def _recipe(where: str, table: object, recipe: Recipe) -> Recipe:
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: `lora` must be a table")
+    for key, value in table.items():
+        if key == "rank":
+            rank = _number(where, "lora.rank", value, int)
+            if rank < 1:
+                raise UsageError(f"{where}: `lora.rank` must be at least 1")
+            recipe = replace(recipe, rank=int(rank))
+        elif key == "alpha":
+            recipe = replace(recipe, alpha=float(_number(where, "lora.alpha", value, float)))
+        elif key == "dropout":
+            dropout = float(_number(where, "lora.dropout", value, float))
+            if not 0.0 <= dropout < 1.0:
+                raise UsageError(f"{where}: `lora.dropout` must be in [0, 1)")
+            recipe = replace(recipe, dropout=dropout)
+        elif key == "target-modules":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{where}: `lora.target-modules` must be a list of strings")
+            recipe = replace(recipe, target_modules=tuple(value))
+        else:
+            raise UsageError(f"{where}: unknown key `lora.{key}`")
+    return recipe
 
 
 def _profile_init(where: str, table: object, profile: Profile) -> Profile:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracheck.errors import UsageError
-from loracheck.model import Diagnostic, LoraSpec, Severity
+from loracheck.model import Diagnostic, InitScheme, LoraSpec, Severity
 from loracheck.reference.hf import LoadedModel, load_hf_model
 from loracheck.reference.init import ZERO_FACTOR_SCHEMES, scheme_from_peft
 from loracheck.reference.inject import Target, inject, lora_modules, merge, unmerge
@@ -52,29 +52,27 @@ from loracheck.reference.tinymodel import PROBE_TEXT, build_tiny, encode_bytes
 from loracheck.rules.context import HELP_URL
 from loracheck.rules.registry import get_rule
 
-PROFILES: dict[str, LoraSpec] = {
-    # LLMBook / LLMBox: r 16, α 16, dropout 0.05, A ~ N(0, 0.02²), B = 0, PEFT's default targets.
-    "llmbook": LoraSpec(
+
+def profile_spec(name_or_path: str) -> LoraSpec:
+    """The LoRA recipe of a profile (``llmbook``: r 16, α 16, dropout 0.05, A ~ N(0, 0.02²),
+    B = 0; ``default``: PEFT's defaults; or a profile TOML) as a spec to inject. The profiles in
+    ``loracheck/profiles/`` are the one source of these numbers, for `check` and `verify`."""
+    from loracheck.settings import load_profile
+
+    profile = load_profile(name_or_path)
+    recipe = profile.recipe
+    normal = profile.init_scheme is InitScheme.NORMAL
+    return LoraSpec(
         source_format="profile",
-        path="profile:llmbook",
-        rank=16,
-        alpha=16.0,
-        dropout=0.05,
+        path=f"profile:{profile.name}",
+        rank=recipe.rank,
+        alpha=recipe.alpha,
+        dropout=recipe.dropout,
         init_lora_weights=True,
-        init_std=0.02,
-        target_modules=["q_proj", "v_proj"],
-    ),
-    # PEFT's LoraConfig defaults: r 8, α 8, no dropout, kaiming A, B = 0.
-    "peft": LoraSpec(
-        source_format="profile",
-        path="profile:peft",
-        rank=8,
-        alpha=8.0,
-        dropout=0.0,
-        init_lora_weights=True,
-        target_modules=["q_proj", "v_proj"],
-    ),
-}
+        init_std=profile.init_std if normal else None,
+        target_modules=list(recipe.target_modules),
+    )
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Relative tolerance on outputs, per dtype: |Δ| ≤ tol · max(1, max |reference|).
@@ -252,9 +250,7 @@ def _resolve_spec(opts: VerifyOptions, adapter: AdapterFactors | None) -> LoraSp
         return read_spec(path)
     if adapter is not None and adapter.spec is not None:
         return adapter.spec
-    if opts.profile not in PROFILES:
-        raise UsageError(f"unknown profile {opts.profile!r}; known: {', '.join(sorted(PROFILES))}")
-    return PROFILES[opts.profile]
+    return profile_spec(opts.profile)
 
 
 def _token_stream(opts: VerifyOptions, subject: _Subject) -> torch.Tensor:
