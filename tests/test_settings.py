@@ -104,5 +104,5 @@ def test_profiles_carry_the_recipe_verify_injects(tmp_path: Path) -> None:
         32, 64.0, 0.0, ("q_proj",))
     bad = tmp_path / "bad.toml"
     bad.write_text("[lora]\ndropout = 1.5\n")
-    with pytest.raises(UsageError, match="lora.dropout"):
+    with pytest.raises(UsageError, match=r"lora\.dropout"):
         load_profile(str(bad))
