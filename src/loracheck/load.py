@@ -327,19 +327,26 @@ def load_unit(
 
     if unit.config is not None:
         from loracheck.configs import sniff_config
+        from loracheck.discover import PEFT_CONFIG
 
-        try:
-            fmt = sniff_config(unit.config)
-        except (ArtifactError, OSError):
-            fmt = "unknown"
-        if fmt is None and unit.weights is None and not unit.explicit:
-            return None
-        if fmt is not None or unit.weights is not None or unit.explicit:
-            adapter.spec = _read_spec(unit.config, adapter) if fmt is not None else None
-        if fmt is None and unit.weights is None:
-            adapter.faults.append(Fault("LC002", unit.path, "no LoRA settings found in this file"))
-            adapter.has_weights = False
-            return adapter
+        # An adapter's own config (beside its weights, or named adapter_config.json) is read
+        # whatever it holds, so a corrupt one is reported; a loose training config is read
+        # only when it carries LoRA settings, and skipped quietly otherwise.
+        if unit.weights is not None or unit.config.name == PEFT_CONFIG:
+            adapter.spec = _read_spec(unit.config, adapter)
+        else:
+            try:
+                fmt = sniff_config(unit.config)
+            except (ArtifactError, OSError):
+                fmt = "unknown"  # unreadable: read_spec below says why
+            if fmt is None:
+                if not unit.explicit:
+                    return None
+                adapter.faults.append(
+                    Fault("LC002", unit.path, "no LoRA settings found in this file"))
+                adapter.has_weights = False
+                return adapter
+            adapter.spec = _read_spec(unit.config, adapter)
 
     if unit.weights is None:
         adapter.has_weights = False

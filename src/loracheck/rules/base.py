@@ -20,8 +20,9 @@ def _vocab_module(layer: LayerRecord) -> bool:
 
 
 def _mappable(name: str) -> bool:
-    """Dotted module paths can be looked up; kohya's flattened names cannot."""
-    return "." in name
+    """Dotted module paths can be looked up, and so can top-level modules (``lm_head``);
+    kohya's flattened names (``lora_unet_…``, ``lora_te_…``) cannot."""
+    return "." in name or not name.startswith("lora_")
 
 
 def _fits(layer: LayerRecord, weight: BaseTensor) -> str | None:

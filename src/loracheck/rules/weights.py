@@ -707,11 +707,12 @@ def _targets(ctx: RuleContext, spec: LoraSpec | None) -> Iterator[Finding]:
         return
     if "torchtune" in ctx.adapter.format or ctx.adapter.format.startswith("kohya"):
         return
-    outside = [
-        layer.name for layer in _lora_layers(ctx)
-        if not target_matches(layer.name, spec.target_modules)
-    ]
-    if outside:
+    layers = _lora_layers(ctx)
+    targets = spec.target_modules
+    outside = [layer.name for layer in layers if not target_matches(layer.name, targets)]
+    # Targets that select none of the file's modules are LC106's finding (matches nothing);
+    # here only a partial disagreement is news.
+    if outside and len(outside) < len(layers):
         yield ctx.weight_finding(
             f"{plural(len(outside), 'module')} in the file {'is' if len(outside) == 1 else 'are'}"
             f" not selected by target_modules: "
