@@ -72,7 +72,14 @@ def invalid_rank(ctx: RuleContext) -> Iterator[Finding]:
     if "rank" in spec.invalid:
         yield ctx.config_finding(f"rank {spec.invalid['rank']} is not an integer", "rank")
     elif spec.rank is None:
-        if spec.source_format not in RANK_DEFAULTS:
+        if spec.source_format == "peft":
+            # LoraConfig would fall back to r = 8, but save_pretrained always writes r: a config
+            # without it was edited or cut, and r = 8 rarely matches the saved factors.
+            yield ctx.config_finding(
+                "no rank is set: PEFT falls back to r = 8, yet save_pretrained always writes r",
+                "rank",
+            )
+        elif spec.source_format not in RANK_DEFAULTS:
             yield ctx.config_finding(
                 f"no rank is set and {spec.source_format} has no default for it", "rank"
             )
