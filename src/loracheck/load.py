@@ -406,9 +406,9 @@ def _load_weights(
         for key, role in grouping.extras
         if key in refs
     ]
+    extra_keys = {e.key for e in adapter.extra_tensors}
     adapter.empty_tensors.extend(
-        r for r in refs.values() if r.key not in {e.key for e in adapter.extra_tensors}
-        and 0 in r.shape and len(r.shape) > 0
+        r for r in refs.values() if r.key not in extra_keys and 0 in r.shape
     )
     if not refs:
         return
@@ -430,12 +430,8 @@ def _load_weights(
         adapter.layers.append(record)
         if progress is not None:
             progress(index + 1, total)
-    # Dedupe empty tensors (the same tensor can be met as a zero-size tensor and as a factor).
-    unique: dict[str, TensorRef] = {}
-    for ref in adapter.empty_tensors:
-        if ref.key not in unique:
-            unique[ref.key] = ref
-    adapter.empty_tensors = list(unique.values())
+    # A zero-size factor is met twice (above, and as a pair in _layers): keep each key once.
+    adapter.empty_tensors = list({ref.key: ref for ref in adapter.empty_tensors}.values())
     if opts.measure:
         adapter.init = infer_init(adapter.layers, adapter.spec or adapter.metadata_spec)
         adapter.stage = infer_stage(adapter.layers, adapter.init.scheme)
