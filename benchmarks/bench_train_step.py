@@ -25,7 +25,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from loracheck.model import LoraSpec
-from loracheck.reference import adapter_state_dict, inject, merge
+from loracheck.reference import inject, merge
+from peft_pair import copy_factors_into_peft
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIG = dict(
@@ -53,12 +54,7 @@ def build_pair(seed: int) -> tuple[Any, Any]:
     inject(ours, spec, init="random", seed=seed)
     cfg = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS)
     theirs = get_peft_model(base_model(seed), cfg)
-    sd = {k.removeprefix("base_model.model."): v for k, v in adapter_state_dict(ours).items()}
-    with torch.no_grad():
-        for name, module in theirs.base_model.model.named_modules():
-            if hasattr(module, "lora_A") and "default" in module.lora_A:
-                module.lora_A["default"].weight.copy_(sd[f"{name}.lora_A.weight"])
-                module.lora_B["default"].weight.copy_(sd[f"{name}.lora_B.weight"])
+    copy_factors_into_peft(ours, theirs)
     return ours, theirs
 
 
