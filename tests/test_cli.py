@@ -118,3 +118,13 @@ def test_check_and_inspect_never_import_torch(command: str) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_version_help_and_bare_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from loracheck import __version__
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"loracheck {__version__}"
+    code, out, err = run([], capsys)
+    assert code == 2 and "inspect" in out and "Traceback" not in err
+    assert not err.strip(), err

@@ -288,8 +288,7 @@ def verify(
     overwrite: Annotated[bool, typer.Option(help="Let --save-adapter replace a folder.")] = False,
     format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
 ) -> int:
-    """Prove on a live model: identity at step 0, only adapters learn, loss falls, merge and
-    save/reload keep the outputs."""
+    """Probe a live model: identity at step 0, only adapters learn, loss falls, merge/reload."""
     try:
         from loracheck.verify import VerifyOptions, run_verify
     except ImportError as err:
@@ -377,18 +376,18 @@ def _root(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (callable without a subprocess, as pre-commit hooks)."""
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=args, prog_name="loracheck", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
+    except typer.Abort:
         sys.stderr.write("loracheck: aborted\n")
         return 2
-    except click.ClickException as exc:
-        sys.stderr.write(f"loracheck: {exc.format_message()}\n")
+    except typer.TyperException as exc:  # usage errors: bad flags, missing arguments
+        message = exc.format_message()
+        if message:  # empty after `loracheck` alone, which has printed the help already
+            sys.stderr.write(f"loracheck: {message}\n")
         return 2
     except LoracheckError as exc:
         sys.stderr.write(f"loracheck: {exc}\n")
