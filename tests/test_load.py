@@ -174,6 +174,9 @@ def test_kohya_scale_comes_from_each_alpha_tensor(tmp_path: Path) -> None:
     tensors = load_file(str(path))
     adapter = load(path)
     assert adapter.format == "kohya" and len(adapter.layers) == 3
+    # Peers across blocks share a module type (LC209 compares within it).
+    assert [layer.module_type for layer in adapter.layers] == [
+        "attn1_to_q", "attn1_to_k", "self_attn_q_proj"]
     assert adapter.metadata["ss_network_dim"] == "4"
     for layer in adapter.layers:
         assert layer.alpha == 2.0 and layer.alpha_source == "tensor" and layer.scaling == 0.5

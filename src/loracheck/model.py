@@ -213,7 +213,16 @@ class LayerRecord:
 
     @property
     def module_type(self) -> str:
-        """The last path segment that names the module kind (``q_proj``, ``to_k``, ...)."""
+        """The module's role, shared by its peers in other blocks: the last path segment that
+        is not an index (``q_proj``, ``to_k``), or, for kohya's flattened names, what follows
+        the last block index (``attn1_to_q``, ``self_attn_q_proj``, ``attn1_to_out_0``)."""
+        if "." not in self.name and self.name.startswith("lora_"):
+            tokens = self.name.split("_")
+            digits = [i for i, t in enumerate(tokens) if t.isdigit()]
+            if digits and digits[-1] == len(tokens) - 1:
+                digits.pop()  # a trailing index belongs to the module itself (to_out_0)
+            start = digits[-1] + 1 if digits else 2
+            return "_".join(tokens[start:]) or self.name
         parts = [p for p in self.name.replace("/", ".").split(".") if p]
         for part in reversed(parts):
             if not part.isdigit():
