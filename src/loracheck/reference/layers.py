@@ -95,7 +95,8 @@ class LoRALinear(nn.Module):
             return y
         # (..., in) -> (..., r) -> (..., out)
         update: torch.Tensor = self.lora_B(self.lora_A(self.lora_dropout(x)))
-        return torch.add(y, update, alpha=self.scaling)  # y + s·update in one kernel
+        # In place: linear's backward keeps its input and weight, not y, so y is free to reuse.
+        return y.add_(update, alpha=self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · B @ A, shape (out, in), computed in fp32 and returned in the base's dtype."""
