@@ -128,3 +128,17 @@ def test_version_help_and_bare_command(capsys: pytest.CaptureFixture[str]) -> No
     code, out, err = run([], capsys)
     assert code == 2 and "inspect" in out and "Traceback" not in err
     assert not err.strip(), err
+
+
+def test_cli_needs_no_click() -> None:
+    """typer >= 0.29 vendors click, so a plain install has none: main() must not import it."""
+    code = (
+        "import sys\n"
+        "sys.modules['click'] = None\n"
+        "from loracheck.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "assert main(['check', '--no-such-flag', '.']) == 2\n"
+        f"assert main(['check', {str(EXAMPLES / 'healthy')!r}]) == 0\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
