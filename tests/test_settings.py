@@ -106,3 +106,15 @@ def test_profiles_carry_the_recipe_verify_injects(tmp_path: Path) -> None:
     bad.write_text("[lora]\ndropout = 1.5\n")
     with pytest.raises(UsageError, match=r"lora\.dropout"):
         load_profile(str(bad))
+
+
+def test_the_readme_configuration_example_loads(tmp_path: Path) -> None:
+    """The `[tool.loracheck]` block README.md shows is a valid configuration."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert block.startswith("[tool.loracheck]")
+    (tmp_path / "pyproject.toml").write_text(block, encoding="utf-8")
+    settings = load_settings([tmp_path])
+    assert settings.fail_on is Severity.ERROR
+    assert "LC108" in settings.ignore and settings.severity["LC209"] is Severity.ERROR
+    assert settings.per_file_ignores == (("experiments/*", ("LC2",)),)
