@@ -396,8 +396,12 @@ def to_canonical(pair: PairKeys, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
     Reshaping a contiguous array and transposing are views; no data is copied for the formats
     loracheck reads.
     """
+    return canonical_factor(pair, a), canonical_factor(pair, b)
+
+
+def canonical_factor(pair: PairKeys, x: np.ndarray) -> np.ndarray:
+    """One factor as its 2-D canonical view (A (r, in) or B (out, r)), see :func:`to_canonical`."""
     if pair.transposed:
-        return a.T, b.T
-    a2 = a.reshape(a.shape[0], -1) if a.ndim != 2 and a.ndim >= 1 else a
-    b2 = b.reshape(b.shape[0], -1) if b.ndim != 2 and b.ndim >= 1 else b
-    return a2, b2
+        transposed: np.ndarray = x.T
+        return transposed
+    return x.reshape(x.shape[0], -1) if x.ndim != 2 and x.ndim >= 1 else x

@@ -6,19 +6,21 @@ in the input never raise: they become :class:`Fault` records that the input rule
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError
 from loracheck.model import (
     Adapter,
     ExtraTensor,
+    FactorStats,
     Fault,
     LayerRecord,
     LoraSpec,
@@ -28,6 +30,8 @@ from loracheck.model import (
 from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_alpha
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     # numpy is imported where tensors are read, so that checking config files never pays for it.
     import numpy as np
 
@@ -45,7 +49,12 @@ DTYPE_SIZES: Mapping[str, int] = {
 
 
 class TensorSource(Protocol):
-    """What the loader needs from a weights reader (safetensors or a safe pickle reader)."""
+    """What the loader needs from a weights reader (safetensors or a safe pickle reader).
+
+    ``thread_safe``: two threads may read different tensors at once.
+    """
+
+    thread_safe: bool
 
     def refs(self) -> dict[str, TensorRef]: ...
 
@@ -59,6 +68,8 @@ class TensorSource(Protocol):
 
 
 class _SafetensorsSource:
+    thread_safe = True  # reads are slices of one read-only mapping
+
     def __init__(self, path: Path) -> None:
         from loracheck.safetensors_io import SafetensorsFile
 
@@ -85,6 +96,8 @@ class _SafetensorsSource:
 
 class _PickleSource:
     """A torch pickle checkpoint read by loracheck's restricted unpickler (no code runs)."""
+
+    thread_safe = False  # one zip file handle and a one-record cache
 
     def __init__(self, path: Path) -> None:
         from loracheck.pickle_io import TorchCheckpoint
@@ -254,6 +267,38 @@ def _layers(
         yield record, pair
 
 
+# A pair this large (elements of A and B together) has its two sides measured on two threads.
+_PARALLEL_PAIR_NUMEL = 1 << 16
+
+
+class _SideWorker:
+    """One helper thread that measures a pair's B while the caller measures its A.
+
+    Only one pair is in memory at a time: the two threads share it. numpy releases the GIL in
+    the decode, the Gram product and the reductions, so the sides run on two cores. The thread
+    is made per process (a worker forked from a process that had one must not reuse it).
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._pool: Any = None
+
+    def submit(self, fn: Callable[[], _Side]) -> Future[_Side] | None:
+        if (os.cpu_count() or 1) < 2:
+            return None
+        if self._pid != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loracheck-side")
+            self._pid = os.getpid()
+        future: Future[_Side] = self._pool.submit(fn)
+        return future
+
+
+_SIDE_WORKER = _SideWorker()
+_Side = tuple["np.ndarray", FactorStats, "np.ndarray"]
+
+
 def _measure(
     record: LayerRecord,
     pair: PairKeys,
@@ -261,28 +306,35 @@ def _measure(
     sink: FactorSink | None,
 ) -> None:
     """Fill the record's statistics from one (A, B) pair, then let the arrays go."""
-    from loracheck.keys import to_canonical
-    from loracheck.stats import factor_stats, pair_stats
+    from loracheck.keys import canonical_factor
+    from loracheck.stats import delta_from_grams, factor_stats, side_stats
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
     if record.rank is None or record.a is None or record.b is None:
         return
-    # Read straight into float64, the precision the statistics are computed in.
-    a, b = to_canonical(
-        pair, source.read(record.a.key, float64=True), source.read(record.b.key, float64=True)
-    )
-    if a.shape[0] == b.shape[1]:
+    a_key, b_key = record.a.key, record.b.key
+
+    def side(key: str, which: str) -> _Side:
+        # Read straight into float64, the precision the statistics are computed in.
+        x = canonical_factor(pair, source.read(key, float64=True))
+        stats, gram = side_stats(x, which, kurtosis=which == "A")
+        return x, stats, gram
+
+    numel = math.prod(record.a.shape) + math.prod(record.b.shape)
+    future = None
+    if source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
+        future = _SIDE_WORKER.submit(lambda: side(b_key, "B"))
+    a, record.a_stats, g_a = side(a_key, "A")
+    b, record.b_stats, g_b = future.result() if future is not None else side(b_key, "B")
+    if g_a.shape == g_b.shape:
         scaling = record.scaling if record.scaling is not None else 1.0
-        record.a_stats, record.b_stats, record.delta = pair_stats(a, b, scaling)
-    else:
-        # Inner dimensions disagree (LC202): no product to measure, the factors still are.
-        record.a_stats = factor_stats(a, kurtosis=True, row_norms=True)
-        record.b_stats = factor_stats(b.T, row_norms=True)
+        record.delta = delta_from_grams(g_a, g_b, scaling)
+    # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
     if sink is not None:
         sink(record, a, b)
-    source.release(record.a.key)
-    source.release(record.b.key)
+    source.release(a_key)
+    source.release(b_key)
 
 
 def _not_a_file(path: Path) -> str | None:

@@ -190,6 +190,30 @@ def delta_stats(a: np.ndarray, b: np.ndarray, scaling: float) -> DeltaStats:
     return _delta_from_grams(a64 @ a64.T, b64.T @ b64, scaling)
 
 
+def side_stats(
+    x: np.ndarray, side: str, *, kurtosis: bool = False, row_norms: bool = True
+) -> tuple[FactorStats, np.ndarray]:
+    """One factor's statistics and its float64 r×r Gram matrix, independent of the other factor.
+
+    ``side`` "A": x is (r, in) and the Gram is A·Aᵀ; "B": x is (out, r) and the Gram is Bᵀ·B,
+    so B's "row" norms are those of its r columns. Σx² comes from the Gram's diagonal. The two
+    sides of a pair can be computed concurrently; :func:`delta_from_grams` joins them.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"factor {side} must be 2-D, not {x.shape}")
+    x64 = _f64(x)
+    gram = x64 @ x64.T if side == "A" else x64.T @ x64
+    stats = _factor(x, x64, np.diagonal(gram), kurtosis=kurtosis, row_norms=row_norms)
+    return stats, gram
+
+
+def delta_from_grams(g_a: np.ndarray, g_b: np.ndarray, scaling: float) -> DeltaStats:
+    """ΔW = s·B·A from the Grams G_A = A·Aᵀ and G_B = Bᵀ·B (both r×r): σ(B·A) = σ(G_B^½·G_A^½)."""
+    if g_a.shape != g_b.shape:
+        raise ValueError(f"Grams do not chain: {g_a.shape} and {g_b.shape}")
+    return _delta_from_grams(g_a, g_b, scaling)
+
+
 def pair_stats(
     a: np.ndarray,
     b: np.ndarray,
@@ -205,9 +229,6 @@ def pair_stats(
     its r columns (diag Bᵀ·B), the rank-axis vectors, like A's rows.
     """
     _check_pair(a, b)
-    a64, b64 = _f64(a), _f64(b)
-    g_a = a64 @ a64.T
-    g_b = b64.T @ b64
-    a_st = _factor(a, a64, np.diagonal(g_a), kurtosis=kurtosis, row_norms=row_norms)
-    b_st = _factor(b, b64, np.diagonal(g_b), kurtosis=False, row_norms=row_norms)
+    a_st, g_a = side_stats(a, "A", kurtosis=kurtosis, row_norms=row_norms)
+    b_st, g_b = side_stats(b, "B", row_norms=row_norms)
     return a_st, b_st, _delta_from_grams(g_a, g_b, scaling)
