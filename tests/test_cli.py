@@ -39,8 +39,8 @@ def test_inspect_json_of_a_real_peft_adapter(capsys: pytest.CaptureFixture[str])
 def test_inspect_text_names_format_rank_and_scale(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["inspect", str(EXAMPLES / "healthy")], capsys)
     assert code == 0
-    assert "peft" in out and "q_proj" in out
-    assert "2" in out
+    assert "  format   peft" in out and "q_proj" in out
+    assert "  rank     8" in out and "alpha/r = 2" in out and "  stage    trained" in out
 
 
 def test_check_clean_adapter_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
