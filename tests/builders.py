@@ -187,3 +187,15 @@ def kohya_file(
     }
     meta.update(metadata or {})
     return write_safetensors(path, tensors, meta)
+
+
+def check_config(folder: Path, name: str, text: str) -> list[Any]:
+    """Write a config file ``name`` holding ``text`` and return what ``check`` finds in it."""
+    from loracheck.engine import check_adapter
+    from loracheck.load import load_paths
+    from loracheck.settings import Settings
+
+    path = folder / name
+    path.write_text(text)
+    (adapter,) = load_paths([str(path)])
+    return check_adapter(adapter, Settings())

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from loracheck.configs import read_spec
-from loracheck.model import LoraSpec
+from loracheck.model import LoraSpec, ValueOrigin
+
+DEFAULT = ValueOrigin.TRAINER_DEFAULT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
@@ -100,9 +102,9 @@ def test_llama_factory_good() -> None:
 
 def test_llama_factory_bad_missing_alpha_and_pissa() -> None:
     spec = example("llama_factory_bad.yaml")
-    assert spec.alpha is None and spec.alpha_missing
-    assert spec.extras["implied_alpha"] == 128
-    assert "2 * lora_rank" in spec.extras["alpha_default"]
+    # finetuning_args.py:568 `lora_alpha or lora_rank * 2`
+    assert spec.alpha == 2 * spec.rank == 128 and not spec.alpha_missing
+    assert spec.origin("alpha") is DEFAULT and spec.origin("rank") is ValueOrigin.FILE
     assert spec.target_modules == ["q_proj", "v_proj"]
     assert spec.init_lora_weights == "pissa"  # pissa_iter -1: full SVD
     assert spec.use_rslora is True
@@ -143,7 +145,10 @@ def test_torchtune_dora_and_output(tmp_path: Path) -> None:
     spec = read_spec(write(tmp_path, "tt.yaml", text))
     assert spec.use_dora is True
     assert spec.target_modules == ["q_proj", "output"]
-    assert spec.alpha_missing
+    # the lora_llama3_8b builder's default alpha (16) and dropout (0.0)
+    assert (spec.rank, spec.alpha, spec.dropout) == (4, 16.0, 0.0)
+    assert spec.origin("alpha") is DEFAULT and spec.origin("rank") is ValueOrigin.FILE
+    assert spec.method_name == "DoRA"
 
 
 def test_trl_good() -> None:
@@ -186,7 +191,9 @@ def test_llmbox_good() -> None:
 def test_llmbox_bad() -> None:
     spec = example("llmbox_bad.json")
     assert (spec.rank, spec.alpha) == (256, 1.0)
-    assert spec.dropout is None and "dropout" not in spec.invalid  # null = not said
+    # null = not said, so LLMBox's own default applies
+    assert spec.dropout == 0.05 and spec.origin("dropout") is DEFAULT
+    assert "dropout" not in spec.invalid
     assert spec.target_modules == []
 
 
@@ -214,7 +221,8 @@ def test_kohya_json_and_bad_network_args(tmp_path: Path) -> None:
     assert spec.source_format == "kohya"
     assert spec.rank == 8 and spec.lines["rank"] == 3
     assert spec.invalid["network_args"] == "5"
-    assert spec.alpha_missing
+    # train_network.py: --network_alpha defaults to 1
+    assert spec.alpha == 1.0 and spec.origin("alpha") is DEFAULT
 
 
 def test_mlx_good() -> None:

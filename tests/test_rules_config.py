@@ -51,11 +51,16 @@ def test_lc102_scale_band_and_invalid_alpha() -> None:
 def test_lc102_mlx_default_scale_is_not_out_of_band() -> None:
     mlx = spec(source_format="mlx", alpha=None, scale=20.0)
     assert codes(config_only(mlx)) == set()
-    only(config_only(spec(source_format="mlx", alpha=None, scale=50.0)), "LC102")
+    # mlx's scale is s itself, its shipped default 20: the band reaches 64 under mlx.
+    assert codes(config_only(spec(source_format="mlx", alpha=None, scale=50.0))) == set()
+    only(config_only(spec(source_format="mlx", alpha=None, scale=100.0)), "LC102")
+    # The same s = 20 under α/r is outside the default band: one convention per consumer.
+    only(config_only(spec(rank=8, alpha=160.0)), "LC102")
 
 
 def test_lc102_kohya_alpha_tensors() -> None:
-    kohya = [layer(f"lora_unet_block_{i}_to_q", alpha=0.5, r=64, n_in=320, n_out=320,
+    # kohya's default α = 1 gives s = 1/dim, inside its band; 0.01/64 is below 1/1024.
+    kohya = [layer(f"lora_unet_block_{i}_to_q", alpha=0.01, r=64, n_in=320, n_out=320,
                    alpha_source="tensor",
                    alpha_tensor=True) for i in range(3)]
     ad = adapter(kohya, spec_=spec(source_format="kohya-metadata", rank=64, alpha=None,
@@ -81,7 +86,14 @@ def test_lc104_rank_too_high() -> None:
 
 
 def test_lc105_init() -> None:
-    only(config_only(spec(init_lora_weights=False)), "LC105", Severity.ERROR)
+    # A trainer config that will train from this init: certain. A saved adapter_config.json or
+    # a script may load weights right after: the context decides, so a warning.
+    only(config_only(spec(source_format="axolotl", init_lora_weights=False)), "LC105",
+         Severity.ERROR)
+    for source in ("peft", "python"):
+        diags = only(config_only(spec(source_format=source, init_lora_weights=False)),
+                     "LC105", Severity.WARNING)
+        assert "assuming" in diags[0].message
     only(config_only(spec(init_lora_weights="pisa")), "LC105", Severity.WARNING)
     for ok in ("pissa_niter_4", "Gaussian", "olora", "corda", "eva", "lora_ga"):
         assert codes(config_only(spec(init_lora_weights=ok, dropout=0.0))) == set(), ok

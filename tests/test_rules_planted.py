@@ -439,8 +439,9 @@ CONFIG_CASES: dict[str, Any] = {
     "LC103-dropout-1.0": ConfigCase("LC103", {"lora_dropout": 1.0}, ERROR, "lora_dropout"),
     "LC103-dropout-negative": ConfigCase(
         "LC103", {"lora_dropout": -0.1}, ERROR, "lora_dropout"),
+    # A saved adapter may have been created with random factors and then trained: a warning.
     "LC105-init-false": ConfigCase(
-        "LC105", {"init_lora_weights": False}, ERROR, "init_lora_weights"),
+        "LC105", {"init_lora_weights": False}, WARNING, "init_lora_weights"),
     "LC105-init-typo": ConfigCase(
         "LC105", {"init_lora_weights": "pisa"}, WARNING, "init_lora_weights"),
     "LC106-target-typo": ConfigCase(

@@ -105,7 +105,10 @@ def check_adapter(
     ctx = RuleContext(adapter=adapter, profile=settings.profile, base=base)
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
     out: list[Diagnostic] = []
+    method = adapter.method
     for rule in rules:
+        if method not in rule.methods:
+            continue
         for finding in rule(ctx):
             diag = _diagnostic(rule, finding, adapter, settings)
             if file_ignored(diag.code, diag.path, settings.per_file_ignores, settings.root):

@@ -24,6 +24,7 @@ from loracheck.model import (
     Fault,
     LayerRecord,
     LoraSpec,
+    MethodKind,
     Stage,
     TensorRef,
 )
@@ -465,8 +466,10 @@ def _load_weights(
     if not refs:
         return
     if not grouping.pairs and not grouping.orphans:
-        adapter.faults.append(Fault("LC002", str(unit.weights),
-                                    f"no LoRA factors among {len(refs)} tensors"))
+        if adapter.method is not MethodKind.OTHER:
+            # Another method's weights (IA3, OFT, ...) hold no LoRA factors by design.
+            adapter.faults.append(Fault("LC002", str(unit.weights),
+                                        f"no LoRA factors among {len(refs)} tensors"))
         return
     # Without a config, the metadata embedded in the weights (kohya ss_*) sets rank and alpha.
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec

@@ -41,6 +41,36 @@ class Stage(str, Enum):
     UNKNOWN = "unknown"
 
 
+class MethodKind(str, Enum):
+    """What kind of fine-tuning a config or adapter describes; only LORA gets the LoRA rules.
+
+    LORA   the LoRA family: LoRA, DoRA, rsLoRA, LoRA+, QLoRA, LoCon (one update s·B·A per module)
+    OTHER  another parameter-efficient method (IA3, OFT, VeRA, LoHa, LoKr, prompt tuning …),
+           named in ``LoraSpec.method_name``
+    FULL   a full or frozen-layer fine-tune, or LoRA switched off (``lora_rank: 0``)
+    """
+
+    LORA = "lora"
+    OTHER = "other"
+    FULL = "full"
+
+
+class ValueOrigin(str, Enum):
+    """Where a resolved config value came from.
+
+    FILE             written in the file as a literal
+    TRAINER_DEFAULT  absent from the file; the trainer's own default (cited in configs/semantics.py)
+    EXPRESSION       a Python expression loracheck folded (``2 * lora_rank``), or could not
+    PLACEHOLDER      a template placeholder (``${LORA_R}``, ``{{ lora_r }}``): unknown until
+                     the template is rendered
+    """
+
+    FILE = "file"
+    TRAINER_DEFAULT = "trainer default"
+    EXPRESSION = "expression"
+    PLACEHOLDER = "placeholder"
+
+
 class InitScheme(str, Enum):
     """The initialisation scheme in force for the LoRA factors.
 
@@ -125,6 +155,14 @@ class LoraSpec(BaseModel):
     fan_in_fan_out: bool | None = None
     task_type: str | None = None
     base_model: str | None = None
+    # What the file fine-tunes: the LoRA family, another method (named), or a full fine-tune.
+    method: MethodKind = MethodKind.LORA
+    method_name: str = "LoRA"
+    # Where each set field came from (absent: the file itself said it, as a literal).
+    origins: dict[str, ValueOrigin] = Field(default_factory=dict)
+    # Fields whose value is unknown to a static reader (an expression loracheck cannot fold, a
+    # template placeholder): field -> the source text. Never missing, never invalid.
+    unresolved: dict[str, str] = Field(default_factory=dict)
     # Sub-configs and trainer-specific keys that rules may need (loftq_config, network_args, ...).
     extras: dict[str, Any] = Field(default_factory=dict)
     unknown_keys: list[str] = Field(default_factory=list)
@@ -135,7 +173,21 @@ class LoraSpec(BaseModel):
 
     @property
     def alpha_missing(self) -> bool:
-        return self.alpha is None and self.scale is None and "alpha" not in self.invalid
+        return (
+            self.alpha is None
+            and self.scale is None
+            and "alpha" not in self.invalid
+            and "alpha" not in self.unresolved
+            and "scale" not in self.unresolved
+        )
+
+    def origin(self, field_name: str) -> ValueOrigin | None:
+        """Where ``field_name``'s value came from; None when it is not set at all."""
+        if field_name in self.unresolved:
+            return self.origins.get(field_name, ValueOrigin.EXPRESSION)
+        if getattr(self, field_name, None) is None:
+            return None
+        return self.origins.get(field_name, ValueOrigin.FILE)
 
 
 @dataclass(frozen=True)
@@ -334,6 +386,27 @@ class Adapter:
     metadata_spec: LoraSpec | None = None
     faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> MethodKind:
+        """The method the adapter's config (or its weights) names; LoRA unless something says
+        otherwise."""
+        return self._method()[0]
+
+    @property
+    def method_name(self) -> str:
+        return self._method()[1]
+
+    def _method(self) -> tuple[MethodKind, str]:
+        for spec in (self.spec, self.metadata_spec):
+            if spec is not None and spec.method is not MethodKind.LORA:
+                return spec.method, spec.method_name
+        if self.variant in ("loha", "lokr"):
+            return MethodKind.OTHER, {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[self.variant]
+        for spec in (self.spec, self.metadata_spec):
+            if spec is not None:
+                return spec.method, spec.method_name
+        return MethodKind.LORA, "LoRA"
 
 
 @dataclass

@@ -12,8 +12,45 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from loracheck.model import LoraSpec
+
+if TYPE_CHECKING:
+    from loracheck.settings import Thresholds
+
+
+class ScaleConvention(str, Enum):
+    """How a consumer turns a config's numbers into the multiplier s of B·A.
+
+    ALPHA_OVER_R   s = α / r (α / √r with rsLoRA): PEFT, torchtune, litgpt, the LLM trainers
+    KOHYA          s = α / dim per module; α = 0 or None means α = dim (s = 1); the trainer's
+                   default α = 1 gives s = 1/dim, which its learning rates are tuned for
+    MLX            s = ``scale`` itself (mlx-lm: 20 at rank 8 is its shipped default)
+    """
+
+    ALPHA_OVER_R = "alpha/r"
+    KOHYA = "kohya alpha/dim"
+    MLX = "mlx scale"
+
+
+# kohya-style trainers default to α = 1 (s = 1/dim) and tune their learning rates to it, so
+# their band reaches down to 1/1024 (dim 1024, α 1). mlx-lm ships scale 20 (10 before 2025),
+# which is s itself, so its band reaches up to 64.
+KOHYA_SCALE_MIN = 1.0 / 1024.0
+MLX_SCALE_MAX = 64.0
+
+
+def scale_band(convention: ScaleConvention, thresholds: Thresholds) -> tuple[float, float]:
+    """The healthy range of s under ``convention``: the profile's band, widened where the
+    convention's own defaults lie outside it."""
+    low, high = thresholds.scale_min, thresholds.scale_max
+    if convention is ScaleConvention.KOHYA:
+        return min(low, KOHYA_SCALE_MIN), high
+    if convention is ScaleConvention.MLX:
+        return low, max(high, MLX_SCALE_MAX)
+    return low, high
 
 # What each consumer does with an adapter whose alpha is missing.
 MISSING_ALPHA_DEFAULTS: Mapping[str, str] = {

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loracheck.configs.sniff import classify, sniff_config
+from loracheck.configs.sniff import classify_data, sniff_config
 from loracheck.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -26,15 +26,21 @@ FORMATS: tuple[str, ...] = (
     "peft",
     "axolotl",
     "llama-factory",
+    "llama-factory-v1",
     "torchtune",
     "trl",
     "llmbox",
+    "ms-swift",
+    "litgpt",
+    "ai-toolkit",
     "unsloth",
+    "unsloth-studio",
     "kohya",
     "kohya-metadata",
     "mlx",
     "python",
     "diffusers",
+    "lora-section",
 )
 
 
@@ -70,7 +76,7 @@ def read_spec(path: Path, fmt: str | None = None) -> LoraSpec:
         kind = "json" if fmt in ("peft", "llmbox", "diffusers") else "yaml"
     doc = read_doc(path, kind)
     if fmt is None:
-        fmt = classify(kind, doc.all_keys())
+        fmt = classify_data(kind, doc.data)
         if fmt is None:
             raise ArtifactError(name, "no LoRA settings found in this file", code="LC002")
     if doc.data is not None and not isinstance(doc.data, dict):
@@ -106,9 +112,15 @@ def _dispatch(fmt: str, doc: object) -> LoraSpec:
     readers = {
         "axolotl": trainers.read_axolotl,
         "llama-factory": trainers.read_llama_factory,
+        "llama-factory-v1": trainers.read_llama_factory_v1,
         "torchtune": trainers.read_torchtune,
         "trl": trainers.read_trl,
         "llmbox": trainers.read_llmbox,
+        "ms-swift": trainers.read_ms_swift,
+        "litgpt": trainers.read_litgpt,
+        "ai-toolkit": trainers.read_ai_toolkit,
+        "unsloth-studio": trainers.read_unsloth_studio,
+        "lora-section": trainers.read_lora_section,
     }
     return readers[fmt](doc)
 

@@ -8,8 +8,11 @@ at the key. ``lax`` mimics pydantic's lax coercion ("16" -> 16) for sources vali
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from loracheck.model import MethodKind, ValueOrigin
 
 if TYPE_CHECKING:
     from loracheck.model import LoraSpec
@@ -18,7 +21,7 @@ _TRUE = {"true", "yes", "on", "1", "t", "y"}
 _FALSE = {"false", "no", "off", "0", "f", "n"}
 
 
-class _Invalid(Exception):
+class InvalidValue(Exception):
     """A raw value that does not fit the field's type."""
 
 
@@ -31,13 +34,13 @@ def to_int(raw: Any, lax: bool = False) -> int:
     """An int; bools and non-integral numbers are refused (lax: integral floats, digit strings)."""
     value = _to_int(raw, lax)
     if not -_INT_LIMIT <= value < _INT_LIMIT:
-        raise _Invalid
+        raise InvalidValue
     return value
 
 
 def _to_int(raw: Any, lax: bool) -> int:
     if isinstance(raw, bool):
-        raise _Invalid
+        raise InvalidValue
     if isinstance(raw, int):
         return raw
     if lax and isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
@@ -50,30 +53,30 @@ def _to_int(raw: Any, lax: bool) -> int:
             try:
                 value = float(text)
             except ValueError:
-                raise _Invalid from None
+                raise InvalidValue from None
             if math.isfinite(value) and value.is_integer():
                 return int(value)
-    raise _Invalid
+    raise InvalidValue
 
 
 def to_float(raw: Any, lax: bool = False) -> float:
     """A finite float from an int or float (lax: numeric strings); NaN/Inf are refused."""
     if isinstance(raw, bool):
-        raise _Invalid
+        raise InvalidValue
     if isinstance(raw, (int, float)):
         try:
             value = float(raw)
         except OverflowError:
-            raise _Invalid from None
+            raise InvalidValue from None
     elif lax and isinstance(raw, str):
         try:
             value = float(raw.strip())
         except ValueError:
-            raise _Invalid from None
+            raise InvalidValue from None
     else:
-        raise _Invalid
+        raise InvalidValue
     if not math.isfinite(value):
-        raise _Invalid
+        raise InvalidValue
     return value
 
 
@@ -85,13 +88,13 @@ def to_bool(raw: Any, lax: bool = False) -> bool:
         return raw.strip().lower() in _TRUE
     if lax and isinstance(raw, int) and raw in (0, 1):
         return bool(raw)
-    raise _Invalid
+    raise InvalidValue
 
 
 def to_str(raw: Any, lax: bool = False) -> str:
     if isinstance(raw, str):
         return raw
-    raise _Invalid
+    raise InvalidValue
 
 
 def to_str_list(raw: Any, lax: bool = False) -> list[str]:
@@ -100,7 +103,7 @@ def to_str_list(raw: Any, lax: bool = False) -> list[str]:
         return list(raw)
     if isinstance(raw, (set, frozenset)) and all(isinstance(x, str) for x in raw):
         return sorted(raw)
-    raise _Invalid
+    raise InvalidValue
 
 
 def to_str_or_list(raw: Any, lax: bool = False) -> list[str] | str:
@@ -120,18 +123,18 @@ def to_int_list(raw: Any, lax: bool = False) -> list[int]:
 def to_init(raw: Any, lax: bool = False) -> bool | str:
     if isinstance(raw, (bool, str)):
         return raw
-    raise _Invalid
+    raise InvalidValue
 
 
 def to_rank_pattern(raw: Any, lax: bool = False) -> dict[str, int]:
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
-        raise _Invalid
+        raise InvalidValue
     return {k: to_int(v, lax) for k, v in raw.items()}
 
 
 def to_alpha_pattern(raw: Any, lax: bool = False) -> dict[str, float]:
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
-        raise _Invalid
+        raise InvalidValue
     return {k: to_float(v, lax) for k, v in raw.items()}
 
 
@@ -159,6 +162,24 @@ CONVERTERS: dict[str, Any] = {
 }
 
 
+# Template placeholders a config is rendered from before its trainer reads it: ${VAR}, $VAR,
+# {{ jinja }}, {% jinja %}, %(name)s. The value is unknown, not wrong.
+_PLACEHOLDER = re.compile(
+    r"\$\{[^}]*\}|^\$[A-Za-z_]\w*$|\{\{.*?\}\}|\{%.*?%\}|%\([A-Za-z_]\w*\)[sd]", re.DOTALL
+)
+
+
+def placeholder_text(raw: Any) -> str | None:
+    """The raw text when ``raw`` (a string, or a list holding one) is a template placeholder."""
+    if isinstance(raw, str):
+        return raw if _PLACEHOLDER.search(raw) else None
+    if isinstance(raw, (list, tuple)):
+        for item in raw:
+            if isinstance(item, str) and _PLACEHOLDER.search(item):
+                return _short_repr(list(raw))
+    return None
+
+
 def split_names(raw: str) -> list[str]:
     """A comma-separated list of names ("q_proj, v_proj") as a list, empty items dropped."""
     return [part.strip() for part in raw.split(",") if part.strip()]
@@ -179,6 +200,10 @@ class SpecBuilder:
         self.suppressions: dict[int, list[str]] = {}
         # spec field -> the source's own key name, for messages ("lora_r", "network_dim").
         self.source_keys: dict[str, str] = {}
+        self.origins: dict[str, ValueOrigin] = {}
+        self.unresolved: dict[str, str] = {}
+        self.method = MethodKind.LORA
+        self.method_name = "LoRA"
 
     def set(
         self,
@@ -202,16 +227,47 @@ class SpecBuilder:
             if spec_field in ("rank", "alpha"):
                 self.invalid[spec_field] = repr(raw)
             return False
+        placeholder = placeholder_text(raw)
+        if placeholder is not None:
+            self.mark_unresolved(spec_field, placeholder, ValueOrigin.PLACEHOLDER)
+            return False
         convert = CONVERTERS[spec_field]
         try:
             value = convert(raw, self.lax if lax is None else lax)
-        except (_Invalid, ValueError, TypeError, OverflowError):
+        except (InvalidValue, ValueError, TypeError, OverflowError):
             self.invalid[spec_field] = _short_repr(raw)
             self.values.pop(spec_field, None)
             return False
         self.values[spec_field] = value
         self.invalid.pop(spec_field, None)
+        self.unresolved.pop(spec_field, None)
+        self.origins.pop(spec_field, None)
         return True
+
+    def mark_unresolved(
+        self, spec_field: str, text: str, origin: ValueOrigin = ValueOrigin.EXPRESSION
+    ) -> None:
+        """``spec_field`` is set in the file to something only its run time knows."""
+        self.values.pop(spec_field, None)
+        self.invalid.pop(spec_field, None)
+        self.unresolved[spec_field] = _short_repr(text) if not isinstance(text, str) else text
+        self.origins[spec_field] = origin
+
+    def said(self, spec_field: str) -> bool:
+        """Whether the file says anything about ``spec_field`` (valid, invalid or unknown)."""
+        return (spec_field in self.values or spec_field in self.invalid
+                or spec_field in self.unresolved)
+
+    def default(self, spec_field: str, value: Any) -> None:
+        """Fill ``spec_field`` with the trainer's default when the file does not say it."""
+        if self.said(spec_field) or value is None:
+            return
+        self.values[spec_field] = value
+        self.origins[spec_field] = ValueOrigin.TRAINER_DEFAULT
+
+    def set_method(self, kind: MethodKind, name: str) -> None:
+        self.method = kind
+        self.method_name = name
 
     def has(self, spec_field: str) -> bool:
         return spec_field in self.values
@@ -242,6 +298,10 @@ class SpecBuilder:
             source_format=self.source_format,
             path=self.path,
             **self.values,
+            method=self.method,
+            method_name=self.method_name,
+            origins=dict(self.origins),
+            unresolved=dict(self.unresolved),
             extras=_plain(extras),
             unknown_keys=list(self.unknown),
             invalid=dict(self.invalid),

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from loracheck.configs.documents import Doc
-from loracheck.configs.fields import SpecBuilder
+from loracheck.configs.fields import InvalidValue, SpecBuilder, to_float, to_int
+from loracheck.configs.methods import kohya_method
+from loracheck.configs.semantics import apply_defaults
 from loracheck.model import LoraSpec
 
 _CONFIG_FIELDS = {
@@ -74,6 +76,7 @@ def read_kohya(doc: Doc) -> LoraSpec:
     if found:
         b.set("base_model", base, line, key="pretrained_model_name_or_path")
     found, args, line, _ = doc.find_key("network_args")
+    parsed: dict[str, Any] | None = None
     if found:
         parsed = parse_network_args(args)
         if parsed is None:
@@ -82,8 +85,51 @@ def read_kohya(doc: Doc) -> LoraSpec:
                 b.lines["network_args"] = line
         else:
             b.extra("network_args", parsed, line)
+    _, module, _, _ = doc.find_key("network_module")
+    _, gui_type, _, _ = doc.find_key("LoRA_type")
+    b.set_method(*kohya_method(module, gui_type, parsed))
+    _conv(doc, b, parsed, gui_type)
+    apply_defaults(b, "kohya")
     b.suppressions = doc.suppressions
     return b.build()
+
+
+# kohya_ss GUI LoRA types that train 3x3 convs with conv_dim / conv_alpha
+# (kohya_gui/lora_gui.py@8a524c7 train_model).
+_GUI_CONV_TYPES = frozenset({"kohya locon", "locon", "lycoris/locon", "kohya dylora"})
+
+
+def _conv(doc: Doc, b: SpecBuilder, args: dict[str, Any] | None, gui_type: Any) -> None:
+    """The conv rank and alpha in force, into extras ``conv_dim`` / ``conv_alpha``.
+
+    sd-scripts (networks/lora.py@02298e3 create_network) trains convs only when network_args
+    has conv_dim, and conv_alpha then defaults to 1; LyCORIS (lycoris/kohya/__init__.py@2c8adb4)
+    defaults both to network_dim / network_alpha.
+    """
+    raw_dim: Any = None
+    raw_alpha: Any = None
+    line: int | None = None
+    if args is not None and "conv_dim" in args:
+        raw_dim, raw_alpha = args.get("conv_dim"), args.get("conv_alpha")
+        line = b.lines.get("network_args")
+        if raw_alpha is None and str(b.extras.get("network_module", "")).startswith("lycoris"):
+            raw_alpha = b.get("alpha")
+    elif isinstance(gui_type, str) and gui_type.strip().lower() in _GUI_CONV_TYPES:
+        found, raw_dim, line, _ = doc.find_key("conv_dim")
+        _, raw_alpha, _, _ = doc.find_key("conv_alpha")
+        if not found:
+            return
+    else:
+        return
+    try:
+        dim = to_int(raw_dim, lax=True)
+        alpha = 1.0 if raw_alpha is None else to_float(raw_alpha, lax=True)
+    except InvalidValue:  # a wrong type is not a conv scale
+        return
+    if dim <= 0:
+        return
+    b.extra("conv_dim", dim, line)
+    b.extra("conv_alpha", alpha, line)
 
 
 def _meta_value(text: str) -> Any:
@@ -124,12 +170,14 @@ def spec_from_kohya_metadata(metadata: Mapping[str, str], path: str) -> LoraSpec
             b.invalid[spec_field] = repr(raw)
     if "ss_network_module" in metadata:
         b.extra("network_module", metadata["ss_network_module"])
+    parsed: dict[str, Any] | None = None
     if "ss_network_args" in metadata:
         parsed = parse_network_args(metadata["ss_network_args"])
         if parsed is None:
             b.invalid["network_args"] = repr(metadata["ss_network_args"])
         else:
             b.extra("network_args", parsed)
+    b.set_method(*kohya_method(metadata.get("ss_network_module"), None, parsed))
     for key in ("ss_base_model_version", "ss_v2", "ss_training_comment", "ss_steps", "ss_epoch"):
         if key in metadata:
             b.extra(key, metadata[key])

@@ -2,13 +2,21 @@
 
 ``lora_parameters.scale`` is the multiplier itself (s = scale, not alpha/r). An ``alpha`` inside
 ``lora_parameters`` is what pre-2025 mlx-lm configs carried; it goes to extras, not to alpha.
+
+mlx-lm fills its defaults top-level key by key (mlx_lm/lora.py@9caed7f ``main``): a config
+without ``lora_parameters`` gets {rank 8, dropout 0.0, scale 10.0}, but a given mapping replaces
+the default whole, and ``linear_to_lora_layers`` reads ``config["rank"]``, ``["scale"]`` and
+``["dropout"]`` (mlx_lm/tuner/utils.py@c042c22): the ones missing are listed in
+``extras["mlx_missing_parameters"]``.
 """
 
 from __future__ import annotations
 
+from loracheck.configs import methods
 from loracheck.configs.documents import Doc
 from loracheck.configs.fields import SpecBuilder
-from loracheck.model import LoraSpec
+from loracheck.configs.semantics import MLX_DEFAULT_PARAMETERS
+from loracheck.model import LoraSpec, MethodKind
 
 _PARAMS = {"rank": "rank", "scale": "scale", "dropout": "dropout", "keys": "target_modules"}
 _TOP_EXTRAS = (
@@ -45,10 +53,21 @@ def read_mlx(doc: Doc) -> LoraSpec:
         present, value, key_line = doc.lookup(key)
         if present:
             b.extra(key, value, key_line)
+    if not found:
+        for key, value in MLX_DEFAULT_PARAMETERS.items():
+            b.default(_PARAMS[key], value)
+    elif isinstance(params, dict):
+        missing = [k for k in ("rank", "scale", "dropout") if k not in params]
+        if missing:
+            b.extra("mlx_missing_parameters", missing)
     present, ftype, ftype_line = doc.lookup("fine_tune_type")
     if present and isinstance(ftype, str):
         # DoRA is a fine-tune type in mlx-lm, not a flag.
         b.set("use_dora", ftype.lower() == "dora", ftype_line, key="fine_tune_type")
+        if ftype.strip().lower() == "full":
+            b.set_method(*methods.FULL)
+        elif ftype.strip().lower() == "dora":
+            b.set_method(MethodKind.LORA, "DoRA")
     present, model, model_line = doc.lookup("model")
     if present:
         b.set("base_model", model, model_line, key="model")

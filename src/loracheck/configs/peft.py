@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loracheck.configs.documents import Doc
 from loracheck.configs.fields import SpecBuilder
+from loracheck.configs.methods import peft_method
 from loracheck.model import LoraSpec
 
 # adapter_config.json key -> LoraSpec field.
@@ -73,5 +74,8 @@ def read_peft(doc: Doc, builder: SpecBuilder | None = None) -> LoraSpec:
             b.extra(key, value, line)
         else:
             b.unknown_key(key, line)
+    method = peft_method(data.get("peft_type"))
+    if method is not None:
+        b.set_method(*method)
     b.suppressions = doc.suppressions
     return b.build()

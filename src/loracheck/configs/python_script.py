@@ -2,16 +2,18 @@
 
 Sources, first in source order wins: ``LoraConfig(...)`` calls (plain, ``peft.LoraConfig``, or
 inside ``get_peft_model(model, LoraConfig(...))``) and unsloth's
-``FastLanguageModel.get_peft_model(model, r=..., ...)``. Keyword values must be literals or
-module-level names bound once to a literal; anything else leaves the field ``None`` and its
-source text in ``extras["non_literal"]``. A hand-written LoRA module (a class whose name
-contains "lora") is scanned for how it initialises its factors (``extras["custom_lora_b_init"]``).
+``FastLanguageModel.get_peft_model(model, r=..., ...)``. Keyword values are folded statically
+(:mod:`loracheck.configs.pyexpr`: literals, arithmetic, names bound once in the enclosing scopes,
+dataclass and argparse defaults); anything else is unknown: the field stays ``None``, its text
+goes to ``unresolved`` (origin "expression") and ``extras["non_literal"]``. Scripts in syntax
+newer than the interpreter are read too (:mod:`loracheck.configs.pysource`). A hand-written
+LoRA module (a class whose name contains "lora") is scanned for how it initialises its factors
+(``extras["custom_lora_b_init"]``).
 """
 
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,11 @@ from loracheck.configs.fields import SpecBuilder
 from loracheck.configs.lines import find_suppressions
 from loracheck.configs.peft import EXTRAS as PEFT_EXTRAS
 from loracheck.configs.peft import FIELDS as PEFT_FIELDS
+from loracheck.configs.pyexpr import UNKNOWN, Folder
+from loracheck.configs.pysource import parse_python
+from loracheck.configs.semantics import apply_defaults
 from loracheck.errors import ArtifactError
-from loracheck.model import LoraSpec
+from loracheck.model import LoraSpec, ValueOrigin
 
 MAX_PYTHON_BYTES = 2 * 1024 * 1024
 _UNSLOTH_CLASSES = frozenset({"FastLanguageModel", "FastModel", "FastVisionModel"})
@@ -46,10 +51,7 @@ def read_python(path: Path) -> LoraSpec:
     name = str(path)
     text = read_text(path, MAX_PYTHON_BYTES)
     try:
-        # Compiler warnings about the script (invalid escapes, "1.inf") are not ours to print.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(text, filename=name)
+        tree = parse_python(text, name)
     except SyntaxError as err:
         raise ArtifactError(name, f"invalid Python: {err.msg}", line=err.lineno) from None
     except (ValueError, RecursionError, MemoryError) as err:
@@ -90,35 +92,12 @@ class _Reader:
         self.path = path
         self.tree = tree
         self.suppressions = suppressions
-        self.constants = self._module_constants()
-
-    def _module_constants(self) -> dict[str, Any]:
-        """Module-level names bound exactly once, to a literal."""
-        seen: dict[str, int] = {}
-        values: dict[str, Any] = {}
-        for stmt in self.tree.body:
-            targets: list[ast.expr] = []
-            value: ast.expr | None = None
-            if isinstance(stmt, ast.Assign):
-                targets, value = stmt.targets, stmt.value
-            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                targets, value = [stmt.target], stmt.value
-            for target in targets:
-                if isinstance(target, ast.Name):
-                    seen[target.id] = seen.get(target.id, 0) + 1
-                    literal = self._literal(value) if value is not None else _NOT_GIVEN
-                    if literal is not _NOT_GIVEN:
-                        values[target.id] = literal
-        return {k: v for k, v in values.items() if seen.get(k) == 1}
+        self.folder = Folder(tree)
 
     def _literal(self, node: ast.expr) -> Any:
-        """The literal value of ``node`` (or of a module constant it names); else _NOT_GIVEN."""
-        if isinstance(node, ast.Name) and hasattr(self, "constants"):
-            return self.constants.get(node.id, _NOT_GIVEN)
-        try:
-            return ast.literal_eval(node)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            return _NOT_GIVEN
+        """The statically folded value of ``node`` where it stands; else _NOT_GIVEN."""
+        value = self.folder.fold(node)
+        return _NOT_GIVEN if value is UNKNOWN else value
 
     def _lora_calls(self) -> list[tuple[str, ast.Call]]:
         found: list[tuple[str, ast.Call]] = []
@@ -141,6 +120,8 @@ class _Reader:
             self._read_call(b, fmt, calls[0][1])
             if len(calls) > 1:
                 b.extra("other_lora_configs", [c.lineno for _, c in calls[1:]])
+            # LoraConfig's own defaults (r 8, lora_alpha 8) or unsloth's get_peft_model ones.
+            apply_defaults(b, fmt)
         self._read_custom_classes(b)
         b.suppressions = self.suppressions
         return b.build()
@@ -166,12 +147,17 @@ class _Reader:
             value = self._literal(value_node)
             if key in PEFT_FIELDS:
                 spec_field = PEFT_FIELDS[key]
+                text = ast.unparse(value_node)
                 if value is _NOT_GIVEN:
                     b.lines[spec_field] = line
                     b.source_keys[spec_field] = key
-                    non_literal[spec_field] = ast.unparse(value_node)
+                    b.mark_unresolved(spec_field, text, ValueOrigin.EXPRESSION)
+                    non_literal[spec_field] = text
                 else:
                     b.set(spec_field, value, line, key=key)
+                    if not isinstance(value_node, ast.Constant) and b.has(spec_field):
+                        b.origins[spec_field] = ValueOrigin.EXPRESSION
+                        b.extra(f"expression.{spec_field}", text)
             elif key in PEFT_EXTRAS or (fmt == "unsloth" and key in _UNSLOTH_EXTRAS):
                 shown = ast.unparse(value_node) if value is _NOT_GIVEN else value
                 b.extra(key, shown, line)

@@ -1,8 +1,9 @@
-"""Deciding, cheaply, which LoRA config format a file is (or that it is none).
+"""Deciding which LoRA config format a file is (or that it is none).
 
-The decision is made from the extension and the set of key names the file uses, found with
-regular expressions (no parsing), so unrelated files handed over by pre-commit cost microseconds.
-:func:`classify` is shared with the full reader, which calls it on the parsed keys.
+A cheap gate first: the extension and the key names the file uses, found with regular
+expressions, so unrelated files handed over by pre-commit cost microseconds. A file that passes
+is parsed and :func:`classify_data` decides by its top-level keys and sections; the full reader
+calls the same function.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from loracheck.errors import ArtifactError
 
@@ -35,37 +37,105 @@ _AXOLOTL_HINTS = frozenset({"adapter", "base_model", "lora_target_linear", "data
                             "sequence_len", "micro_batch_size", "peft_use_dora",
                             "peft_use_rslora", "lora_model_dir"})
 _LLMBOX_HINTS = frozenset({"lora", "qlora", "lora_merge"})
-_LF_KEYS = frozenset({"lora_rank", "lora_target"})
+_LF_KEYS = frozenset({"lora_rank", "lora_target", "finetuning_type"})
+_LF_V1_KEYS = frozenset({"model_class", "kernel_config", "dist_config", "init_config",
+                         "quant_config", "train_dataset"})
+_SWIFT_KEYS = ("tuner_type", "train_type", "sft_type")
+_LITGPT_LORA = frozenset({"lora_r", "lora_alpha", "lora_query", "lora_value", "lora_key"})
+# Any of these, at any depth, makes a JSON/YAML file worth parsing as a possible LoRA config.
+_GATE = frozenset({
+    "lora_r", "lora_alpha", "lora_rank", "lora_dropout", "lora_target", "lora_target_modules",
+    "lora_target_linear", "lora_parameters", "lora_attn_modules", "peft_type", "peft_config",
+    "network_dim", "network_alpha", "network_module", "LoRA_type", "fine_tune_type",
+    "finetuning_type", "tuner_type", "train_type", "sft_type", "use_peft", "linear_alpha",
+    "lora_query", "training_type", "peft_use_dora", "peft_use_rslora", "lora_adapter_metadata",
+    "target_modules", "adapter", "network", "model_class", "kernel_config", "dist_config",
+})
 
 
-def classify(kind: str, keys: Collection[str]) -> str | None:
-    """The LoRA source format for a file of syntax ``kind`` using these key names, or None."""
+def worth_parsing(kind: str, keys: Collection[str]) -> bool:
+    """The cheap gate: whether a file whose keys (at any depth) are ``keys`` may be a LoRA
+    config at all. :func:`classify_data` decides on the parsed file."""
     if kind == "toml":
-        return "kohya" if keys & _KOHYA else None  # type: ignore[operator]
-    if kind not in ("json", "yaml"):
+        return bool(set(keys) & _KOHYA)
+    return kind in ("json", "yaml") and bool(set(keys) & _GATE)
+
+
+def classify_data(kind: str, data: Any) -> str | None:
+    """The LoRA config format of a parsed file, by its top-level keys and sections; None when
+    it is no LoRA-related training config. Formats are told apart by their keys, never by the
+    file's name."""
+    from loracheck.configs.trainers import lora_section
+
+    if kind == "toml":
+        return "kohya" if _any_depth(data) & _KOHYA else None
+    if kind not in ("json", "yaml") or not isinstance(data, dict):
         return None
-    k = set(keys)
-    if "lora_parameters" in k or ("fine_tune_type" in k and "peft_type" not in k):
+    top = {k for k in data if isinstance(k, str)}
+
+    def mapping(name: str) -> dict[Any, Any] | None:
+        value = data.get(name)
+        return value if isinstance(value, dict) else None
+
+    config = mapping("config")
+    if config is not None and isinstance(config.get("process"), list):
+        return "ai-toolkit"
+    if "lora_parameters" in top or ("fine_tune_type" in top and "peft_type" not in top):
         return "mlx"
-    if "peft_type" in k or ("r" in k and ({"lora_alpha", "target_modules"} & k)):
+    if "peft_type" in top or ("r" in top and ({"lora_alpha", "target_modules"} & top)):
         return "peft"
-    if "lora_adapter_metadata" in k:
+    header = mapping("__metadata__")
+    if "lora_adapter_metadata" in top or "lora_adapter_metadata" in (header or {}):
         return "diffusers"
-    if k & _KOHYA:
+    if mapping("peft_config") is not None or ("model" in top and top & _LF_V1_KEYS):
+        return "llama-factory-v1"
+    studio_lora = mapping("lora")
+    studio_training = mapping("training")
+    if (studio_lora is not None and "lora_r" in studio_lora) or (
+        studio_training is not None and "training_type" in studio_training
+    ):
+        return "unsloth-studio"
+    if top & _KOHYA or "LoRA_type" in top:
         return "kohya"
-    if "_component_" in k and ({"lora_rank", "lora_attn_modules"} & k):
+    model = mapping("model")
+    component = model.get("_component_") if model is not None else None
+    tune_keys = model is not None and bool({"lora_rank", "lora_attn_modules"} & set(model))
+    if isinstance(component, str) and (component.startswith("torchtune.") or tune_keys):
         return "torchtune"
-    if k & _LF_KEYS:
+    if any(isinstance(data.get(k), str) for k in _SWIFT_KEYS):
+        return "ms-swift"
+    if "checkpoint_dir" in top and top & _LITGPT_LORA:
+        return "litgpt"
+    if top & _LF_KEYS:
         return "llama-factory"
-    if k & _TRAINER_LORA or "peft_use_dora" in k or "peft_use_rslora" in k:
-        if "use_peft" in k or "lora_task_type" in k:
+    if top & _TRAINER_LORA or "peft_use_dora" in top or "peft_use_rslora" in top:
+        if "use_peft" in top or "lora_task_type" in top:
             return "trl"
         if kind == "json":
-            return "llmbox" if (k & _LLMBOX_HINTS or "use_peft" not in k) else "trl"
-        if k & _AXOLOTL_HINTS:
+            return "llmbox" if (top & _LLMBOX_HINTS or "use_peft" not in top) else "trl"
+        if top & _AXOLOTL_HINTS:
             return "axolotl"
-        return "trl" if "model_name_or_path" in k else "axolotl"
+        return "trl" if "model_name_or_path" in top else "axolotl"
+    if "base_model" in top and ({"adapter", "datasets"} & top):
+        return "axolotl"  # a full fine-tune: adapter blank or absent
+    if "use_peft" in top:
+        return "trl"
+    if lora_section(data) is not None:
+        return "lora-section"
     return None
+
+
+def _any_depth(data: Any) -> set[str]:
+    keys: set[str] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            keys.update(k for k in node if isinstance(k, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return keys
 
 
 def classify_python(text: str) -> str | None:
@@ -112,7 +182,17 @@ def sniff_config(path: Path, text: str | None = None) -> str | None:
         text = raw.decode("utf-8", errors="replace")
     if kind == "python":
         return classify_python(text)
-    return classify(kind, keys_in(kind, text))
+    keys = keys_in(kind, text)
+    if not worth_parsing(kind, keys):
+        return None
+    from loracheck.configs.documents import parse
+
+    try:
+        doc = parse(path, kind, text)
+    except ArtifactError:
+        # Not parseable (read_spec says why): a best guess from the key names alone.
+        return classify_data(kind, dict.fromkeys(keys)) or "axolotl"
+    return classify_data(kind, doc.data)
 
 
 def _sniff_safetensors(path: Path) -> str | None:

@@ -1,18 +1,22 @@
-"""Trainer config files -> LoraSpec: axolotl, LLaMA-Factory, torchtune, TRL/HF args, LLMBox.
+"""Trainer config files -> LoraSpec: axolotl, LLaMA-Factory (v0 and v1), torchtune, TRL/HF
+args, LLMBox, ms-swift, litgpt, ai-toolkit, Unsloth Studio, and a generic ``lora:`` section.
 
-Each reader maps its tool's own key names onto LoraSpec fields; known non-LoRA keys are
-ignored, LoRA-related keys without a field go to extras. Defaults the tool would apply are not
-filled in (a missing alpha stays None); where a tool's default differs from PEFT's the reader
-notes it in extras so rules can say what will happen.
+Each reader maps its tool's own key names onto LoraSpec fields, decides the method the config
+trains (LoRA family, another method, a full fine-tune: :mod:`loracheck.configs.methods`), and
+fills what the file leaves out with the trainer's own defaults
+(:mod:`loracheck.configs.semantics`, origin "trainer default"). Known non-LoRA keys are
+ignored; LoRA-related keys without a field go to extras.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from loracheck.configs import methods
 from loracheck.configs.documents import Doc
-from loracheck.configs.fields import SpecBuilder, split_names
-from loracheck.model import LoraSpec
+from loracheck.configs.fields import SpecBuilder, placeholder_text, split_names
+from loracheck.configs.semantics import apply_defaults
+from loracheck.model import LoraSpec, MethodKind, ValueOrigin
 
 
 def _apply(
@@ -34,8 +38,14 @@ def _apply(
 
 
 def _finish(doc: Doc, b: SpecBuilder) -> LoraSpec:
+    apply_defaults(b, b.source_format)
     b.suppressions = doc.suppressions
     return b.build()
+
+
+def _is_off(value: object) -> bool:
+    """A method key left blank: YAML null or an empty string."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # --- axolotl ------------------------------------------------------------------------------
@@ -70,6 +80,7 @@ _AXOLOTL_EXTRAS = (
     "loraplus_lr_embedding",
     "load_in_4bit",
     "load_in_8bit",
+    "merge_lora",
     "peft",
 )
 
@@ -100,7 +111,26 @@ def read_axolotl(doc: Doc) -> LoraSpec:
             if bits_line is not None:
                 b.lines.setdefault("init_lora_weights", bits_line)
     b.extra("bias_note", "axolotl always uses bias='none'")
+    _axolotl_method(doc, b)
     return _finish(doc, b)
+
+
+def _axolotl_method(doc: Doc, b: SpecBuilder) -> None:
+    """axolotl's ``adapter``: blank or absent trains every parameter and ignores lora_* keys
+    (schemas/peft.py@00564c8: "leave blank to train all parameters"; loaders/adapter.py
+    ``load_adapter`` returns the model unchanged for None); ``llama-adapter`` is PEFT's
+    adaption prompt, not LoRA."""
+    present, adapter, _ = doc.lookup("adapter")
+    if not present or _is_off(adapter):
+        b.set_method(*methods.FULL)
+        return
+    if placeholder_text(adapter) is not None or not isinstance(adapter, str):
+        return
+    name = adapter.strip().lower()
+    if name == "qlora":
+        b.set_method(MethodKind.LORA, "QLoRA")
+    elif name != "lora":
+        b.set_method(MethodKind.OTHER, "LLaMA-Adapter" if name == "llama-adapter" else adapter)
 
 
 # --- LLaMA-Factory ------------------------------------------------------------------------
@@ -152,10 +182,55 @@ def read_llama_factory(doc: Doc) -> LoraSpec:
             iters = 16
         init = "pissa" if iters == -1 else f"pissa_niter_{iters}"
         b.set("init_lora_weights", init, line, key="pissa_init")
-    if "alpha" not in b.values and "alpha" not in b.invalid:
-        b.extra("alpha_default", "LLaMA-Factory uses lora_alpha = 2 * lora_rank when unset")
-        if isinstance(b.get("rank"), int):
-            b.extra("implied_alpha", 2 * b.get("rank"))
+    if b.get("alpha") == 0:
+        # finetuning_args.py:568 `lora_alpha or lora_rank * 2`: a falsy alpha means 2·rank.
+        b.values.pop("alpha")
+    present, ftype, _ = doc.lookup("finetuning_type")
+    if present and isinstance(ftype, str) and placeholder_text(ftype) is None:
+        name = ftype.strip().lower()
+        if name in ("full", "freeze"):
+            b.set_method(MethodKind.FULL, f"{name} fine-tune")
+        elif name == "oft":
+            b.set_method(MethodKind.OTHER, "OFT")
+        elif name != "lora":
+            b.set_method(MethodKind.OTHER, ftype)
+    return _finish(doc, b)
+
+
+# --- LLaMA-Factory v1 (USE_V1=1) ------------------------------------------------------------
+
+_V1_FIELDS = {
+    "r": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+    "modules_to_save": "modules_to_save",
+}
+
+
+def read_llama_factory_v1(doc: Doc) -> LoraSpec:
+    """LLaMA-Factory v1: the ``peft_config`` plugin block (llamafactory==0.9.5
+    v1/plugins/model_plugins/peft.py:31-60); no block at all trains every parameter
+    (v1/core/model_engine.py:176-180)."""
+    b = SpecBuilder("llama-factory-v1", doc.path)
+    present, block, _ = doc.lookup("peft_config")
+    if not present or not isinstance(block, dict):
+        b.set_method(MethodKind.FULL, "full fine-tune")
+        return _finish(doc, b)
+    _apply(doc, b, _V1_FIELDS, ("name", "adapter_name_or_path"), base=("peft_config",))
+    present, target, t_line = doc.lookup("peft_config", "target_modules")
+    if present:
+        value = "all-linear" if isinstance(target, str) and target.strip() == "all" else target
+        b.set("target_modules", value, t_line, key="peft_config.target_modules")
+    name = block.get("name")
+    if isinstance(name, str) and name.strip().lower() == "freeze":
+        b.set_method(MethodKind.FULL, "freeze fine-tune")
+    elif isinstance(name, str) and name.strip().lower() != "lora":
+        b.set_method(MethodKind.OTHER, name)
+    present, model, m_line = doc.lookup("model")
+    if present:
+        b.set("base_model", model, m_line, key="model")
     return _finish(doc, b)
 
 
@@ -185,6 +260,8 @@ def read_torchtune(doc: Doc) -> LoraSpec:
     b = SpecBuilder("torchtune", doc.path)
     _apply(doc, b, _TT_FIELDS, _TT_EXTRAS, base=("model",))
     present, attn, line = doc.lookup("model", "lora_attn_modules")
+    if present:
+        b.extra("lora_attn_modules", attn, line)
     targets: list[str] | None = None
     if present and b.set("target_modules", attn, line, key="model.lora_attn_modules"):
         value = b.get("target_modules")
@@ -199,6 +276,16 @@ def read_torchtune(doc: Doc) -> LoraSpec:
     present, ckpt, line = doc.lookup("checkpointer", "checkpoint_dir")
     if present:
         b.set("base_model", ckpt, line, key="checkpointer.checkpoint_dir")
+    _, component, _ = doc.lookup("model", "_component_")
+    builder = component.rsplit(".", 1)[-1] if isinstance(component, str) else ""
+    lora_keys = any(doc.lookup("model", k)[0] for k in ("lora_rank", "lora_attn_modules"))
+    if builder.startswith("qlora_"):
+        b.set_method(MethodKind.LORA, "QLoRA")
+    elif not builder.startswith("lora_") and not lora_keys:
+        # A plain builder (llama3_1_8b) is a full fine-tune (recipes/configs/*_full*.yaml).
+        b.set_method(*methods.FULL)
+    if b.get("use_dora") is True:
+        b.set_method(MethodKind.LORA, "DoRA")
     return _finish(doc, b)
 
 
@@ -221,6 +308,13 @@ _TRL_EXTRAS = ("use_peft", "lora_target_parameters", "load_in_4bit", "load_in_8b
 def read_trl(doc: Doc) -> LoraSpec:
     b = SpecBuilder("trl", doc.path)
     _apply(doc, b, _TRL_FIELDS, _TRL_EXTRAS)
+    _, use_peft, _ = doc.lookup("use_peft")
+    # trl/trainer/utils.py get_peft_config: `if model_args.use_peft is False: return None`,
+    # and use_peft defaults to False (model_config.py@bc13ae6): lora_* keys alone train nothing.
+    if placeholder_text(use_peft) is None and use_peft is not True and not (
+        isinstance(use_peft, str) and use_peft.strip().lower() in ("true", "1", "yes")
+    ):
+        b.set_method(MethodKind.FULL, "full fine-tune (use_peft is not true)")
     return _finish(doc, b)
 
 
@@ -242,4 +336,234 @@ def read_llmbox(doc: Doc) -> LoraSpec:
     if present:
         # LLMBox passes a comma-separated string through to LoraConfig as a list.
         b.set("target_modules", _names_or_comma_list(targets), line, key="lora_target_modules")
+    return _finish(doc, b)
+
+
+# --- ms-swift -----------------------------------------------------------------------------
+
+_SWIFT_FIELDS = {
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_bias": "bias",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+    "modules_to_save": "modules_to_save",
+    "model": "base_model",
+}
+_SWIFT_EXTRAS = ("tuner_backend", "lora_dtype", "lorap_lr_ratio", "quant_method", "quant_bits",
+                 "target_regex", "init_weights")
+# ms-swift==4.6.0 swift/pipelines/train/tuner.py:180-350: these build a peft LoraConfig from
+# lora_rank/lora_alpha/lora_dropout; adalora builds an AdaLoraConfig (target_r/init_r).
+_SWIFT_LORA = {"lora": "LoRA", "longlora": "LongLoRA", "lora_llm": "LoRA"}
+
+
+def read_ms_swift(doc: Doc) -> LoraSpec:
+    """ms-swift ``swift sft cfg.yaml``: flat keys (swift/cli/main.py:38-71); the method key is
+    ``tuner_type`` (4.x), ``train_type`` (3.x) or ``sft_type`` (2.x), default ``lora``."""
+    b = SpecBuilder("ms-swift", doc.path, lax=True)
+    _apply(doc, b, _SWIFT_FIELDS, _SWIFT_EXTRAS)
+    present, targets, line = doc.lookup("target_modules")
+    if present:
+        b.set("target_modules", _swift_targets(targets), line, key="target_modules")
+    present, regex, line = doc.lookup("target_regex")
+    if present and isinstance(regex, str) and regex:
+        b.set("target_modules", regex, line, key="target_regex")  # it overrides target_modules
+    present, init, line = doc.lookup("init_weights")
+    if present and isinstance(init, str):
+        lowered = init.strip().lower()
+        value: bool | str = {"true": True, "false": False}.get(lowered, init)
+        b.set("init_lora_weights", value, line, key="init_weights")
+    for key in ("tuner_type", "train_type", "sft_type"):
+        present, tuner, _ = doc.lookup(key)
+        if present and isinstance(tuner, str) and placeholder_text(tuner) is None:
+            name = tuner.strip().lower()
+            if name == "full":
+                b.set_method(*methods.FULL)
+            elif name in _SWIFT_LORA:
+                b.set_method(MethodKind.LORA, _SWIFT_LORA[name])
+            else:
+                b.set_method(MethodKind.OTHER, {"adalora": "AdaLoRA", "ia3": "IA3",
+                                                "vera": "VeRA", "boft": "BOFT"}.get(name, tuner))
+            break
+    return _finish(doc, b)
+
+
+def _swift_targets(raw: Any) -> Any:
+    """['all-linear'] (ms-swift's default) is PEFT's all-linear shorthand."""
+    if isinstance(raw, list) and len(raw) == 1 and raw[0] == "all-linear":
+        return "all-linear"
+    return raw
+
+
+# --- litgpt -------------------------------------------------------------------------------
+
+_LITGPT_FIELDS = {"lora_r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                  "checkpoint_dir": "base_model"}
+# litgpt@c16c72c litgpt/finetune/lora.py setup(): which projections get LoRA, and defaults.
+LITGPT_FLAGS = {
+    "lora_query": True,
+    "lora_key": False,
+    "lora_value": True,
+    "lora_projection": False,
+    "lora_mlp": False,
+    "lora_head": False,
+}
+
+
+def read_litgpt(doc: Doc) -> LoraSpec:
+    """litgpt ``finetune lora`` YAML (config_hub/finetune/*/lora.yaml) or the
+    ``hyperparameters.yaml`` it saves: top-level ``lora_*`` keys and boolean target flags."""
+    b = SpecBuilder("litgpt", doc.path)
+    _apply(doc, b, _LITGPT_FIELDS, ("quantize", "precision"))
+    targets: list[str] = []
+    flag_line: int | None = None
+    for flag, default in LITGPT_FLAGS.items():
+        present, value, line = doc.lookup(flag)
+        on = value if present and isinstance(value, bool) else default
+        if present and flag_line is None:
+            flag_line = line
+        if on:
+            targets.append(flag.removeprefix("lora_"))
+    b.values["target_modules"] = targets
+    if flag_line is not None:
+        b.lines["target_modules"] = flag_line
+        b.source_keys["target_modules"] = "lora_query/lora_key/lora_value/..."
+    else:
+        b.origins["target_modules"] = ValueOrigin.TRAINER_DEFAULT
+    if b.get("rank") == 0:
+        # litgpt/lora.py@01e39f5: r = 0 disables LoRA (the layers stay plain Linear).
+        b.set_method(MethodKind.FULL, "LoRA off (lora_r: 0)")
+    return _finish(doc, b)
+
+
+# --- ostris ai-toolkit --------------------------------------------------------------------
+
+# ai-toolkit@f699f4b toolkit/config_modules.py NetworkType and the LyCORIS names it maps.
+_AITK_TYPES = {"lora": methods.LORA, "locon": (MethodKind.LORA, "LoCon"),
+               "dora": (MethodKind.LORA, "DoRA"), "lokr": (MethodKind.OTHER, "LyCORIS LoKr"),
+               "lorm": (MethodKind.OTHER, "LoRM")}
+# Model flags under which LoRASpecialNetwork forces peft_format, so alpha = rank (s = 1) and
+# linear_alpha is ignored (toolkit/lora_special.py@a6c70a7).
+_AITK_TRANSFORMER_FLAGS = ("is_flux", "is_v3", "is_lumina2", "is_transformer")
+_AITK_TRANSFORMER_ARCHS = ("flux", "sd3", "lumina2", "wan", "hidream", "chroma", "qwen",
+                           "omnigen", "hunyuan", "ltx", "cogview")
+
+
+def read_ai_toolkit(doc: Doc) -> LoraSpec:
+    """ai-toolkit job YAML: ``config.process[i].network`` {type, linear (rank), linear_alpha,
+    conv, conv_alpha, dropout}; the first process with a network is the one read."""
+    b = SpecBuilder("ai-toolkit", doc.path, lax=True)
+    _, processes, _ = doc.lookup("config", "process")
+    index = next((i for i, p in enumerate(processes or [])
+                  if isinstance(p, dict) and isinstance(p.get("network"), dict)), None)
+    if index is None:
+        b.set_method(*methods.FULL)
+        return _finish(doc, b)
+    base = ("config", "process", index, "network")
+    for key in ("rank", "linear"):  # rank is the older alias and wins (config_modules.py)
+        present, value, line = doc.lookup(*base, key)
+        if present:
+            b.set("rank", value, line, key=f"network.{key}")
+            break
+    for key, spec_field in (("linear_alpha", "alpha"), ("dropout", "dropout")):
+        present, value, line = doc.lookup(*base, key)
+        if present:
+            b.set(spec_field, value, line, key=f"network.{key}")
+    for key in ("conv", "conv_alpha", "lokr_full_rank", "lokr_factor", "network_kwargs"):
+        present, value, line = doc.lookup(*base, key)
+        if present:
+            b.extra(f"network.{key}", value, line)
+    if not b.said("alpha"):
+        present, value, line = doc.lookup(*base, "alpha")
+        if present:
+            b.set("alpha", value, line, key="network.alpha")
+    _, kind, _ = doc.lookup(*base, "type")
+    if isinstance(kind, str) and placeholder_text(kind) is None:
+        b.set_method(*_AITK_TYPES.get(kind.strip().lower(), (MethodKind.OTHER, kind)))
+    model = doc.lookup("config", "process", index, "model")[1]
+    if isinstance(model, dict):
+        arch = str(model.get("arch") or "").lower()
+        if any(model.get(f) is True for f in _AITK_TRANSFORMER_FLAGS) or arch.startswith(
+            _AITK_TRANSFORMER_ARCHS
+        ):
+            b.extra("ignored_linear_alpha", b.get("alpha"))
+            b.values.pop("alpha", None)
+            b.invalid.pop("alpha", None)
+            if isinstance(b.get("rank"), int):
+                b.values["alpha"] = float(b.get("rank"))
+                b.origins["alpha"] = ValueOrigin.TRAINER_DEFAULT
+        present, name, line = doc.lookup("config", "process", index, "model", "name_or_path")
+        if present:
+            b.set("base_model", name, line, key="model.name_or_path")
+    return _finish(doc, b)
+
+
+# --- Unsloth Studio (unsloth train --config) ------------------------------------------------
+
+_STUDIO_FIELDS = {"lora_r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                  "use_rslora": "use_rslora", "use_dora": "use_dora"}
+
+
+def read_unsloth_studio(doc: Doc) -> LoraSpec:
+    """``model`` / ``data`` / ``training`` / ``lora`` / ``logging`` sections
+    (unsloth==2026.10.9 unsloth_cli/config.py); ``training.training_type`` is lora or full."""
+    b = SpecBuilder("unsloth-studio", doc.path)
+    _apply(doc, b, _STUDIO_FIELDS, ("use_loftq", "vision_all_linear"), base=("lora",))
+    present, targets, line = doc.lookup("lora", "target_modules")
+    if present:
+        # A comma-separated string, split at use; an empty one means None (PEFT's default).
+        value = _names_or_comma_list(targets) if isinstance(targets, str) else targets
+        if value != []:
+            b.set("target_modules", value, line, key="lora.target_modules")
+        else:
+            b.values["target_modules"] = None
+    present, model, line = doc.lookup("model")
+    if present and isinstance(model, str):
+        b.set("base_model", model, line, key="model")
+    _, ttype, _ = doc.lookup("training", "training_type")
+    if isinstance(ttype, str) and ttype.strip().lower() == "full":
+        b.set_method(*methods.FULL)
+    return _finish(doc, b)
+
+
+# --- a generic LoRA section in a user's own trainer config ------------------------------------
+
+# Section names people nest LoRA settings under, and the key spellings inside them.
+LORA_SECTIONS = ("lora", "lora_config", "peft", "peft_config", "lora_args", "lora_params",
+                 "adapter")
+_SECTION_FIELDS = {
+    "r": "rank", "rank": "rank", "lora_r": "rank", "lora_rank": "rank",
+    "alpha": "alpha", "lora_alpha": "alpha",
+    "dropout": "dropout", "lora_dropout": "dropout",
+    "target_modules": "target_modules", "lora_target_modules": "target_modules",
+    "use_rslora": "use_rslora", "use_dora": "use_dora", "bias": "bias",
+    "init_lora_weights": "init_lora_weights", "modules_to_save": "modules_to_save",
+}
+
+
+def lora_section(data: Any) -> str | None:
+    """The name of the first top-level mapping that holds a LoRA rank or alpha, if any."""
+    if not isinstance(data, dict):
+        return None
+    for name in LORA_SECTIONS:
+        block = data.get(name)
+        if isinstance(block, dict) and any(
+            k in block for k in ("r", "rank", "lora_r", "lora_rank", "alpha", "lora_alpha")
+        ):
+            return name
+    return None
+
+
+def read_lora_section(doc: Doc) -> LoraSpec:
+    """A ``lora:`` (or ``peft:``, ``lora_config:`` …) block of a trainer loracheck does not know:
+    its keys read as PEFT's LoraConfig, which such trainers pass them to."""
+    b = SpecBuilder("lora-section", doc.path, lax=True)
+    section = lora_section(doc.data)
+    if section is not None:
+        for key, spec_field in _SECTION_FIELDS.items():
+            present, value, line = doc.lookup(section, key)
+            if present and not b.said(spec_field):
+                b.set(spec_field, value, line, key=f"{section}.{key}")
+        b.extra("section", section)
     return _finish(doc, b)

@@ -144,6 +144,8 @@ def spec_to_dict(spec: LoraSpec, adapter: Adapter | None = None) -> dict[str, An
     out: dict[str, Any] = {
         "source_format": spec.source_format,
         "path": spec.path,
+        "method": spec.method.value,
+        "method_name": spec.method_name,
         "rank": spec.rank,
         "alpha": _float(spec.alpha),
         "alpha_missing": spec.alpha_missing,
@@ -171,6 +173,8 @@ def spec_to_dict(spec: LoraSpec, adapter: Adapter | None = None) -> dict[str, An
             "base_model": spec.base_model,
             "extras": clean(dict(sorted(spec.extras.items()))),
             "unknown_keys": list(spec.unknown_keys),
+            "origins": {k: v.value for k, v in sorted(spec.origins.items())},
+            "unresolved": dict(sorted(spec.unresolved.items())),
             "invalid": dict(sorted(spec.invalid.items())),
             "lines": dict(sorted(spec.lines.items())),
             "suppressions": {
@@ -213,6 +217,8 @@ def adapter_to_dict(adapter: Adapter, *, all_layers: bool = True) -> dict[str, A
     return {
         "path": adapter.path,
         "format": adapter.format,
+        "method": adapter.method.value,
+        "method_name": adapter.method_name,
         "files": list(adapter.files),
         "variant": adapter.variant,
         "has_weights": adapter.has_weights,

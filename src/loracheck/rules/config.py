@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from loracheck.model import DATA_DRIVEN_SCHEMES, LoraSpec, Severity
+from loracheck.configs.semantics import convention
+from loracheck.model import DATA_DRIVEN_SCHEMES, InitScheme, LoraSpec, MethodKind, Severity
 from loracheck.rules.context import (
     Finding,
     RuleContext,
@@ -18,15 +19,22 @@ from loracheck.rules.context import (
     rule,
     short_name,
 )
-from loracheck.scaling import MISSING_ALPHA_DEFAULTS, effective_scale, pattern_key_for
+from loracheck.scaling import (
+    MISSING_ALPHA_DEFAULTS,
+    ScaleConvention,
+    effective_scale,
+    pattern_key_for,
+    scale_band,
+)
 
-# Sources whose tool fills in a rank when the config omits it (so a missing rank is not an error).
-RANK_DEFAULTS = {
-    "python": 8, "llama-factory": 8, "trl": 16, "llmbox": 16, "unsloth": 16, "mlx": 8,
-    "kohya": 4, "kohya-metadata": 4, "torchtune": 8, "diffusers": 4,
-}
-# mlx-lm's shipped scale defaults (the multiplier itself): healthy by construction.
-MLX_DEFAULT_SCALES = (10.0, 20.0)
+# Trainers that pass a missing rank on to PEFT as None, which fails when the layers are built
+# (axolotl: schemas/peft.py@00564c8 `lora_r: int | None = None`, loaders/adapter.py passes it to
+# LoraConfig). Every other trainer fills its own default in (configs/semantics.py) or is one
+# loracheck does not know, where a missing rank is not certain to be a fault.
+_RANK_REQUIRED = frozenset({"axolotl"})
+# Formats whose saved file is the trainer's own record of what it ran (not a plan to train).
+_RECORD_FORMATS = frozenset({"peft", "kohya-metadata", "diffusers"})
+_SCRIPT_FORMATS = frozenset({"python", "unsloth"})
 
 
 def _spec(ctx: RuleContext) -> LoraSpec | None:
@@ -67,7 +75,7 @@ def invalid_rank(ctx: RuleContext) -> Iterator[Finding]:
     ```
     """
     spec = _spec(ctx)
-    if spec is None:
+    if spec is None or "rank" in spec.unresolved:
         return
     if "rank" in spec.invalid:
         yield ctx.config_finding(f"rank {spec.invalid['rank']} is not an integer", "rank")
@@ -79,9 +87,11 @@ def invalid_rank(ctx: RuleContext) -> Iterator[Finding]:
                 "no rank is set: PEFT falls back to r = 8, yet save_pretrained always writes r",
                 "rank",
             )
-        elif spec.source_format not in RANK_DEFAULTS:
+        elif spec.source_format in _RANK_REQUIRED:
             yield ctx.config_finding(
-                f"no rank is set and {spec.source_format} has no default for it", "rank"
+                f"no rank is set: {spec.source_format} has no default and passes None to PEFT, "
+                "which fails when it builds the layers",
+                "rank",
             )
     elif spec.rank < 1:
         yield ctx.config_finding(f"rank {spec.rank} is not a positive integer", "rank")
@@ -100,9 +110,13 @@ def _valid_rank(value: int | None) -> int | None:
     return value if isinstance(value, int) and value >= 1 else None
 
 
-def _band(ctx: RuleContext, s: float) -> bool:
-    th = ctx.thresholds
-    return th.scale_min <= s <= th.scale_max
+def _convention(spec: LoraSpec | None) -> ScaleConvention:
+    return convention(spec.source_format) if spec is not None else ScaleConvention.ALPHA_OVER_R
+
+
+def _band(ctx: RuleContext, s: float, conv: ScaleConvention) -> bool:
+    low, high = scale_band(conv, ctx.thresholds)
+    return low <= s <= high
 
 
 def _scale_text(spec: LoraSpec, rank: int, alpha: float) -> str:
@@ -148,6 +162,8 @@ def _spec_scale(ctx: RuleContext, spec: LoraSpec) -> Iterator[Finding]:
         path = spec.path or ctx.config_path
         return Finding(message, field_name, line, path, severity)
 
+    if spec.unresolved.keys() & {"alpha", "scale", "rank"}:
+        return  # an expression or a placeholder: unknown until the trainer runs
     if "alpha" in spec.invalid:
         yield at(f"alpha {spec.invalid['alpha']} is not a number", "alpha", Severity.ERROR)
         return
@@ -155,15 +171,16 @@ def _spec_scale(ctx: RuleContext, spec: LoraSpec) -> Iterator[Finding]:
         yield at(f"scale {spec.invalid['scale']} is not a number", "scale", Severity.ERROR)
         return
     alpha, scale, rank = spec.alpha, spec.scale, _valid_rank(spec.rank)
+    conv = _convention(spec)
+    yield from _conv_scale(ctx, spec, at)
     if scale is not None:
         if not math.isfinite(scale) or scale <= 0:
             yield at(f"scale {fmt_num(scale)} must be a positive finite number", "scale",
                      Severity.ERROR)
             return
-        if spec.source_format == "mlx" and scale in MLX_DEFAULT_SCALES:
-            return
-        if not _band(ctx, scale):
-            yield at(f"effective scale {fmt_num(scale)} is outside {_band_text(ctx)}", "scale")
+        if not _band(ctx, scale, ScaleConvention.MLX):
+            yield at(f"effective scale {fmt_num(scale)} is outside "
+                     f"{_band_text(ctx, ScaleConvention.MLX)}", "scale")
         return
     if alpha is not None:
         if not math.isfinite(alpha) or (alpha <= 0 and not (alpha == 0 and _kohya(spec))):
@@ -173,10 +190,10 @@ def _spec_scale(ctx: RuleContext, spec: LoraSpec) -> Iterator[Finding]:
         if alpha == 0:  # kohya: alpha 0 means alpha = rank, s = 1
             return
         s = effective_scale(rank, alpha, use_rslora=bool(spec.use_rslora))
-        if s is not None and rank is not None and not _band(ctx, s):
+        if s is not None and rank is not None and not _band(ctx, s, conv):
             yield at(
                 f"effective scale {_scale_text(spec, rank, alpha)} = {fmt_num(s)} is outside "
-                f"{_band_text(ctx)}",
+                f"{_band_text(ctx, conv)}{_origin_note(spec)}",
                 "alpha",
             )
     for key, value in spec.alpha_pattern.items():
@@ -188,10 +205,37 @@ def _spec_scale(ctx: RuleContext, spec: LoraSpec) -> Iterator[Finding]:
             )
 
 
-def _band_text(ctx: RuleContext) -> str:
-    th = ctx.thresholds
-    return f"the {ctx.profile.name} profile's band [{fmt_num(th.scale_min)}, " \
-           f"{fmt_num(th.scale_max)}]"
+def _band_text(ctx: RuleContext, conv: ScaleConvention) -> str:
+    low, high = scale_band(conv, ctx.thresholds)
+    return f"the {ctx.profile.name} profile's {conv.value} band [{fmt_num(low)}, {fmt_num(high)}]"
+
+
+def _origin_note(spec: LoraSpec) -> str:
+    """Which of rank and alpha the trainer's defaults supplied, for the message."""
+    from loracheck.model import ValueOrigin
+
+    defaulted = [f for f in ("rank", "alpha") if spec.origin(f) is ValueOrigin.TRAINER_DEFAULT]
+    if not defaulted:
+        return ""
+    return f" ({' and '.join(defaulted)} from the {spec.source_format} default)"
+
+
+def _conv_scale(
+    ctx: RuleContext, spec: LoraSpec, at: Callable[[str, str], Finding]
+) -> Iterator[Finding]:
+    """kohya's conv layers: conv_alpha / conv_dim, judged in the kohya band."""
+    dim, alpha = spec.extras.get("conv_dim"), spec.extras.get("conv_alpha")
+    if not isinstance(dim, int) or not isinstance(alpha, (int, float)) or dim < 1:
+        return
+    if not math.isfinite(alpha) or alpha <= 0:
+        return
+    s = alpha / dim
+    if not _band(ctx, s, ScaleConvention.KOHYA):
+        yield at(
+            f"conv scale conv_alpha/conv_dim = {fmt_num(alpha)}/{dim} = {fmt_num(s)} is outside "
+            f"{_band_text(ctx, ScaleConvention.KOHYA)}",
+            "network_args",
+        )
 
 
 def _tensor_scales(ctx: RuleContext) -> Iterator[Finding]:
@@ -204,7 +248,7 @@ def _tensor_scales(ctx: RuleContext) -> Iterator[Finding]:
         key = layer.alpha_tensor.key if layer.alpha_tensor is not None else layer.name
         if not math.isfinite(layer.alpha) or layer.alpha < 0:
             bad.setdefault(fmt_num(layer.alpha), []).append(key)
-        elif layer.scaling is not None and not _band(ctx, layer.scaling):
+        elif layer.scaling is not None and not _band(ctx, layer.scaling, ScaleConvention.KOHYA):
             out.setdefault(layer.scaling, []).append(key)
     for value, keys in sorted(bad.items()):
         yield ctx.weight_finding(
@@ -215,7 +259,8 @@ def _tensor_scales(ctx: RuleContext) -> Iterator[Finding]:
     for s, keys in sorted(out.items()):
         yield ctx.weight_finding(
             f"effective scale {fmt_num(s)} from the .alpha tensors is outside "
-            f"{_band_text(ctx)} ({plural(len(keys), 'module')}: {name_list(keys, 3)})",
+            f"{_band_text(ctx, ScaleConvention.KOHYA)} "
+            f"({plural(len(keys), 'module')}: {name_list(keys, 3)})",
             keys[0],
         )
 
@@ -246,7 +291,7 @@ def dropout_out_of_range(ctx: RuleContext) -> Iterator[Finding]:
     ```
     """
     spec = _spec(ctx)
-    if spec is None:
+    if spec is None or "dropout" in spec.unresolved:
         return
     if "dropout" in spec.invalid:
         yield ctx.config_finding(
@@ -381,10 +426,20 @@ def identity_breaking_init(ctx: RuleContext) -> Iterator[Finding]:
         return
     value = spec.init_lora_weights
     if value is False:
-        yield ctx.config_finding(
-            "init_lora_weights=False starts both factors random, so W' ≠ W at step 0",
-            "init_lora_weights",
-        )
+        if spec.source_format in _RECORD_FORMATS or spec.source_format in _SCRIPT_FORMATS:
+            # A saved adapter or a script may load trained weights right after (a conversion,
+            # an inference benchmark): only the context tells, so this is a warning.
+            yield ctx.config_finding(
+                "init_lora_weights=False starts both factors random, so W' ≠ W at step 0 "
+                "(assuming this config starts a training run; fine when weights are loaded "
+                "right after)",
+                "init_lora_weights", severity=Severity.WARNING,
+            )
+        else:
+            yield ctx.config_finding(
+                "init_lora_weights=False starts both factors random, so W' ≠ W at step 0",
+                "init_lora_weights",
+            )
     elif isinstance(value, str) and not known_init(value):
         yield ctx.config_finding(
             f"init_lora_weights {value!r} is not an init PEFT knows", "init_lora_weights",
@@ -431,7 +486,7 @@ def target_matches_nothing(ctx: RuleContext) -> Iterator[Finding]:
     ```
     """
     spec = _spec(ctx)
-    if spec is None or spec.target_modules is None:
+    if spec is None or spec.target_modules is None or "target_modules" in spec.unresolved:
         return
     targets = spec.target_modules
     if targets in ([], "") and not spec.extras.get("target_parameters"):
@@ -573,6 +628,8 @@ def _alpha_missing(ctx: RuleContext) -> bool:
     if any(layer.alpha_source in explicit for layer in adapter.layers):
         return False
     if adapter.spec is not None:
+        if _convention(adapter.spec) is ScaleConvention.MLX:
+            return False  # mlx-lm has no alpha: a missing scale is LC113's
         return adapter.spec.alpha_missing and not adapter.spec.alpha_pattern
     if adapter.metadata_spec is not None and not adapter.metadata_spec.alpha_missing:
         return False
@@ -626,7 +683,10 @@ def contradictory_settings(ctx: RuleContext) -> Iterator[Finding]:
             f"use_dora with bias={spec.bias!r} trains base biases under the DoRA magnitude",
             "bias",
         )
-    if scheme in DATA_DRIVEN_SCHEMES and spec.dropout is not None and spec.dropout > 0:
+    # LoftQ's B·A is the quantisation residual W − Q, small beside W, and LoftQ recipes train
+    # with dropout; the schemes that move W's top components into B·A are the ones at risk.
+    moved = scheme in DATA_DRIVEN_SCHEMES and scheme is not InitScheme.LOFTQ
+    if moved and spec.dropout is not None and spec.dropout > 0:
         yield ctx.config_finding(
             f"init {init_text!r} with dropout {fmt_num(spec.dropout)}: B·A holds part of the "
             "base weight, so dropout breaks W' = W in training mode",
@@ -657,4 +717,269 @@ def contradictory_settings(ctx: RuleContext) -> Iterator[Finding]:
             "rsLoRA with rank/alpha patterns and a data-driven init cannot be converted to a "
             "plain LoRA after training",
             "use_rslora",
+        )
+
+
+# --- LC110 --------------------------------------------------------------------------------------
+
+_OTHER = frozenset({MethodKind.OTHER})
+
+
+@rule("LC110", "not-a-lora-method", Severity.INFO, _OTHER)
+def not_a_lora_method(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Notes, once per file, that a config or adapter uses a fine-tuning method other than LoRA
+    (IA3, OFT, BOFT, VeRA, LoHa, LoKr, prompt tuning …), so the LoRA rules are not applied to
+    it; only checks that hold for any method (unreadable files, non-finite values) still run.
+
+    ## Why is this bad?
+    It is not: the note says why the file got no LoRA findings. Judging another method by
+    LoRA's rules raises false alarms (OFT's ``r: 0`` is legal, LyCORIS LoKr's
+    ``network_dim: 100000`` means "full matrix", (IA)³ has no rank at all).
+
+    ## Example
+    ```json
+    {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"]}
+    ```
+
+    ## Use instead
+    Nothing to change. Silence the note with ``ignore = ["LC110"]``.
+    """
+    name = ctx.adapter.method_name
+    what = "config" if not ctx.adapter.has_weights else "adapter"
+    spec = ctx.adapter.spec or ctx.adapter.metadata_spec
+    path = (spec.path if spec is not None and spec.path else None) or ctx.adapter.path
+    yield Finding(f"{name} {what}: the LoRA rules do not apply", None, None, path)
+
+
+# --- LC111 --------------------------------------------------------------------------------------
+
+
+def _truthy_literal(value: object) -> bool | None:
+    """True/False for a YAML boolean (or its usual spellings), None when unknown."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0", ""):
+            return False
+        return None
+    if value is None:
+        return False
+    return None
+
+
+@rule("LC111", "qlora-without-4bit", Severity.ERROR)
+def qlora_without_4bit(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Reports an axolotl config with ``adapter: qlora`` that does not set ``load_in_4bit: true``
+    (or that sets ``load_in_8bit: true``), on the bitsandbytes path.
+
+    ## Why is this bad?
+    axolotl refuses it when it validates the config ("Require cfg.load_in_4bit to be True for
+    qlora", ``validate_qlora`` in src/axolotl/utils/schemas/peft.py), after the job was
+    scheduled and the container pulled. QLoRA means a 4-bit base: without it there is nothing
+    to train on.
+
+    ## Example
+    ```yaml
+    adapter: qlora
+    lora_r: 16
+    ```
+
+    ## Use instead
+    ```yaml
+    adapter: qlora
+    load_in_4bit: true
+    lora_r: 16
+    ```
+    """
+    spec = _spec(ctx)
+    if spec is None or spec.source_format != "axolotl":
+        return
+    adapter = spec.extras.get("adapter")
+    if not isinstance(adapter, str) or adapter.strip().lower() != "qlora":
+        return
+    peft = spec.extras.get("peft")
+    backend = peft.get("backend") if isinstance(peft, dict) else None
+    # merge_lora and the torchao backend take other validation paths (validate_qlora).
+    if spec.extras.get("merge_lora") or backend == "torchao":
+        return
+    four = _truthy_literal(spec.extras.get("load_in_4bit"))
+    eight = _truthy_literal(spec.extras.get("load_in_8bit"))
+    if eight:
+        yield ctx.config_finding("adapter: qlora with load_in_8bit: axolotl refuses it "
+                                 "(\"Can't load qlora in 8bit\")", "load_in_8bit")
+    elif four is False:
+        yield ctx.config_finding(
+            "adapter: qlora without load_in_4bit: true: axolotl refuses it "
+            "(\"Require cfg.load_in_4bit to be True for qlora\")",
+            "adapter",
+        )
+
+
+# --- LC112 --------------------------------------------------------------------------------------
+
+# torchtune/modules/peft/_utils.py@cf2a9d7 LORA_ATTN_MODULES.
+TORCHTUNE_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+@rule("LC112", "unknown-torchtune-module", Severity.ERROR)
+def unknown_torchtune_module(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Reports a torchtune ``model.lora_attn_modules`` entry that is not one of torchtune's own
+    names (``q_proj``, ``k_proj``, ``v_proj``, ``output_proj``), and an empty list.
+
+    ## Why is this bad?
+    The model builder tests each name with ``"q_proj" in lora_modules``, so an unknown name
+    (usually an HF name such as ``o_proj``) silently leaves that projection without LoRA; the
+    HF checkpointer then fails at the first save with "Unknown target module"
+    (``tune_to_peft_adapter_config``), after a full epoch. An empty list fails at once.
+
+    ## Example
+    ```yaml
+    model:
+      _component_: torchtune.models.llama3_1.lora_llama3_1_8b
+      lora_attn_modules: [q_proj, v_proj, o_proj]
+    ```
+
+    ## Use instead
+    ```yaml
+    model:
+      _component_: torchtune.models.llama3_1.lora_llama3_1_8b
+      lora_attn_modules: [q_proj, v_proj, output_proj]
+    ```
+    """
+    spec = _spec(ctx)
+    if spec is None or spec.source_format != "torchtune":
+        return
+    targets = spec.extras.get("lora_attn_modules")
+    if not isinstance(targets, list):
+        return
+    if not targets:
+        yield ctx.config_finding("model.lora_attn_modules is empty: the builder refuses it",
+                                 "target_modules")
+    for name in targets:
+        if isinstance(name, str) and name not in TORCHTUNE_ATTN_MODULES:
+            hint = " (torchtune calls it output_proj)" if name == "o_proj" else ""
+            yield ctx.config_finding(
+                f"lora_attn_modules entry {name!r} is not a torchtune module{hint}: that "
+                f"projection gets no LoRA, and saving the adapter fails",
+                "target_modules", location=f"lora_attn_modules.{name}",
+            )
+
+
+# --- LC113 --------------------------------------------------------------------------------------
+
+
+@rule("LC113", "mlx-missing-parameter", Severity.ERROR)
+def mlx_missing_parameter(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Reports an mlx-lm config whose ``lora_parameters`` mapping lacks ``rank``, ``scale`` or
+    ``dropout``.
+
+    ## Why is this bad?
+    mlx-lm fills its defaults per top-level key: a ``lora_parameters`` you give replaces the
+    default mapping whole, and ``linear_to_lora_layers`` reads ``config["scale"]`` (and rank,
+    dropout) directly, so the run stops with a bare ``KeyError: 'scale'``. Older mlx configs
+    wrote ``alpha`` instead, which today's mlx-lm never reads.
+
+    ## Example
+    ```yaml
+    lora_parameters:
+      rank: 16
+      alpha: 32
+    ```
+
+    ## Use instead
+    ```yaml
+    lora_parameters:
+      rank: 16
+      scale: 20.0
+      dropout: 0.0
+    ```
+    """
+    spec = _spec(ctx)
+    if spec is None or spec.source_format != "mlx":
+        return
+    missing = spec.extras.get("mlx_missing_parameters")
+    if not isinstance(missing, list) or not missing:
+        return
+    note = ""
+    if "scale" in missing and "mlx_alpha" in spec.extras:
+        note = " (its alpha is never read: mlx-lm uses scale as the multiplier)"
+    yield ctx.config_finding(
+        f"lora_parameters has no {', '.join(map(str, missing))}: mlx-lm replaces its defaults "
+        f"with this mapping and stops with KeyError{note}",
+        "rank" if "rank" in spec.lines else None,
+    )
+
+
+# --- LC114 --------------------------------------------------------------------------------------
+
+# What PEFT 0.21.2 does with a value of the wrong type, per field (the rule's message), and
+# whether it fails outright (error) or silently does something else (warning).
+_WRONG_TYPE: dict[str, tuple[str, Severity]] = {
+    "use_rslora": ("PEFT only tests its truth (tuners/lora/layer.py update_layer), so any "
+                   "non-empty string turns rsLoRA on: s = α/√r", Severity.WARNING),
+    "use_dora": ("PEFT only tests its truth, so any non-empty string turns DoRA on",
+                 Severity.WARNING),
+    "fan_in_fan_out": ("PEFT only tests its truth, so a non-empty string transposes the "
+                       "weights (PEFT resets it with a warning on nn.Linear)", Severity.WARNING),
+    "target_modules": ("PEFT fails when it matches modules (TypeError)", Severity.ERROR),
+    "exclude_modules": ("PEFT fails when it matches modules (TypeError)", Severity.ERROR),
+    "rank_pattern": ("a rank that is not an int fails when PEFT builds the layer",
+                     Severity.ERROR),
+    "alpha_pattern": ("an alpha that is not a number fails when PEFT scales the layer",
+                      Severity.ERROR),
+    "modules_to_save": ("PEFT fails when it wraps the modules", Severity.ERROR),
+    "layers_to_transform": ("PEFT fails when it matches layer indices", Severity.ERROR),
+    "layers_pattern": ("PEFT fails when it matches layer names", Severity.ERROR),
+    "bias": ("PEFT accepts only 'none', 'all' or 'lora_only'", Severity.ERROR),
+    "task_type": ("PEFT accepts only its TaskType names", Severity.ERROR),
+}
+_TYPE_NAMES = {
+    "use_rslora": "a boolean", "use_dora": "a boolean", "fan_in_fan_out": "a boolean",
+    "target_modules": "a list of names or a regex string",
+    "exclude_modules": "a list of names or a regex string",
+    "rank_pattern": "a mapping of names to integers", "alpha_pattern": "a mapping of names to "
+    "numbers", "modules_to_save": "a list of names", "layers_to_transform": "integers",
+    "layers_pattern": "a name or a list of names", "bias": "a string", "task_type": "a string",
+}
+
+
+@rule("LC114", "wrong-field-type", Severity.ERROR)
+def wrong_field_type(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Reports a LoRA setting whose value has the wrong type (a string where a boolean belongs,
+    a number for ``target_modules``, a float rank in ``rank_pattern``), saying what PEFT does
+    with it: an error where PEFT fails, a warning where it silently does something else.
+
+    ## Why is this bad?
+    PEFT does not validate most field types. ``use_rslora: "no"`` is a non-empty string, so
+    PEFT scales by α/√r anyway; ``fan_in_fan_out: "false"`` transposes; ``target_modules: 5``
+    and ``rank_pattern: {"q_proj": 4.5}`` fail only when the model is built.
+
+    ## Example
+    ```json
+    {"r": 16, "lora_alpha": 16, "use_rslora": "no", "target_modules": 5}
+    ```
+
+    ## Use instead
+    ```json
+    {"r": 16, "lora_alpha": 16, "use_rslora": false, "target_modules": ["q_proj", "v_proj"]}
+    ```
+    """
+    spec = _spec(ctx)
+    if spec is None:
+        return
+    for field_name, (effect, severity) in _WRONG_TYPE.items():
+        if field_name not in spec.invalid:
+            continue
+        key = spec.extras.get("source_keys", {}).get(field_name, field_name)
+        yield ctx.config_finding(
+            f"{key} = {spec.invalid[field_name]} is not {_TYPE_NAMES[field_name]}: {effect}",
+            field_name, severity=severity,
         )

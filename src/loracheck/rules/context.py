@@ -20,6 +20,7 @@ from loracheck.model import (
     InitScheme,
     LayerRecord,
     LoraSpec,
+    MethodKind,
     RuleMeta,
     Severity,
     Stage,
@@ -105,12 +106,21 @@ class RuleContext:
 CheckFn = Callable[[RuleContext], Iterator[Finding]]
 
 
+# The methods a rule judges: LoRA rules judge the LoRA family only; input rules judge any file.
+LORA_ONLY = frozenset({MethodKind.LORA})
+ANY_METHOD = frozenset(MethodKind)
+# Cheap structural checks (non-finite values) that hold for any method's weights.
+LORA_AND_OTHER = frozenset({MethodKind.LORA, MethodKind.OTHER})
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A rule: its metadata and its check function. Calling it runs the check."""
+    """A rule: its metadata, its check function and the methods it judges (``methods``: the
+    engine runs it only on adapters of those kinds). Calling it runs the check."""
 
     meta: RuleMeta
     check: CheckFn
+    methods: frozenset[MethodKind] = LORA_ONLY
 
     @property
     def code(self) -> str:
@@ -136,13 +146,15 @@ def summary_of(doc: str) -> str:
     return match.group(1) if match else flat
 
 
-def rule(code: str, name: str, severity: Severity) -> Callable[[CheckFn], Rule]:
-    """Attach a code, a kebab-case name and a default severity to a check function."""
+def rule(
+    code: str, name: str, severity: Severity, methods: frozenset[MethodKind] = LORA_ONLY
+) -> Callable[[CheckFn], Rule]:
+    """Attach a code, a kebab-case name, a default severity and the methods it judges."""
 
     def wrap(fn: CheckFn) -> Rule:
         doc = _dedent(fn.__doc__ or "")
         meta = RuleMeta(code, name, severity, summary_of(doc), doc)
-        return Rule(meta, fn)
+        return Rule(meta, fn, methods)
 
     return wrap
 

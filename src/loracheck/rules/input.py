@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from loracheck.model import Severity
-from loracheck.rules.context import Finding, RuleContext, faults_of, rule
+from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, faults_of, rule
 
 
-@rule("LC001", "unreadable-artifact", Severity.ERROR)
+@rule("LC001", "unreadable-artifact", Severity.ERROR, ANY_METHOD)
 def unreadable_artifact(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a file that cannot be read as what it claims to be: a truncated or corrupt
@@ -35,7 +35,7 @@ def unreadable_artifact(ctx: RuleContext) -> Iterator[Finding]:
     return faults_of(ctx, "LC001")
 
 
-@rule("LC002", "missing-lora-content", Severity.ERROR)
+@rule("LC002", "missing-lora-content", Severity.ERROR, ANY_METHOD)
 def no_lora_content(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a file handed to loracheck that holds no LoRA factors or LoRA settings: a full model
@@ -58,7 +58,7 @@ def no_lora_content(ctx: RuleContext) -> Iterator[Finding]:
     return faults_of(ctx, "LC002")
 
 
-@rule("LC003", "git-lfs-pointer", Severity.ERROR)
+@rule("LC003", "git-lfs-pointer", Severity.ERROR, ANY_METHOD)
 def git_lfs_pointer(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a weights file that is a Git LFS pointer (a small text file starting with
@@ -82,7 +82,7 @@ def git_lfs_pointer(ctx: RuleContext) -> Iterator[Finding]:
     return faults_of(ctx, "LC003")
 
 
-@rule("LC215", "pickle-checkpoint", Severity.WARNING)
+@rule("LC215", "pickle-checkpoint", Severity.WARNING, ANY_METHOD)
 def pickle_checkpoint(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports adapter weights stored as a Python pickle (``adapter_model.bin``, ``.pt``,

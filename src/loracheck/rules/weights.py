@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from loracheck.model import InitScheme, LayerRecord, LoraSpec, Severity, Stage
 from loracheck.rules.context import (
+    LORA_AND_OTHER,
     Finding,
     RuleContext,
     delta_is_zero,
@@ -144,7 +145,7 @@ def rank_mismatch(ctx: RuleContext) -> Iterator[Finding]:
 # --- LC203 --------------------------------------------------------------------------------------
 
 
-@rule("LC203", "non-finite-values", Severity.ERROR)
+@rule("LC203", "non-finite-values", Severity.ERROR, LORA_AND_OTHER)
 def non_finite_values(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports NaN or ±Inf values in a LoRA factor.

@@ -1,0 +1,144 @@
+"""Which fine-tuning method a config names: the LoRA family, another method, or a full fine-tune.
+
+One owner for every trainer's method vocabulary (PEFT's ``peft_type``, axolotl's ``adapter``,
+LLaMA-Factory's ``finetuning_type``, mlx-lm's ``fine_tune_type``, ms-swift's ``train_type``,
+kohya's ``network_module`` / ``LoRA_type`` / ``algo=``, ai-toolkit's ``network.type``). Each
+function maps a raw value to ``(MethodKind, display name)``; None means "the value does not
+decide", and the reader keeps its LoRA default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from loracheck.model import MethodKind
+
+Method = tuple[MethodKind, str]
+LORA: Method = (MethodKind.LORA, "LoRA")
+FULL: Method = (MethodKind.FULL, "full fine-tune")
+
+# PEFT 0.21.2 PeftType values (peft/utils/peft_types.py) -> display names. Only LORA carries
+# the LoRA family (DoRA and rsLoRA are LoraConfig flags); every other type has its own config
+# class, in which r, alpha and the init mean something else (OFT's r counts blocks, so r = 0
+# is legal there).
+PEFT_TYPE_NAMES: Mapping[str, str] = {
+    "LORA": "LoRA",
+    "ADALORA": "AdaLoRA",
+    "ADAMSS": "AdaMSS",
+    "ADAPTION_PROMPT": "adaption prompt",
+    "BEFT": "BEFT",
+    "BOFT": "BOFT",
+    "BONE": "Bone",
+    "C3A": "C3A",
+    "CARTRIDGE": "Cartridge",
+    "CPT": "CPT",
+    "DEFT": "DEFT",
+    "DELORA": "DeLoRA",
+    "FOURIERFT": "FourierFT",
+    "FROD": "FRoD",
+    "GLORA": "GLoRA",
+    "GRALORA": "GraLoRA",
+    "HIRA": "HiRA",
+    "HRA": "HRA",
+    "IA3": "IA3",
+    "LILY": "LiLy",
+    "LN_TUNING": "LN tuning",
+    "LOHA": "LoHa",
+    "LOKR": "LoKr",
+    "MISS": "MiSS",
+    "MULTITASK_PROMPT_TUNING": "multitask prompt tuning",
+    "OFT": "OFT",
+    "OSF": "OSF",
+    "P_TUNING": "p-tuning",
+    "PEANUT": "PEANuT",
+    "POLY": "Poly",
+    "PREFIX_TUNING": "prefix tuning",
+    "PROMPT_TUNING": "prompt tuning",
+    "PSOFT": "PSOFT",
+    "PVERA": "PVeRA",
+    "RANDLORA": "RandLoRA",
+    "ROAD": "RoAd",
+    "SHADOW": "Shadow",
+    "SHIRA": "SHiRA",
+    "SUPERTUNING": "SuperTuning",
+    "TINYLORA": "TinyLoRA",
+    "TRAINABLE_TOKENS": "trainable tokens",
+    "UNILORA": "UniLoRA",
+    "VBLORA": "VB-LoRA",
+    "VERA": "VeRA",
+    "WAVEFT": "WaveFT",
+    "XLORA": "X-LoRA",
+}
+
+
+def _text(raw: Any) -> str | None:
+    return raw.strip() if isinstance(raw, str) else None
+
+
+def peft_method(peft_type: Any) -> Method | None:
+    """``peft_type`` of an adapter_config.json (PEFT accepts any case)."""
+    text = _text(peft_type)
+    if text is None:
+        return None
+    key = text.upper().replace("-", "_")
+    if key == "LORA":
+        return LORA
+    return (MethodKind.OTHER, PEFT_TYPE_NAMES.get(key, text))
+
+
+# LyCORIS algorithms (lycoris/kohya.py ``algo=``; kohya_ss GUI ``LoRA_type`` suffixes).
+# LoCon is LoRA on conv layers too, with LoRA's α/dim scale: the LoRA family.
+_LYCORIS_ALGOS: Mapping[str, Method] = {
+    "lora": LORA,
+    "locon": (MethodKind.LORA, "LoCon"),
+    "loha": (MethodKind.OTHER, "LyCORIS LoHa"),
+    "lokr": (MethodKind.OTHER, "LyCORIS LoKr"),
+    "ia3": (MethodKind.OTHER, "LyCORIS (IA)3"),
+    "dylora": (MethodKind.OTHER, "DyLoRA"),
+    "glora": (MethodKind.OTHER, "LyCORIS GLoRA"),
+    "full": (MethodKind.OTHER, "LyCORIS native fine-tuning"),
+    "diag-oft": (MethodKind.OTHER, "LyCORIS diag-OFT"),
+    "oft": (MethodKind.OTHER, "LyCORIS diag-OFT"),
+    "boft": (MethodKind.OTHER, "LyCORIS BOFT"),
+}
+
+
+def lycoris_algo(algo: Any) -> Method | None:
+    text = _text(algo)
+    if text is None:
+        return None
+    key = text.lower().replace("_", "-")
+    return _LYCORIS_ALGOS.get(key, (MethodKind.OTHER, f"LyCORIS {text}"))
+
+
+def kohya_method(
+    network_module: Any, lora_type: Any, network_args: Mapping[str, Any] | None
+) -> Method:
+    """A kohya sd-scripts / kohya_ss GUI config: algo= wins, then LoRA_type, then the module."""
+    if network_args is not None and "algo" in network_args:
+        found = lycoris_algo(network_args["algo"])
+        if found is not None:
+            return found
+    gui = _text(lora_type)
+    if gui:
+        lowered = gui.lower()
+        # kohya_ss GUI (kohya_gui/lora_gui.py): "LyCORIS/LoKr", "LyCORIS/iA3", "Kohya DyLoRA" …
+        if lowered.startswith("lycoris/"):
+            algo = lowered.split("/", 1)[1].replace(" ", "-")
+            aliases = {"native-fine-tuning": "full", "diag-oft": "diag-oft", "ia3": "ia3"}
+            found = lycoris_algo(aliases.get(algo, algo))
+            if found is not None:
+                return found
+        if "dylora" in lowered:
+            return (MethodKind.OTHER, "DyLoRA")
+        if "locon" in lowered:
+            return (MethodKind.LORA, "LoCon")
+    module = _text(network_module) or ""
+    if module.endswith("dylora"):
+        return (MethodKind.OTHER, "DyLoRA")
+    if module.startswith("lycoris"):
+        return (MethodKind.LORA, "LoCon")  # lycoris.kohya without algo= is LoCon
+    if module.endswith("oft"):
+        return (MethodKind.OTHER, "OFT")
+    return LORA
