@@ -26,6 +26,7 @@ def test_exact_output_of_a_healthy_adapter() -> None:
         "adapter",
         "  format   peft",
         "  variant  lora",
+        "  method   LoRA",
         "  config   peft (adapter/adapter_config.json)",
         "  rank     4",
         "  alpha    8",

@@ -106,3 +106,19 @@ def test_placeholders_are_unknown_not_invalid(tmp_path: Path) -> None:
             "lora_alpha: '{{ lora_alpha }}'\nlora_dropout: ${LORA_DROPOUT}\n"
             "lora_target_modules:\n  - ${TARGETS}\n")
     assert check_config(tmp_path, "runpod.yaml", text) == []
+
+
+def test_inspect_says_the_method_and_where_values_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loracheck.cli import main
+
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("model_name_or_path: x\nstage: sft\nfinetuning_type: lora\nlora_rank: 16\n")
+    ia3 = tmp_path / "adapter_config.json"
+    ia3.write_text('{"peft_type": "IA3", "target_modules": ["k_proj"]}')
+    assert main(["inspect", str(lf), str(ia3)]) == 0
+    out = capsys.readouterr().out
+    assert "alpha    32 (llama-factory default)" in out  # 2 · lora_rank
+    assert "method   IA3 (not LoRA" in out
+    assert "rank     -" not in out.split("IA3")[1]  # no LoRA fields for another method

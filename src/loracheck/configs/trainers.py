@@ -103,7 +103,7 @@ def read_axolotl(doc: Doc) -> LoraSpec:
             b.lines["target_modules"] = l_line
         b.source_keys["target_modules"] = "lora_target_linear"
     present, bits, bits_line = doc.lookup("peft", "loftq_config", "loftq_bits")
-    if present:
+    if present and placeholder_text(bits) is None:
         # A loftq_config switches axolotl's PEFT init to LoftQ.
         b.extra("loftq_config", {"loftq_bits": bits}, bits_line)
         if not b.has("init_lora_weights"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from loracheck.model import Adapter, Diagnostic, LayerRecord, Report
+from loracheck.model import Adapter, Diagnostic, LayerRecord, MethodKind, Report, ValueOrigin
 from loracheck.render._common import (
     block_index,
     diagnostics_for,
@@ -166,24 +166,51 @@ def _extra_text(adapter: Adapter) -> str:
     return f"{plural(len(extras), 'tensor')}, {human_bytes(total)}: {role_text}"
 
 
+def _method_text(adapter: Adapter) -> str:
+    if adapter.method is MethodKind.OTHER:
+        return f"{adapter.method_name} (not LoRA: the LoRA rules do not apply)"
+    if adapter.method is MethodKind.FULL:
+        return f"{adapter.method_name} (no LoRA adapter is trained)"
+    return adapter.method_name
+
+
+def with_origin(adapter: Adapter, field_name: str, text: str) -> str:
+    """``text`` with where a config-only value came from, when not from the file itself."""
+    spec = adapter.spec
+    if spec is None or adapter.layers:
+        return text
+    if field_name in spec.unresolved:
+        return f"unknown ({spec.unresolved[field_name]})"
+    if spec.origin(field_name) is ValueOrigin.TRAINER_DEFAULT:
+        return f"{text} ({spec.source_format} default)"
+    if spec.origin(field_name) is ValueOrigin.EXPRESSION:
+        shown = spec.extras.get(f"expression.{field_name}")
+        return f"{text} (= {shown})" if shown else text
+    return text
+
+
 def summary_fields(adapter: Adapter, root: Path) -> list[tuple[str, str]]:
     """The (label, value) pairs of an adapter's summary block, in display order."""
     spec = adapter.spec
-    fields: list[tuple[str, str]] = [("format", adapter.format), ("variant", adapter.variant)]
+    fields: list[tuple[str, str]] = [("format", adapter.format)]
+    if adapter.has_weights:
+        fields.append(("variant", adapter.variant))
+    fields.append(("method", _method_text(adapter)))
     if spec is not None:
         config = spec.source_format
         if spec.path and spec.path != adapter.path:
             config += f" ({display_path(spec.path, root)})"
         fields.append(("config", config))
-    fields += [
-        ("rank", rank_text(adapter)),
-        ("alpha", alpha_text(adapter)),
-        ("scaling", scaling_text(adapter)),
-        ("dropout", _dropout_text(adapter)),
-        ("targets", targets_text(adapter)),
-        ("init", init_text(adapter)),
-        ("stage", adapter.stage.value + (" (forced)" if adapter.stage_forced else "")),
-    ]
+    if adapter.method is MethodKind.LORA or adapter.has_weights:
+        fields += [
+            ("rank", with_origin(adapter, "rank", rank_text(adapter))),
+            ("alpha", with_origin(adapter, "alpha", alpha_text(adapter))),
+            ("scaling", scaling_text(adapter)),
+            ("dropout", with_origin(adapter, "dropout", _dropout_text(adapter))),
+            ("targets", with_origin(adapter, "target_modules", targets_text(adapter))),
+            ("init", init_text(adapter)),
+            ("stage", adapter.stage.value + (" (forced)" if adapter.stage_forced else "")),
+        ]
     if adapter.has_weights:
         fields += [
             ("tensors", str(adapter.n_tensors)),

@@ -934,9 +934,11 @@ _WRONG_TYPE: dict[str, tuple[str, Severity]] = {
                      Severity.ERROR),
     "alpha_pattern": ("an alpha that is not a number fails when PEFT scales the layer",
                       Severity.ERROR),
-    "modules_to_save": ("PEFT fails when it wraps the modules", Severity.ERROR),
+    # Not shown to fail in PEFT: a string is iterated name by character, so say it, as a warning.
+    "modules_to_save": ("PEFT expects a list of module names; other values select modules "
+                        "unpredictably", Severity.WARNING),
     "layers_to_transform": ("PEFT fails when it matches layer indices", Severity.ERROR),
-    "layers_pattern": ("PEFT fails when it matches layer names", Severity.ERROR),
+    "layers_pattern": ("PEFT expects the name of the layers container", Severity.WARNING),
     "bias": ("PEFT accepts only 'none', 'all' or 'lora_only'", Severity.ERROR),
     "task_type": ("PEFT accepts only its TaskType names", Severity.ERROR),
 }
