@@ -142,3 +142,81 @@ def kohya_method(
     if module.endswith("oft"):
         return (MethodKind.OTHER, "OFT")
     return LORA
+
+
+def axolotl_method(adapter: Any) -> Method | None:
+    """axolotl's ``adapter``: blank or absent trains every parameter and ignores the lora_*
+    keys (schemas/peft.py@00564c8 "leave blank to train all parameters"; loaders/adapter.py
+    ``load_adapter`` returns the model unchanged for None); ``llama-adapter`` is PEFT's
+    adaption prompt."""
+    if adapter is None or (isinstance(adapter, str) and not adapter.strip()):
+        return FULL
+    text = _text(adapter)
+    if text is None:
+        return None
+    name = text.lower()
+    if name == "lora":
+        return LORA
+    if name == "qlora":
+        return (MethodKind.LORA, "QLoRA")
+    return (MethodKind.OTHER, "LLaMA-Adapter" if name == "llama-adapter" else text)
+
+
+def llama_factory_method(finetuning_type: Any) -> Method | None:
+    """LLaMA-Factory v0 ``finetuning_type`` (hparams/finetuning_args.py:464: lora, oft,
+    freeze, full; default lora)."""
+    text = _text(finetuning_type)
+    if text is None:
+        return None
+    name = text.lower()
+    if name in ("full", "freeze"):
+        return (MethodKind.FULL, f"{name} fine-tune")
+    if name == "lora":
+        return LORA
+    return (MethodKind.OTHER, "OFT" if name == "oft" else text)
+
+
+# ms-swift==4.6.0 swift/pipelines/train/tuner.py:180-350: lora, longlora (and the lora_llm
+# plugin) build a peft LoraConfig from lora_rank / lora_alpha; adalora builds an AdaLoraConfig
+# (target_r / init_r), the others their own configs.
+_SWIFT: Mapping[str, Method] = {
+    "lora": LORA,
+    "longlora": (MethodKind.LORA, "LongLoRA"),
+    "lora_llm": LORA,
+    "full": FULL,
+    "adalora": (MethodKind.OTHER, "AdaLoRA"),
+    "ia3": (MethodKind.OTHER, "IA3"),
+    "vera": (MethodKind.OTHER, "VeRA"),
+    "boft": (MethodKind.OTHER, "BOFT"),
+    "fourierft": (MethodKind.OTHER, "FourierFT"),
+    "reft": (MethodKind.OTHER, "ReFT"),
+    "bone": (MethodKind.OTHER, "Bone"),
+    "llamapro": (MethodKind.OTHER, "LLaMA-Pro"),
+    "adapter": (MethodKind.OTHER, "adapter"),
+}
+
+
+def swift_method(tuner_type: Any) -> Method | None:
+    """ms-swift ``tuner_type`` (4.x), ``train_type`` (3.x) or ``sft_type`` (2.x)."""
+    text = _text(tuner_type)
+    if text is None:
+        return None
+    return _SWIFT.get(text.lower(), (MethodKind.OTHER, text))
+
+
+# ai-toolkit@f699f4b toolkit/config_modules.py NetworkType (lora_special.py also takes dora).
+_AI_TOOLKIT: Mapping[str, Method] = {
+    "lora": LORA,
+    "locon": (MethodKind.LORA, "LoCon"),
+    "dora": (MethodKind.LORA, "DoRA"),
+    "lokr": (MethodKind.OTHER, "LyCORIS LoKr"),
+    "lorm": (MethodKind.OTHER, "LoRM"),
+}
+
+
+def ai_toolkit_method(network_type: Any) -> Method | None:
+    """ai-toolkit ``network.type`` (default lora)."""
+    text = _text(network_type)
+    if text is None:
+        return None
+    return _AI_TOOLKIT.get(text.lower(), (MethodKind.OTHER, text))

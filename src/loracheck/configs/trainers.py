@@ -116,21 +116,17 @@ def read_axolotl(doc: Doc) -> LoraSpec:
 
 
 def _axolotl_method(doc: Doc, b: SpecBuilder) -> None:
-    """axolotl's ``adapter``: blank or absent trains every parameter and ignores lora_* keys
-    (schemas/peft.py@00564c8: "leave blank to train all parameters"; loaders/adapter.py
-    ``load_adapter`` returns the model unchanged for None); ``llama-adapter`` is PEFT's
-    adaption prompt, not LoRA."""
-    present, adapter, _ = doc.lookup("adapter")
-    if not present or _is_off(adapter):
-        b.set_method(*methods.FULL)
+    _, adapter, _ = doc.lookup("adapter")
+    _decide(b, adapter, methods.axolotl_method)
+
+
+def _decide(b: SpecBuilder, raw: Any, vocabulary: Any) -> None:
+    """Set the method ``vocabulary`` names for ``raw``; a placeholder keeps LoRA (unknown)."""
+    if placeholder_text(raw) is not None:
         return
-    if placeholder_text(adapter) is not None or not isinstance(adapter, str):
-        return
-    name = adapter.strip().lower()
-    if name == "qlora":
-        b.set_method(MethodKind.LORA, "QLoRA")
-    elif name != "lora":
-        b.set_method(MethodKind.OTHER, "LLaMA-Adapter" if name == "llama-adapter" else adapter)
+    method = vocabulary(raw)
+    if method is not None:
+        b.set_method(*method)
 
 
 # --- LLaMA-Factory ------------------------------------------------------------------------
@@ -186,14 +182,8 @@ def read_llama_factory(doc: Doc) -> LoraSpec:
         # finetuning_args.py:568 `lora_alpha or lora_rank * 2`: a falsy alpha means 2·rank.
         b.values.pop("alpha")
     present, ftype, _ = doc.lookup("finetuning_type")
-    if present and isinstance(ftype, str) and placeholder_text(ftype) is None:
-        name = ftype.strip().lower()
-        if name in ("full", "freeze"):
-            b.set_method(MethodKind.FULL, f"{name} fine-tune")
-        elif name == "oft":
-            b.set_method(MethodKind.OTHER, "OFT")
-        elif name != "lora":
-            b.set_method(MethodKind.OTHER, ftype)
+    if present:
+        _decide(b, ftype, methods.llama_factory_method)
     return _finish(doc, b)
 
 
@@ -353,11 +343,6 @@ _SWIFT_FIELDS = {
 }
 _SWIFT_EXTRAS = ("tuner_backend", "lora_dtype", "lorap_lr_ratio", "quant_method", "quant_bits",
                  "target_regex", "init_weights")
-# ms-swift==4.6.0 swift/pipelines/train/tuner.py:180-350: these build a peft LoraConfig from
-# lora_rank/lora_alpha/lora_dropout; adalora builds an AdaLoraConfig (target_r/init_r).
-_SWIFT_LORA = {"lora": "LoRA", "longlora": "LongLoRA", "lora_llm": "LoRA"}
-
-
 def read_ms_swift(doc: Doc) -> LoraSpec:
     """ms-swift ``swift sft cfg.yaml``: flat keys (swift/cli/main.py:38-71); the method key is
     ``tuner_type`` (4.x), ``train_type`` (3.x) or ``sft_type`` (2.x), default ``lora``."""
@@ -376,15 +361,8 @@ def read_ms_swift(doc: Doc) -> LoraSpec:
         b.set("init_lora_weights", value, line, key="init_weights")
     for key in ("tuner_type", "train_type", "sft_type"):
         present, tuner, _ = doc.lookup(key)
-        if present and isinstance(tuner, str) and placeholder_text(tuner) is None:
-            name = tuner.strip().lower()
-            if name == "full":
-                b.set_method(*methods.FULL)
-            elif name in _SWIFT_LORA:
-                b.set_method(MethodKind.LORA, _SWIFT_LORA[name])
-            else:
-                b.set_method(MethodKind.OTHER, {"adalora": "AdaLoRA", "ia3": "IA3",
-                                                "vera": "VeRA", "boft": "BOFT"}.get(name, tuner))
+        if present:
+            _decide(b, tuner, methods.swift_method)
             break
     return _finish(doc, b)
 
@@ -439,10 +417,6 @@ def read_litgpt(doc: Doc) -> LoraSpec:
 
 # --- ostris ai-toolkit --------------------------------------------------------------------
 
-# ai-toolkit@f699f4b toolkit/config_modules.py NetworkType and the LyCORIS names it maps.
-_AITK_TYPES = {"lora": methods.LORA, "locon": (MethodKind.LORA, "LoCon"),
-               "dora": (MethodKind.LORA, "DoRA"), "lokr": (MethodKind.OTHER, "LyCORIS LoKr"),
-               "lorm": (MethodKind.OTHER, "LoRM")}
 # Model flags under which LoRASpecialNetwork forces peft_format, so alpha = rank (s = 1) and
 # linear_alpha is ignored (toolkit/lora_special.py@a6c70a7).
 _AITK_TRANSFORMER_FLAGS = ("is_flux", "is_v3", "is_lumina2", "is_transformer")
@@ -479,8 +453,7 @@ def read_ai_toolkit(doc: Doc) -> LoraSpec:
         if present:
             b.set("alpha", value, line, key="network.alpha")
     _, kind, _ = doc.lookup(*base, "type")
-    if isinstance(kind, str) and placeholder_text(kind) is None:
-        b.set_method(*_AITK_TYPES.get(kind.strip().lower(), (MethodKind.OTHER, kind)))
+    _decide(b, kind, methods.ai_toolkit_method)
     model = doc.lookup("config", "process", index, "model")[1]
     if isinstance(model, dict):
         arch = str(model.get("arch") or "").lower()
