@@ -122,3 +122,16 @@ def test_inspect_says_the_method_and_where_values_came_from(
     assert "alpha    32 (llama-factory default)" in out  # 2 · lora_rank
     assert "method   IA3 (not LoRA" in out
     assert "rank     -" not in out.split("IA3")[1]  # no LoRA fields for another method
+
+
+@pytest.mark.parametrize(("text", "fires"), [
+    ('{"peft_type": "OFT", "r": 8}', True),                          # block size 32 by default
+    ('{"peft_type": "OFT", "r": 0, "oft_block_size": 0}', True),
+    ('{"peft_type": "OFT", "r": 8, "oft_block_size": 0}', False),
+    ('{"peft_type": "OFT", "r": 0, "oft_block_size": 32}', False),
+    ('{"peft_type": "BOFT", "boft_block_size": 4, "boft_block_num": 2}', True),
+    ('{"peft_type": "BOFT", "boft_block_size": 4, "boft_block_num": 0}', False),
+])
+def test_lc115_oft_blocks(tmp_path: Path, text: str, fires: bool) -> None:
+    found = codes(check_config(tmp_path, "adapter_config.json", text)) - {"LC110"}
+    assert found == ({"LC115"} if fires else set())

@@ -56,6 +56,10 @@ EXTRAS: frozenset[str] = frozenset(
         "arrow_config",
         "kasa_config",
         "ensure_weight_tying",
+        # OFT and BOFT size their blocks with these (tuners/oft/config.py, tuners/boft/config.py)
+        "oft_block_size",
+        "boft_block_size",
+        "boft_block_num",
     }
 )
 

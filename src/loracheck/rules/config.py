@@ -934,7 +934,7 @@ _WRONG_TYPE: dict[str, tuple[str, Severity]] = {
                      Severity.ERROR),
     "alpha_pattern": ("an alpha that is not a number fails when PEFT scales the layer",
                       Severity.ERROR),
-    # Not shown to fail in PEFT: a string is iterated name by character, so say it, as a warning.
+    # Not shown to fail in PEFT: said, as a warning.
     "modules_to_save": ("PEFT expects a list of module names; other values select modules "
                         "unpredictably", Severity.WARNING),
     "layers_to_transform": ("PEFT fails when it matches layer indices", Severity.ERROR),
@@ -984,4 +984,59 @@ def wrong_field_type(ctx: RuleContext) -> Iterator[Finding]:
         yield ctx.config_finding(
             f"{key} = {spec.invalid[field_name]} is not {_TYPE_NAMES[field_name]}: {effect}",
             field_name, severity=severity,
+        )
+
+
+# --- LC115 --------------------------------------------------------------------------------------
+
+# (peft_type, the field that counts blocks, the field that sizes them, its PEFT default):
+# peft==0.21.2 tuners/oft/config.py:87-89,189-193 and tuners/boft/config.py:73-80,163-167.
+_BLOCK_FIELDS = {
+    "OFT": ("r", "oft_block_size", 32),
+    "BOFT": ("boft_block_num", "boft_block_size", 4),
+}
+
+
+@rule("LC115", "orthogonal-blocks-ambiguous", Severity.ERROR, _OTHER)
+def orthogonal_blocks_ambiguous(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Checks a PEFT OFT or BOFT config, whose blocks are given either by their number (OFT ``r``,
+    BOFT ``boft_block_num``) or by their size (``oft_block_size``, ``boft_block_size``):
+    exactly one of the two must be non-zero.
+
+    ## Why is this bad?
+    PEFT refuses both zero ("Either r or oft_block_size must be non-zero") and both set ("You
+    can only specify either r or oft_block_size", since r × block size = in_features) when it
+    builds the config. The size has a default (OFT 32, BOFT 4), so setting only ``r: 8``
+    already sets both.
+
+    ## Example
+    ```json
+    {"peft_type": "OFT", "r": 8}
+    ```
+
+    ## Use instead
+    ```json
+    {"peft_type": "OFT", "r": 8, "oft_block_size": 0}
+    ```
+    """
+    spec = _spec(ctx)
+    if spec is None or spec.source_format != "peft":
+        return
+    peft_type = str(spec.extras.get("peft_type", "")).upper()
+    if peft_type not in _BLOCK_FIELDS:
+        return
+    count_key, size_key, size_default = _BLOCK_FIELDS[peft_type]
+    count = spec.rank if count_key == "r" else spec.extras.get(count_key, 0)
+    size = spec.extras.get(size_key, size_default)
+    if count is None:
+        count = 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, size)):
+        return
+    if (count != 0) == (size != 0):
+        both = "both are zero" if count == 0 else f"both are set ({count_key} {count}, " \
+            f"{size_key} {size}{' by default' if size_key not in spec.extras else ''})"
+        yield ctx.config_finding(
+            f"{peft_type}: exactly one of {count_key} and {size_key} must be non-zero, but "
+            f"{both}; PEFT refuses the config", "rank" if count_key == "r" else None,
         )

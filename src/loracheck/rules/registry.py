@@ -30,6 +30,7 @@ RULES: tuple[Rule, ...] = (
     config.unknown_torchtune_module,
     config.mlx_missing_parameter,
     config.wrong_field_type,
+    config.orthogonal_blocks_ambiguous,
     weights.unpaired_factor,
     weights.rank_mismatch,
     weights.non_finite_values,
