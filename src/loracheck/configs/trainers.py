@@ -206,18 +206,14 @@ def read_llama_factory_v1(doc: Doc) -> LoraSpec:
     b = SpecBuilder("llama-factory-v1", doc.path)
     present, block, _ = doc.lookup("peft_config")
     if not present or not isinstance(block, dict):
-        b.set_method(MethodKind.FULL, "full fine-tune")
+        b.set_method(*methods.FULL)
         return _finish(doc, b)
     _apply(doc, b, _V1_FIELDS, ("name", "adapter_name_or_path"), base=("peft_config",))
     present, target, t_line = doc.lookup("peft_config", "target_modules")
     if present:
         value = "all-linear" if isinstance(target, str) and target.strip() == "all" else target
         b.set("target_modules", value, t_line, key="peft_config.target_modules")
-    name = block.get("name")
-    if isinstance(name, str) and name.strip().lower() == "freeze":
-        b.set_method(MethodKind.FULL, "freeze fine-tune")
-    elif isinstance(name, str) and name.strip().lower() != "lora":
-        b.set_method(MethodKind.OTHER, name)
+    _decide(b, block.get("name"), methods.llama_factory_method)  # v1 names: lora, freeze
     present, model, m_line = doc.lookup("model")
     if present:
         b.set("base_model", model, m_line, key="model")
