@@ -220,3 +220,37 @@ def test_unrelated_yaml_is_not_a_lora_config(tmp_path: Path) -> None:
     k8s = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: adapter\nspec:\n  containers: []\n"
     (tmp_path / "pod.yaml").write_text(k8s)
     assert sniff_config(tmp_path / "pod.yaml") is None
+
+
+@pytest.mark.parametrize(("name", "text", "fmt"), [
+    # litgpt finetune full / galore: the same layout without lora_* keys
+    ("full.yaml", "checkpoint_dir: checkpoints/x\nout_dir: out/full\nprecision: bf16-true\n"
+                  "devices: 4\ntrain:\n  global_batch_size: 16\n", "litgpt"),
+    # ai-toolkit jobs without a network block (fine_tune, extract)
+    ("ft.yaml", "job: extension\nconfig:\n  name: x\n  process:\n    - type: sd_trainer\n"
+                "      train:\n        steps: 10\n", "ai-toolkit"),
+    # TRL / HF argument files without use_peft
+    ("sft.yaml", "model_name_or_path: Qwen/Qwen2-0.5B\ndataset_name: x\nlearning_rate: 2e-5\n"
+                 "output_dir: out\n", "trl"),
+])
+def test_full_fine_tunes_of_known_trainers(tmp_path: Path, name: str, text: str,
+                                           fmt: str) -> None:
+    spec = read(tmp_path, name, text)
+    assert spec.source_format == fmt and spec.method is MethodKind.FULL  # type: ignore[attr-defined]
+
+
+def test_ms_swift_megatron_ray_train_group(tmp_path: Path) -> None:
+    text = ("rlhf_type: grpo\nmodel: Qwen/Qwen3-1.7B\nmicro_batch_size: 2\nglobal_batch_size: 16\n"
+            "train:\n  gpus: 4\n  tuner_type: lora\n  lora_rank: 8\n  lora_alpha: 32\n"
+            "rollout:\n  gpus: 4\n")
+    spec = read(tmp_path, "ray_grpo.yaml", text)
+    assert spec.source_format == "ms-swift" and spec.method is MethodKind.LORA  # type: ignore[attr-defined]
+    assert (spec.rank, spec.alpha, spec.dropout, spec.target_modules) == (  # type: ignore[attr-defined]
+        8, 32.0, 0.05, "all-linear")
+
+
+def test_ai_toolkit_lierla_is_lora(tmp_path: Path) -> None:
+    text = AI_TOOLKIT.format(model="runwayml/stable-diffusion-v1-5", flags="").replace(
+        "type: lora", "type: lierla")
+    spec = read(tmp_path, "slider.yaml", text)
+    assert spec.method is MethodKind.LORA and scale(spec) == 0.5  # type: ignore[attr-defined]

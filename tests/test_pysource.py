@@ -116,3 +116,34 @@ def test_what_cannot_be_folded_is_unknown_not_missing(tmp_path: Path, body: str)
     assert "rank" not in spec.invalid and not spec.alpha_missing  # type: ignore[attr-defined]
     path = tmp_path / "train.py"
     assert check_config(tmp_path, "train.py", path.read_text()) == []
+
+
+def test_parameters_bound_at_their_one_call_site(tmp_path: Path) -> None:
+    """The shape of PEFT's own examples/dora_finetuning: argparse defaults handed to a function
+    by keyword, a conditional target list, a store_true flag."""
+    spec = script(tmp_path, (
+        "def train(use_dora: bool, lora_r: int, lora_alpha: int, targets: str):\n"
+        "    return LoraConfig(use_dora=use_dora, r=lora_r, lora_alpha=lora_alpha,\n"
+        "        target_modules=targets.split(',') if targets else ['q_proj', 'v_proj'])\n"
+        "if __name__ == '__main__':\n"
+        "    import argparse\n"
+        "    parser = argparse.ArgumentParser()\n"
+        "    parser.add_argument('--use_dora', action='store_true')\n"
+        "    parser.add_argument('--lora_r', type=int, default=8)\n"
+        "    parser.add_argument('--lora_alpha', type=int, default=16)\n"
+        "    parser.add_argument('--targets', type=str, default=None)\n"
+        "    args = parser.parse_args()\n"
+        "    train(use_dora=args.use_dora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,\n"
+        "          targets=args.targets)\n"
+    ))
+    assert (spec.rank, spec.alpha, spec.use_dora) == (8, 16.0, False)  # type: ignore[attr-defined]
+    assert spec.target_modules == ["q_proj", "v_proj"]  # type: ignore[attr-defined]
+
+
+def test_an_option_without_a_default_is_unknown_not_invalid(tmp_path: Path) -> None:
+    body = ("import argparse\np = argparse.ArgumentParser()\n"
+            "p.add_argument('--lora_r', type=int, required=True)\nargs = p.parse_args()\n"
+            "LoraConfig(r=args.lora_r, lora_alpha=16)\n")
+    spec = script(tmp_path, body)
+    assert spec.rank is None and "rank" in spec.unresolved  # type: ignore[attr-defined]
+    assert check_config(tmp_path, "train.py", (tmp_path / "train.py").read_text()) == []

@@ -379,7 +379,7 @@ def load_unit(
             return adapter
 
     if unit.config is not None:
-        from loracheck.configs import sniff_config
+        from loracheck.configs import read_spec_if_lora
         from loracheck.discover import PEFT_CONFIG
 
         # An adapter's own config (beside its weights, or named adapter_config.json) is read
@@ -389,17 +389,16 @@ def load_unit(
             adapter.spec = _read_spec(unit.config, adapter)
         else:
             try:
-                fmt = sniff_config(unit.config)
-            except (ArtifactError, OSError):
-                fmt = "unknown"  # unreadable: read_spec below says why
-            if fmt is None:
+                adapter.spec = read_spec_if_lora(unit.config)
+            except ArtifactError as err:
+                _fault(adapter, err)
+            if adapter.spec is None and not adapter.faults:
                 if not unit.explicit:
                     return None
                 adapter.faults.append(
                     Fault("LC002", unit.path, "no LoRA settings found in this file"))
                 adapter.has_weights = False
                 return adapter
-            adapter.spec = _read_spec(unit.config, adapter)
 
     if unit.weights is None:
         adapter.has_weights = False

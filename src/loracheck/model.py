@@ -48,11 +48,13 @@ class MethodKind(str, Enum):
     OTHER  another parameter-efficient method (IA3, OFT, VeRA, LoHa, LoKr, prompt tuning …),
            named in ``LoraSpec.method_name``
     FULL   a full or frozen-layer fine-tune, or LoRA switched off (``lora_rank: 0``)
+    NONE   not a LoRA-related training config at all (a file with no settings and no weights)
     """
 
     LORA = "lora"
     OTHER = "other"
     FULL = "full"
+    NONE = "none"
 
 
 class ValueOrigin(str, Enum):
@@ -406,6 +408,8 @@ class Adapter:
         for spec in (self.spec, self.metadata_spec):
             if spec is not None:
                 return spec.method, spec.method_name
+        if not self.has_weights:
+            return MethodKind.NONE, "not a LoRA config"
         return MethodKind.LORA, "LoRA"
 
 

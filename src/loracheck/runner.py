@@ -58,8 +58,10 @@ class _Deadline(Exception):
     """Raised by the interval timer inside a unit that ran past --timeout."""
 
 
-def _on_alarm(signum: int, frame: object) -> None:
-    raise _Deadline
+# After the deadline the timer keeps firing at this interval until the unit is abandoned: an
+# exception raised while the interpreter runs a finalizer (garbage collection of someone
+# else's objects) is swallowed, so one alarm alone may not stop the unit.
+_RETRY_S = 0.05
 
 
 def _load_with_deadline(
@@ -78,13 +80,21 @@ def _load_with_deadline(
     in_main = threading.current_thread() is threading.main_thread()
     if not hasattr(signal, "setitimer") or not in_main:
         return _load_one(unit, stage, layer_progress)
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    live = [True]
+
+    def on_alarm(signum: int, frame: object) -> None:
+        if live[0]:
+            raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout, _RETRY_S)
     try:
         return _load_one(unit, stage, layer_progress)
     except _Deadline:
+        live[0] = False
         return _timed_out(unit, timeout)
     finally:
+        live[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -3,6 +3,7 @@
 Public API:
     sniff_config(path, text=None) -> format name | None   cheap: extension + key names
     read_spec(path, fmt=None) -> LoraSpec                 raises ArtifactError (LC001/LC002)
+    read_spec_if_lora(path) -> LoraSpec | None            a loose file: None when not LoRA
     spec_from_metadata(metadata, path) -> LoraSpec | None kohya ss_* / diffusers header metadata
 
 Format names: see :data:`FORMATS`. Parsers are imported only for the format being read.
@@ -18,9 +19,10 @@ from loracheck.configs.sniff import classify_data, sniff_config
 from loracheck.errors import ArtifactError
 
 if TYPE_CHECKING:
+    from loracheck.configs.documents import Doc
     from loracheck.model import LoraSpec
 
-__all__ = ["FORMATS", "read_spec", "sniff_config", "spec_from_metadata"]
+__all__ = ["FORMATS", "read_spec", "read_spec_if_lora", "sniff_config", "spec_from_metadata"]
 
 FORMATS: tuple[str, ...] = (
     "peft",
@@ -79,6 +81,32 @@ def read_spec(path: Path, fmt: str | None = None) -> LoraSpec:
         fmt = classify_data(kind, doc.data)
         if fmt is None:
             raise ArtifactError(name, "no LoRA settings found in this file", code="LC002")
+    return _from_doc(fmt, doc)
+
+
+def read_spec_if_lora(path: Path) -> LoraSpec | None:
+    """The spec of a config file met loosely (walked, or handed over by pre-commit), or None
+    when it holds no LoRA-related settings. A JSON or YAML file is parsed once: the cheap key
+    gate on its head, then the full read, then the classification.
+
+    Raises ArtifactError (LC001) when a file that looks like a LoRA config cannot be read.
+    """
+    from loracheck.configs.documents import kind_of, read_doc
+    from loracheck.configs.sniff import head_text, keys_in, worth_parsing
+
+    path = Path(path)
+    kind = kind_of(path)
+    if kind not in ("json", "yaml"):
+        return read_spec(path) if sniff_config(path) is not None else None
+    if not worth_parsing(kind, keys_in(kind, head_text(path))):
+        return None
+    doc = read_doc(path, kind)
+    fmt = classify_data(kind, doc.data)
+    return _from_doc(fmt, doc) if fmt is not None else None
+
+
+def _from_doc(fmt: str, doc: Doc) -> LoraSpec:
+    name = doc.path
     if doc.data is not None and not isinstance(doc.data, dict):
         raise ArtifactError(name, f"expected a mapping at the top level, found "
                             f"{type(doc.data).__name__}", line=1)

@@ -207,6 +207,7 @@ def swift_method(tuner_type: Any) -> Method | None:
 # ai-toolkit@f699f4b toolkit/config_modules.py NetworkType (lora_special.py also takes dora).
 _AI_TOOLKIT: Mapping[str, Method] = {
     "lora": LORA,
+    "lierla": LORA,  # kohya's name for LoRA on Linear layers only
     "locon": (MethodKind.LORA, "LoCon"),
     "dora": (MethodKind.LORA, "DoRA"),
     "lokr": (MethodKind.OTHER, "LyCORIS LoKr"),

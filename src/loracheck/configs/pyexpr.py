@@ -66,6 +66,9 @@ class Folder:
             for child in ast.iter_child_nodes(node):
                 self.parents[child] = node
         self._bindings: dict[int, dict[str, ast.expr | None]] = {}
+        # Parameters without a default, bound at the one call site that names the function:
+        # (scope id, name) -> the argument expression and the caller's scopes.
+        self._call_args: dict[tuple[int, str], tuple[ast.expr, list[Scope]]] = {}
         self._values: dict[tuple[int, str], Any] = {}
         self.attributes = self._class_attributes()
         self.options = self._argparse_defaults()
@@ -107,10 +110,17 @@ class Folder:
             positional = args.posonlyargs + args.args
             defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
             defaults += list(args.defaults)
-            for arg, default in zip(positional, defaults, strict=True):
-                bind(arg.arg, default)
+            call = self._only_call(scope)
+            for index, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
+                given = _argument(call, arg.arg, index) if call is not None else None
+                if given is not None and call is not None:
+                    self._call_args[(key, arg.arg)] = (given, self._scopes(call))
+                bind(arg.arg, given if given is not None else default)
             for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
-                bind(arg.arg, kw_default)
+                given = _argument(call, arg.arg, None) if call is not None else None
+                if given is not None and call is not None:
+                    self._call_args[(key, arg.arg)] = (given, self._scopes(call))
+                bind(arg.arg, given if given is not None else kw_default)
         body = [scope.body] if isinstance(scope, ast.Lambda) else scope.body
         for node in self._scope_nodes(body):
             if isinstance(node, ast.Assign):
@@ -132,6 +142,25 @@ class Folder:
                     bind(name, None)
         self._bindings[key] = found
         return found
+
+    def _only_call(self, scope: Scope) -> ast.Call | None:
+        """The one call of a module-level function by its name, if it is called exactly once
+        and never handed on under another name (``train(lora_r=args.lora_r)``)."""
+        if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return None
+        if self.parents.get(scope) is not self.tree:
+            return None
+        uses = [n for n in ast.walk(self.tree)
+                if isinstance(n, ast.Name) and n.id == scope.name and isinstance(n.ctx, ast.Load)]
+        calls = [self.parents.get(n) for n in uses]
+        if len(uses) != 1 or not isinstance(calls[0], ast.Call) or calls[0].func is not uses[0]:
+            return None
+        call = calls[0]
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(
+            kw.arg is None for kw in call.keywords
+        ):
+            return None
+        return call
 
     def _scope_nodes(self, body: Any) -> list[ast.AST]:
         """Every node of a scope's body, nested functions and classes excluded."""
@@ -187,6 +216,12 @@ class Folder:
                     dest = str(kw.value.value)
                 elif kw.arg == "default":
                     default = kw.value
+                elif kw.arg == "action" and default is None and isinstance(kw.value, ast.Constant):
+                    # store_true / store_false default to the opposite of what they store
+                    flag = {"store_true": False, "store_false": True}.get(str(kw.value.value))
+                    default = ast.Constant(flag) if flag is not None else None
+            if default is None:
+                default = ast.Constant(None)  # argparse's default for an option
             if dest is not None:
                 found[dest] = None if dest in found else default
         return found
@@ -228,6 +263,12 @@ class Folder:
             return self._call(node, scopes, depth)
         if isinstance(node, ast.Attribute):
             return self._attribute(node, scopes, depth)
+        if isinstance(node, ast.IfExp):
+            # `x.split(",") if x else [...]`: the branch the known condition takes.
+            test = self._fold(node.test, scopes, depth + 1)
+            if test is UNKNOWN:
+                return UNKNOWN
+            return self._fold(node.body if test else node.orelse, scopes, depth + 1)
         return UNKNOWN
 
     def _name(self, name: str, scopes: list[Scope], depth: int) -> Any:
@@ -245,8 +286,11 @@ class Folder:
                 # A name met again while it is being folded (`r = r + 1`) is unknown; each name
                 # is folded once, so `a = b + b; b = c + c; …` stays linear.
                 self._values[key] = UNKNOWN
-                # The bound expression is read where it stands: its own scope and those outside.
-                value = self._fold(bound, scopes[index:], depth + 1)
+                # The bound expression is read where it stands: its own scope and those outside
+                # (a call-site argument: the caller's scopes).
+                where = self._call_args.get(key)
+                value = (self._fold(where[0], where[1], depth + 1) if where is not None
+                         else self._fold(bound, scopes[index:], depth + 1))
                 self._values[key] = value
                 return value
         return UNKNOWN
@@ -325,3 +369,13 @@ def _field_default(value: ast.expr) -> ast.expr | None:
 
 def _stored_names(target: ast.expr) -> list[str]:
     return [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _argument(call: ast.Call, name: str, index: int | None) -> ast.expr | None:
+    """The argument ``call`` passes for parameter ``name`` (at position ``index``)."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    if index is not None and index < len(call.args):
+        return call.args[index]
+    return None

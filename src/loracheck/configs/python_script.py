@@ -62,6 +62,15 @@ def read_python(path: Path) -> LoraSpec:
         raise ArtifactError(name, "invalid Python: nested too deeply") from None
 
 
+def _is_literal(node: ast.expr) -> bool:
+    """Whether ``node`` is written as a literal (``16``, ``["q_proj"]``, ``-0.5``)."""
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
+
+
 def _call_name(func: ast.expr) -> tuple[str, str]:
     """(callee's last name, dotted receiver or "") for ``a.b.C(...)`` -> ("C", "a.b")."""
     if isinstance(func, ast.Name):
@@ -145,6 +154,8 @@ class _Reader:
         non_literal: dict[str, str] = {}
         for key, value_node, line in keywords:
             value = self._literal(value_node)
+            if value is None and not _is_literal(value_node):
+                value = _NOT_GIVEN  # e.g. an argparse option without a default: set at run time
             if key in PEFT_FIELDS:
                 spec_field = PEFT_FIELDS[key]
                 text = ast.unparse(value_node)
@@ -155,7 +166,7 @@ class _Reader:
                     non_literal[spec_field] = text
                 else:
                     b.set(spec_field, value, line, key=key)
-                    if not isinstance(value_node, ast.Constant) and b.has(spec_field):
+                    if not _is_literal(value_node) and b.has(spec_field):
                         b.origins[spec_field] = ValueOrigin.EXPRESSION
                         b.extra(f"expression.{spec_field}", text)
             elif key in PEFT_EXTRAS or (fmt == "unsloth" and key in _UNSLOTH_EXTRAS):

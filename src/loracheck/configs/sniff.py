@@ -50,7 +50,12 @@ _GATE = frozenset({
     "finetuning_type", "tuner_type", "train_type", "sft_type", "use_peft", "linear_alpha",
     "lora_query", "training_type", "peft_use_dora", "peft_use_rslora", "lora_adapter_metadata",
     "target_modules", "adapter", "network", "model_class", "kernel_config", "dist_config",
+    "process", "checkpoint_dir", "model_name_or_path",
 })
+# HF TrainingArguments keys: with model_name_or_path and nothing LoRA, a full fine-tune.
+_HF_TRAINING = frozenset({"output_dir", "learning_rate", "per_device_train_batch_size",
+                          "num_train_epochs", "gradient_accumulation_steps"})
+_LITGPT_RUN = frozenset({"out_dir", "precision", "devices", "train", "eval"})
 
 
 def worth_parsing(kind: str, keys: Collection[str]) -> bool:
@@ -102,9 +107,12 @@ def classify_data(kind: str, data: Any) -> str | None:
     tune_keys = model is not None and bool({"lora_rank", "lora_attn_modules"} & set(model))
     if isinstance(component, str) and (component.startswith("torchtune.") or tune_keys):
         return "torchtune"
-    if any(isinstance(data.get(k), str) for k in _SWIFT_KEYS):
+    swift_group = mapping("train")
+    if any(isinstance(data.get(k), str) for k in _SWIFT_KEYS) or (
+        swift_group is not None and any(isinstance(swift_group.get(k), str) for k in _SWIFT_KEYS)
+    ):
         return "ms-swift"
-    if "checkpoint_dir" in top and top & _LITGPT_LORA:
+    if "checkpoint_dir" in top and (top & _LITGPT_LORA or len(top & _LITGPT_RUN) >= 2):
         return "litgpt"
     if top & _LF_KEYS:
         return "llama-factory"
@@ -118,8 +126,8 @@ def classify_data(kind: str, data: Any) -> str | None:
         return "trl" if "model_name_or_path" in top else "axolotl"
     if "base_model" in top and ({"adapter", "datasets"} & top):
         return "axolotl"  # a full fine-tune: adapter blank or absent
-    if "use_peft" in top:
-        return "trl"
+    if "use_peft" in top or ("model_name_or_path" in top and top & _HF_TRAINING):
+        return "trl"  # TRL / HF argument files: without use_peft, a full fine-tune
     if lora_section(data) is not None:
         return "lora-section"
     return None
@@ -174,12 +182,7 @@ def sniff_config(path: Path, text: str | None = None) -> str | None:
     if kind is None:
         return None
     if text is None:
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(SNIFF_BYTES)
-        except OSError as err:
-            raise ArtifactError(str(path), f"cannot read file: {err.strerror or err}") from None
-        text = raw.decode("utf-8", errors="replace")
+        text = head_text(path)
     if kind == "python":
         return classify_python(text)
     keys = keys_in(kind, text)
@@ -193,6 +196,16 @@ def sniff_config(path: Path, text: str | None = None) -> str | None:
         # Not parseable (read_spec says why): a best guess from the key names alone.
         return classify_data(kind, dict.fromkeys(keys)) or "axolotl"
     return classify_data(kind, doc.data)
+
+
+def head_text(path: Path) -> str:
+    """The first SNIFF_BYTES of a file as text (undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(SNIFF_BYTES)
+    except OSError as err:
+        raise ArtifactError(str(path), f"cannot read file: {err.strerror or err}") from None
+    return raw.decode("utf-8", errors="replace")
 
 
 def _sniff_safetensors(path: Path) -> str | None:

@@ -343,20 +343,30 @@ def read_ms_swift(doc: Doc) -> LoraSpec:
     """ms-swift ``swift sft cfg.yaml``: flat keys (swift/cli/main.py:38-71); the method key is
     ``tuner_type`` (4.x), ``train_type`` (3.x) or ``sft_type`` (2.x), default ``lora``."""
     b = SpecBuilder("ms-swift", doc.path, lax=True)
-    _apply(doc, b, _SWIFT_FIELDS, _SWIFT_EXTRAS)
-    present, targets, line = doc.lookup("target_modules")
+    # Megatron-Ray configs (examples/ray/grpo) put the tuner keys in a `train:` group.
+    group = doc.lookup("train")[1]
+    base: tuple[str, ...] = ()
+    if isinstance(group, dict) and any(k in group for k in ("tuner_type", "train_type",
+                                                               "lora_rank")):
+        base = ("train",)
+    _apply(doc, b, _SWIFT_FIELDS, _SWIFT_EXTRAS, base=base)
+    if base:
+        present, model, line = doc.lookup("model")
+        if present:
+            b.set("base_model", model, line, key="model")
+    present, targets, line = doc.lookup(*base, "target_modules")
     if present:
         b.set("target_modules", _swift_targets(targets), line, key="target_modules")
-    present, regex, line = doc.lookup("target_regex")
+    present, regex, line = doc.lookup(*base, "target_regex")
     if present and isinstance(regex, str) and regex:
         b.set("target_modules", regex, line, key="target_regex")  # it overrides target_modules
-    present, init, line = doc.lookup("init_weights")
+    present, init, line = doc.lookup(*base, "init_weights")
     if present and isinstance(init, str):
         lowered = init.strip().lower()
         value: bool | str = {"true": True, "false": False}.get(lowered, init)
         b.set("init_lora_weights", value, line, key="init_weights")
     for key in ("tuner_type", "train_type", "sft_type"):
-        present, tuner, _ = doc.lookup(key)
+        present, tuner, _ = doc.lookup(*base, key)
         if present:
             _decide(b, tuner, methods.swift_method)
             break
@@ -408,6 +418,9 @@ def read_litgpt(doc: Doc) -> LoraSpec:
     if b.get("rank") == 0:
         # litgpt/lora.py@01e39f5: r = 0 disables LoRA (the layers stay plain Linear).
         b.set_method(MethodKind.FULL, "LoRA off (lora_r: 0)")
+    elif not any(doc.lookup(k)[0] for k in ("lora_r", "lora_alpha", *LITGPT_FLAGS)):
+        # finetune full / adapter / galore configs share the layout without lora_* keys.
+        b.set_method(*methods.FULL)
     return _finish(doc, b)
 
 
