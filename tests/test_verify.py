@@ -181,6 +181,10 @@ def test_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         run_verify(VerifyOptions(profile="nope"))
     with pytest.raises(UsageError):
         run_verify(VerifyOptions(dtype="int8"))
+    ia3 = tmp_path / "ia3.json"
+    ia3.write_text('{"peft_type": "IA3", "target_modules": ["k_proj"]}')
+    with pytest.raises(UsageError, match="IA3, not LoRA"):
+        run_verify(VerifyOptions(config=ia3))
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "transformers", None)

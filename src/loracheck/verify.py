@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracheck.errors import UsageError
-from loracheck.model import Diagnostic, InitScheme, LoraSpec, Severity
+from loracheck.model import Diagnostic, InitScheme, LoraSpec, MethodKind, Severity
 from loracheck.reference.hf import LoadedModel, load_hf_model
 from loracheck.reference.init import ZERO_FACTOR_SCHEMES, scheme_from_peft
 from loracheck.reference.inject import Target, inject, lora_modules, merge, unmerge
@@ -247,7 +247,11 @@ def _resolve_spec(opts: VerifyOptions, adapter: AdapterFactors | None) -> LoraSp
             if path.suffix != ".json":
                 raise UsageError(f"--config {path}: expected a PEFT adapter_config.json") from None
             return spec_from_peft_json(path)
-        return read_spec(path)
+        spec = read_spec(path)
+        if spec.method is not MethodKind.LORA:
+            raise UsageError(f"--config {path}: it trains {spec.method_name}, not LoRA; "
+                             "verify probes LoRA adapters only")
+        return spec
     if adapter is not None and adapter.spec is not None:
         return adapter.spec
     return profile_spec(opts.profile)
