@@ -254,3 +254,27 @@ def test_ai_toolkit_lierla_is_lora(tmp_path: Path) -> None:
         "type: lora", "type: lierla")
     spec = read(tmp_path, "slider.yaml", text)
     assert spec.method is MethodKind.LORA and scale(spec) == 0.5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("text", "fmt", "rank", "alpha"), [
+    # LLaMA-Factory leaving finetuning_type and every lora_* key at their defaults
+    ("model_name_or_path: Qwen/Qwen2.5-7B\nstage: sft\ntemplate: qwen\ndataset: alpaca_en\n",
+     "llama-factory", 8, 16.0),
+    # ms-swift with tuner_type left at its default: alpha 32, not LLaMA-Factory's 2·r
+    ("model: Qwen/Qwen2.5-7B\nlora_rank: 8\ndataset: ['x#100']\n", "ms-swift", 8, 32.0),
+    # LLaMA-Factory lora_alpha: null -> `lora_alpha or lora_rank * 2`
+    ("model_name_or_path: x\nstage: sft\nlora_rank: 16\nlora_alpha: null\n",
+     "llama-factory", 16, 32.0),
+    # a user's own trainer with a lora: block beside LLaMA-Factory-v1-looking keys
+    ("model: m\ntrain_dataset: d.json\nlora:\n  r: 4\n  alpha: 8\n", "lora-section", 4, 8.0),
+])
+def test_keys_decide_between_lookalike_formats(tmp_path: Path, text: str, fmt: str, rank: int,
+                                               alpha: float) -> None:
+    spec = read(tmp_path, "train.yaml", text)
+    assert (spec.source_format, spec.rank, spec.alpha) == (fmt, rank, alpha)  # type: ignore[attr-defined]
+
+
+def test_mlx_full_gets_no_lora_defaults(tmp_path: Path) -> None:
+    spec = read(tmp_path, "mlx.yaml", "model: x\nfine_tune_type: full\nnum_layers: 4\n")
+    assert spec.method is MethodKind.FULL and spec.rank is None  # type: ignore[attr-defined]
+    assert spec.origins == {}  # type: ignore[attr-defined]

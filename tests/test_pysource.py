@@ -147,3 +147,39 @@ def test_an_option_without_a_default_is_unknown_not_invalid(tmp_path: Path) -> N
     spec = script(tmp_path, body)
     assert spec.rank is None and "rank" in spec.unresolved  # type: ignore[attr-defined]
     assert check_config(tmp_path, "train.py", (tmp_path / "train.py").read_text()) == []
+
+
+def test_blanked_fstrings_are_not_values(tmp_path: Path) -> None:
+    spec = script(tmp_path, 'd = {"a": 1}\nprint(f"{d["a"]}")\n'
+                            "LoraConfig(r=8, lora_alpha=16, target_modules=f\"{'q'}_proj\")\n")
+    assert spec.target_modules is None  # type: ignore[attr-defined]
+    assert spec.unresolved["target_modules"] == "f\"{'q'}_proj\""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("body", [
+    "from conf import LORA_R\nif False:\n    LORA_R = 0\nLoraConfig(r=LORA_R, lora_alpha=16)\n",
+    "class Conf:\n    r = 0\nconf = load()\nLoraConfig(r=conf.r, lora_alpha=16)\n",
+    "def make(r=0):\n    return LoraConfig(r=r, lora_alpha=16)\nmake(8)\nmake(16)\n",
+])
+def test_no_invented_values(tmp_path: Path, body: str) -> None:
+    spec = script(tmp_path, body)
+    assert spec.rank is None and "rank" in spec.unresolved  # type: ignore[attr-defined]
+
+
+def test_argparse_converts_a_string_default(tmp_path: Path) -> None:
+    body = ("import argparse\np = argparse.ArgumentParser()\n"
+            "p.add_argument('--lora_r', type=int, default='16')\nargs = p.parse_args()\n"
+            "LoraConfig(r=args.lora_r, lora_alpha=16)\n")
+    assert script(tmp_path, body).rank == 16  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("body", [
+    "LoraConfig(r=round(5, -99999999999999))\n",
+    "x = 10 ** 18\nLoraConfig(r=x * x * x * x, lora_alpha=16)\n",
+    "try:\n    pass\nexcept " + ", ".join(["E"] * 20000) + " b\n",
+])
+def test_hostile_expressions_end_fast(tmp_path: Path, body: str) -> None:
+    from loracheck.errors import ArtifactError
+
+    with contextlib.suppress(ArtifactError):
+        script(tmp_path, body)  # each is bounded (operand sizes, digits, no backtracking)

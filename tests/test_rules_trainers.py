@@ -135,3 +135,35 @@ def test_inspect_says_the_method_and_where_values_came_from(
 def test_lc115_oft_blocks(tmp_path: Path, text: str, fires: bool) -> None:
     found = codes(check_config(tmp_path, "adapter_config.json", text)) - {"LC110"}
     assert found == ({"LC115"} if fires else set())
+
+
+@pytest.mark.parametrize(("name", "text", "code"), [
+    # PEFT refuses a peft_type it does not know; the LoRA rules still judge the rest
+    ("adapter_config.json", '{"peft_type": "LORRA", "r": 0, "lora_alpha": 16}', "LC101"),
+    ("adapter_config.json", '{"peft_type": "${TYPE}", "r": 8, "lora_alpha": -1}', "LC102"),
+    # a fragment of LoRA keys (no adapter, no base_model) is judged as LoRA, not as a full FT
+    ("fragment.yaml", "lora_r: 0\nlora_alpha: 16\n", "LC101"),
+    # a user's own trainer: its lora: block is judged
+    ("train.yaml", "model: m\nlora:\n  r: 0\n  alpha: 16\n", "LC101"),
+])
+def test_bad_lora_settings_keep_their_finding(tmp_path: Path, name: str, text: str,
+                                              code: str) -> None:
+    assert code in codes(check_config(tmp_path, name, text))
+
+
+def test_placeholders_never_fire(tmp_path: Path) -> None:
+    tune = ("model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\n"
+            "  lora_attn_modules: [q_proj, '${EXTRA}']\n  lora_rank: 8\n")
+    assert check_config(tmp_path, "tune.yaml", tune) == []
+    lf = "model_name_or_path: x\nstage: sft\nlora_rank: ${R}\n"
+    assert check_config(tmp_path, "lf.yaml", lf) == []  # alpha = 2 × ${R}: unknown too
+
+
+def test_a_broken_unrelated_file_met_while_walking_is_skipped(tmp_path: Path) -> None:
+    from loracheck.load import load_paths
+
+    (tmp_path / "ansible.yml").write_text("- hosts: all\n  adapter: eth0\n  bad: [\n")
+    (tmp_path / "lora.yaml").write_text("adapter: lora\nlora_r: 8\nlora_alpha: [\n")
+    adapters = load_paths([str(tmp_path)])
+    assert [Path(a.path).name for a in adapters] == ["lora.yaml"]  # broken LoRA: reported
+    assert adapters[0].faults[0].code == "LC001"

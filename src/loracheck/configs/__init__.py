@@ -1,7 +1,7 @@
 """Every LoRA config source -> one typed :class:`~loracheck.model.LoraSpec`, with key lines.
 
 Public API:
-    sniff_config(path, text=None) -> format name | None   cheap: extension + key names
+    sniff_config(path, text=None) -> format name | None   a key-name gate, then the parsed keys
     read_spec(path, fmt=None) -> LoraSpec                 raises ArtifactError (LC001/LC002)
     read_spec_if_lora(path) -> LoraSpec | None            a loose file: None when not LoRA
     spec_from_metadata(metadata, path) -> LoraSpec | None kohya ss_* / diffusers header metadata
@@ -98,9 +98,16 @@ def read_spec_if_lora(path: Path) -> LoraSpec | None:
     kind = kind_of(path)
     if kind not in ("json", "yaml"):
         return read_spec(path) if sniff_config(path) is not None else None
-    if not worth_parsing(kind, keys_in(kind, head_text(path))):
+    keys = keys_in(kind, head_text(path))
+    if not worth_parsing(kind, keys):
         return None
-    doc = read_doc(path, kind)
+    try:
+        doc = read_doc(path, kind)
+    except ArtifactError:
+        # Broken: reported only when its key names alone say it is a LoRA config.
+        if classify_data(kind, dict.fromkeys(keys)) is None:
+            return None
+        raise
     fmt = classify_data(kind, doc.data)
     return _from_doc(fmt, doc) if fmt is not None else None
 

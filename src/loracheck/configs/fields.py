@@ -164,18 +164,29 @@ CONVERTERS: dict[str, Any] = {
 
 # Template placeholders a config is rendered from before its trainer reads it: ${VAR}, $VAR,
 # {{ jinja }}, {% jinja %}, %(name)s. The value is unknown, not wrong.
-_PLACEHOLDER = re.compile(
-    r"\$\{[^}]*\}|^\$[A-Za-z_]\w*$|\{\{.*?\}\}|\{%.*?%\}|%\([A-Za-z_]\w*\)[sd]", re.DOTALL
+# Each alternative is linear: a bounded name, or a closing delimiter found with str.find.
+_SHELL_VAR = re.compile(
+    r"\$\{[A-Za-z_][\w.:-]{0,200}\}|^\$[A-Za-z_]\w{0,200}$|%\([A-Za-z_]\w{0,200}\)[sd]"
 )
+
+
+def _is_placeholder(text: str) -> bool:
+    if _SHELL_VAR.search(text):
+        return True
+    for opening, closing in (("{{", "}}"), ("{%", "%}")):
+        start = text.find(opening)
+        if start >= 0 and text.find(closing, start + 2) >= 0:
+            return True
+    return False
 
 
 def placeholder_text(raw: Any) -> str | None:
     """The raw text when ``raw`` (a string, or a list holding one) is a template placeholder."""
     if isinstance(raw, str):
-        return raw if _PLACEHOLDER.search(raw) else None
+        return raw if _is_placeholder(raw) else None
     if isinstance(raw, (list, tuple)):
         for item in raw:
-            if isinstance(item, str) and _PLACEHOLDER.search(item):
+            if isinstance(item, str) and _is_placeholder(item):
                 return _short_repr(list(raw))
     return None
 

@@ -4,7 +4,8 @@ One owner for every trainer's method vocabulary (PEFT's ``peft_type``, axolotl's
 LLaMA-Factory's ``finetuning_type``, mlx-lm's ``fine_tune_type``, ms-swift's ``train_type``,
 kohya's ``network_module`` / ``LoRA_type`` / ``algo=``, ai-toolkit's ``network.type``). Each
 function maps a raw value to ``(MethodKind, display name)``; None means "the value does not
-decide", and the reader keeps its LoRA default.
+decide" (not a string, or a name the trainer does not know), and the reader keeps LoRA. Where a
+trainer gives an absent or blank key a meaning (axolotl: a full fine-tune), the function says so.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def peft_method(peft_type: Any) -> Method | None:
     key = text.upper().replace("-", "_")
     if key == "LORA":
         return LORA
-    return (MethodKind.OTHER, PEFT_TYPE_NAMES.get(key, text))
+    # A name PEFT does not know (a typo, a template placeholder) decides nothing: PEFT refuses
+    # it, and the LoRA rules keep judging the rest of the file.
+    return (MethodKind.OTHER, PEFT_TYPE_NAMES[key]) if key in PEFT_TYPE_NAMES else None
 
 
 # LyCORIS algorithms (lycoris/kohya.py ``algo=``; kohya_ss GUI ``LoRA_type`` suffixes).

@@ -53,13 +53,6 @@ def read_mlx(doc: Doc) -> LoraSpec:
         present, value, key_line = doc.lookup(key)
         if present:
             b.extra(key, value, key_line)
-    if not found:
-        for key, value in MLX_DEFAULT_PARAMETERS.items():
-            b.default(_PARAMS[key], value)
-    elif isinstance(params, dict):
-        missing = [k for k in ("rank", "scale", "dropout") if k not in params]
-        if missing:
-            b.extra("mlx_missing_parameters", missing)
     present, ftype, ftype_line = doc.lookup("fine_tune_type")
     if present and isinstance(ftype, str):
         # DoRA is a fine-tune type in mlx-lm, not a flag.
@@ -68,6 +61,14 @@ def read_mlx(doc: Doc) -> LoraSpec:
             b.set_method(*methods.FULL)
         elif ftype.strip().lower() == "dora":
             b.set_method(MethodKind.LORA, "DoRA")
+    if b.method is MethodKind.LORA:
+        if not found:
+            for key, value in MLX_DEFAULT_PARAMETERS.items():
+                b.default(_PARAMS[key], value)
+        elif isinstance(params, dict):
+            missing = [k for k in ("rank", "scale", "dropout") if k not in params]
+            if missing:
+                b.extra("mlx_missing_parameters", missing)
     present, model, model_line = doc.lookup("model")
     if present:
         b.set("base_model", model, model_line, key="model")

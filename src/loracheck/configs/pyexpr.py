@@ -59,8 +59,10 @@ def _number(value: Any) -> bool:
 class Folder:
     """Folds expressions of one module; scopes are computed once, lazily per scope."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, opaque: frozenset[tuple[int, int]] = frozenset()) -> None:
         self.tree = tree
+        # Where the parser saw a blanked f-string: a literal there is no value.
+        self.opaque = opaque
         self.parents: dict[ast.AST, ast.AST] = {}
         for node in ast.walk(tree):
             for child in ast.iter_child_nodes(node):
@@ -110,17 +112,21 @@ class Folder:
             positional = args.posonlyargs + args.args
             defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
             defaults += list(args.defaults)
-            call = self._only_call(scope)
-            for index, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
+            call, calls = self._calls_of(scope)
+            params: list[tuple[ast.arg, ast.expr | None, int | None]] = [
+                (a, d, i) for i, (a, d) in enumerate(zip(positional, defaults, strict=True))
+            ]
+            params += [(a, d, None) for a, d in zip(args.kwonlyargs, args.kw_defaults,
+                                                    strict=True)]
+            for arg, default, index in params:
                 given = _argument(call, arg.arg, index) if call is not None else None
                 if given is not None and call is not None:
                     self._call_args[(key, arg.arg)] = (given, self._scopes(call))
-                bind(arg.arg, given if given is not None else default)
-            for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
-                given = _argument(call, arg.arg, None) if call is not None else None
-                if given is not None and call is not None:
-                    self._call_args[(key, arg.arg)] = (given, self._scopes(call))
-                bind(arg.arg, given if given is not None else kw_default)
+                    bind(arg.arg, given)
+                elif calls <= 1:
+                    bind(arg.arg, default)  # never called here, or called without it
+                else:
+                    bind(arg.arg, None)  # called several times: which value is unknown
         body = [scope.body] if isinstance(scope, ast.Lambda) else scope.body
         for node in self._scope_nodes(body):
             if isinstance(node, ast.Assign):
@@ -140,27 +146,35 @@ class Folder:
             elif isinstance(node, (ast.Global, ast.Nonlocal)):
                 for name in node.names:
                     bind(name, None)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:  # `from conf import LORA_R`: set elsewhere, unknown
+                    bind((alias.asname or alias.name).split(".")[0], None)
         self._bindings[key] = found
         return found
 
-    def _only_call(self, scope: Scope) -> ast.Call | None:
-        """The one call of a module-level function by its name, if it is called exactly once
-        and never handed on under another name (``train(lora_r=args.lora_r)``)."""
+    def _calls_of(self, scope: Scope) -> tuple[ast.Call | None, int]:
+        """(the one plain call of a module-level function, how many times its name is used).
+
+        The call is returned only when the name is used exactly once, as that call, with no
+        ``*args``/``**kwargs`` (``train(lora_r=args.lora_r)``); a method, a nested function or
+        a lambda counts as used an unknown number of times.
+        """
         if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            return None
+            return None, 2
         if self.parents.get(scope) is not self.tree:
-            return None
+            return None, 2
         uses = [n for n in ast.walk(self.tree)
                 if isinstance(n, ast.Name) and n.id == scope.name and isinstance(n.ctx, ast.Load)]
-        calls = [self.parents.get(n) for n in uses]
-        if len(uses) != 1 or not isinstance(calls[0], ast.Call) or calls[0].func is not uses[0]:
-            return None
-        call = calls[0]
+        if len(uses) != 1:
+            return None, len(uses)
+        call = self.parents.get(uses[0])
+        if not isinstance(call, ast.Call) or call.func is not uses[0]:
+            return None, 2  # handed on (fire.Fire(main), a callback): called from elsewhere
         if any(isinstance(a, ast.Starred) for a in call.args) or any(
             kw.arg is None for kw in call.keywords
         ):
-            return None
-        return call
+            return None, 2
+        return call, 1
 
     def _scope_nodes(self, body: Any) -> list[ast.AST]:
         """Every node of a scope's body, nested functions and classes excluded."""
@@ -179,10 +193,11 @@ class Folder:
         return out
 
     def _class_attributes(self) -> dict[str, ast.expr | None]:
-        """Class-body attributes (dataclass fields) by name, across the module's classes."""
+        """Dataclass fields by name, across the module's ``@dataclass`` classes (a name
+        declared by two of them is unknown)."""
         found: dict[str, ast.expr | None] = {}
         for node in ast.walk(self.tree):
-            if not isinstance(node, ast.ClassDef):
+            if not isinstance(node, ast.ClassDef) or not _is_dataclass(node):
                 continue
             for stmt in node.body:
                 target: ast.expr | None = None
@@ -222,6 +237,13 @@ class Folder:
                     default = ast.Constant(flag) if flag is not None else None
             if default is None:
                 default = ast.Constant(None)  # argparse's default for an option
+            kind = next((kw.value.id for kw in node.keywords if kw.arg == "type"
+                         and isinstance(kw.value, ast.Name)), None)
+            if (kind in ("int", "float") and isinstance(default, ast.Constant)
+                    and isinstance(default.value, str)):
+                # argparse converts a string default with `type`: default="16" is 16.
+                default = ast.Call(func=ast.Name(id=kind, ctx=ast.Load()), args=[default],
+                                   keywords=[])
             if dest is not None:
                 found[dest] = None if dest in found else default
         return found
@@ -233,12 +255,14 @@ class Folder:
             return UNKNOWN
         if isinstance(node, ast.Constant):
             value = node.value
+            if isinstance(value, str) and self.opaque and self._covers_opaque(node):
+                return UNKNOWN
             return value if isinstance(value, (int, float, str, bool, type(None))) else UNKNOWN
         if isinstance(node, ast.Name):
             return self._name(node.id, scopes, depth)
         if isinstance(node, ast.UnaryOp):
             operand = self._fold(node.operand, scopes, depth + 1)
-            if not _number(operand):
+            if not _number(operand) or abs(operand) > _MAX_ABS:
                 return UNKNOWN
             if isinstance(node.op, ast.USub):
                 return -operand
@@ -270,6 +294,11 @@ class Folder:
                 return UNKNOWN
             return self._fold(node.body if test else node.orelse, scopes, depth + 1)
         return UNKNOWN
+
+    def _covers_opaque(self, node: ast.Constant) -> bool:
+        start = (node.lineno, node.col_offset)
+        end = (node.end_lineno or node.lineno, node.end_col_offset or node.col_offset)
+        return any(start <= pos < end for pos in self.opaque)
 
     def _name(self, name: str, scopes: list[Scope], depth: int) -> Any:
         if name in ("True", "False", "None"):
@@ -305,6 +334,9 @@ class Folder:
             return left + right if len(left) + len(right) <= _MAX_ITEMS else UNKNOWN
         if not (_number(left) and _number(right)):
             return UNKNOWN
+        # Operands past the size of any config value would make big-int arithmetic slow.
+        if abs(left) > _MAX_ABS or abs(right) > _MAX_ABS:
+            return UNKNOWN
         if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
             return UNKNOWN
         value = op(left, right)
@@ -334,6 +366,12 @@ class Folder:
         if not all(_number(a) or (name in ("int", "float") and isinstance(a, str))
                    for a in args):
             return UNKNOWN
+        if any(_number(a) and abs(a) > _MAX_ABS for a in args) or any(
+            isinstance(a, str) and len(a) > 64 for a in args
+        ):
+            return UNKNOWN
+        if name == "round" and len(args) > 1 and abs(args[1]) > 32:
+            return UNKNOWN  # round(5, -10**9) builds 10**(10**9)
         value = _CALLS[name](*args)
         return value if _number(value) and abs(value) <= _MAX_ABS else UNKNOWN
 
@@ -379,3 +417,16 @@ def _argument(call: ast.Call, name: str, index: int | None) -> ast.expr | None:
     if index is not None and index < len(call.args):
         return call.args[index]
     return None
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    """``@dataclass``, ``@dataclasses.dataclass(...)``, ``@define`` and pydantic-style
+    ``BaseModel`` subclasses: classes whose body attributes are field defaults."""
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        name = target.id if isinstance(target, ast.Name) else (
+            target.attr if isinstance(target, ast.Attribute) else "")
+        if name in ("dataclass", "define", "attrs", "frozen"):
+            return True
+    return any((b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")) in
+               ("BaseModel", "BaseSettings") for b in node.bases)

@@ -19,27 +19,40 @@ from __future__ import annotations
 import ast
 import re
 import warnings
+from dataclasses import dataclass
 
 _PREFIX = re.compile(r"[rRbBuUfFtT]{0,2}(?='|\")")
 _NAME_CHAR = re.compile(r"\w")  # str.isalpha() letters are \w too, so names always advance
 
 
-def parse_python(text: str, filename: str) -> ast.Module:
+Position = tuple[int, int]  # (1-based line, UTF-8 byte column), as ast reports them
+
+
+@dataclass(frozen=True)
+class Script:
+    """A parsed script; ``opaque``: where an f/t-string was blanked, so that a string literal
+    found there is not a value."""
+
+    tree: ast.Module
+    opaque: frozenset[Position] = frozenset()
+
+
+def parse_python(text: str, filename: str) -> Script:
     """``ast.parse`` of ``text``, retried on the rewritten text when it is newer syntax.
 
     Raises SyntaxError (the original one) when neither parses.
     """
     try:
-        return _parse(text, filename)
+        return Script(_parse(text, filename))
     except SyntaxError as first:
         try:
-            rewritten = rewrite_new_syntax(text)
+            rewritten, blanked = _rewrite(text)
         except _ScanError:
             raise first from None
         if rewritten == text:
             raise
         try:
-            return _parse(rewritten, filename)
+            return Script(_parse(rewritten, filename), frozenset(blanked))
         except SyntaxError:
             raise first from None
 
@@ -57,16 +70,26 @@ class _ScanError(Exception):
 
 def rewrite_new_syntax(text: str) -> str:
     """``text`` with f/t-strings blanked and post-3.10 statement syntax rewritten."""
-    blanked = blank_fstrings(text)
+    return _rewrite(text)[0]
+
+
+def _rewrite(text: str) -> tuple[str, list[Position]]:
+    blanked, starts = _blank_all(text)
     lines = blanked.split("\n")
     out = [_rewrite_line(line) for line in lines]
-    return "\n".join(out)
+    return "\n".join(out), [_position(text, i) for i in starts]
+
+
+def _position(text: str, index: int) -> Position:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, len(text[line_start:index].encode("utf-8"))
 
 
 _TYPE_ALIAS = re.compile(r"^(\s*)type\s+([A-Za-z_]\w*)\s*(\[)?")
 _DEF_CLASS = re.compile(r"^(\s*(?:async\s+)?(?:def|class)\s+[A-Za-z_]\w*)\s*\[")
 _EXCEPT_STAR = re.compile(r"^(\s*)except\s*\*")
-_EXCEPT_TUPLE = re.compile(r"^(\s*)except\s+([^():]+,[^():]+?)(\s+as\s+\w+)?\s*:")
+_EXCEPT_TUPLE = re.compile(r"^(\s*)except\s+([^():,]+(?:,[^():,]+)+)\s*:")
+_AS_ALIAS = re.compile(r"\s+as\s+(\w+)\s*$")
 
 
 def _rewrite_line(line: str) -> str:
@@ -85,8 +108,12 @@ def _rewrite_line(line: str) -> str:
         return f"{match.group(1)}except " + line[match.end():]
     match = _EXCEPT_TUPLE.match(line)
     if match:
-        alias = match.group(3) or ""
-        return f"{match.group(1)}except ({match.group(2).strip()}){alias}:" + line[match.end():]
+        names = match.group(2)
+        alias = _AS_ALIAS.search(names)
+        if alias:
+            names = names[: alias.start()]
+        suffix = f" as {alias.group(1)}" if alias else ""
+        return f"{match.group(1)}except ({names.strip()}){suffix}:" + line[match.end():]
     return line
 
 
@@ -104,8 +131,14 @@ def _skip_brackets(text: str) -> str:
 
 
 def blank_fstrings(text: str) -> str:
-    """Every f-string and t-string replaced by a plain string literal of the same length
-    (newlines kept, so every later line keeps its number)."""
+    """Every f-string and t-string replaced by a plain string literal (of the same length on
+    one line; a multi-line one keeps its newlines, so every later line keeps its number)."""
+    return _blank_all(text)[0]
+
+
+def _blank_all(text: str) -> tuple[str, list[int]]:
+    """The blanked text and the offsets in ``text`` where each blanked literal starts."""
+    starts: list[int] = []
     out: list[str] = []
     i, n = 0, len(text)
     last = 0
@@ -123,6 +156,7 @@ def blank_fstrings(text: str) -> str:
                 if any(c in prefix.lower() for c in "ft"):
                     out.append(text[last:i])
                     out.append(_blank(text[i:end]))
+                    starts.append(i)
                     last = end
                 i = end
                 continue
@@ -133,7 +167,7 @@ def blank_fstrings(text: str) -> str:
                 continue
         i += 1
     out.append(text[last:])
-    return "".join(out)
+    return "".join(out), starts
 
 
 def _blank(literal: str) -> str:

@@ -23,7 +23,7 @@ from loracheck.configs.lines import find_suppressions
 from loracheck.configs.peft import EXTRAS as PEFT_EXTRAS
 from loracheck.configs.peft import FIELDS as PEFT_FIELDS
 from loracheck.configs.pyexpr import UNKNOWN, Folder
-from loracheck.configs.pysource import parse_python
+from loracheck.configs.pysource import Script, parse_python
 from loracheck.configs.semantics import apply_defaults
 from loracheck.errors import ArtifactError
 from loracheck.model import LoraSpec, ValueOrigin
@@ -51,13 +51,13 @@ def read_python(path: Path) -> LoraSpec:
     name = str(path)
     text = read_text(path, MAX_PYTHON_BYTES)
     try:
-        tree = parse_python(text, name)
+        script = parse_python(text, name)
     except SyntaxError as err:
         raise ArtifactError(name, f"invalid Python: {err.msg}", line=err.lineno) from None
     except (ValueError, RecursionError, MemoryError) as err:
         raise ArtifactError(name, f"invalid Python: {type(err).__name__}") from None
     try:
-        return _Reader(name, tree, find_suppressions(text)).spec()
+        return _Reader(name, script, text, find_suppressions(text)).spec()
     except RecursionError:
         raise ArtifactError(name, "invalid Python: nested too deeply") from None
 
@@ -97,11 +97,18 @@ def _chain(node: ast.expr) -> list[str]:
 
 
 class _Reader:
-    def __init__(self, path: str, tree: ast.Module, suppressions: dict[int, list[str]]) -> None:
+    def __init__(
+        self, path: str, script: Script, text: str, suppressions: dict[int, list[str]]
+    ) -> None:
         self.path = path
-        self.tree = tree
+        self.text = text
+        self.tree = script.tree
         self.suppressions = suppressions
-        self.folder = Folder(tree)
+        self.folder = Folder(script.tree, script.opaque)
+
+    def _source(self, node: ast.expr) -> str:
+        """The expression as the file writes it (not as the parser saw a rewritten line)."""
+        return ast.get_source_segment(self.text, node) or ast.unparse(node)
 
     def _literal(self, node: ast.expr) -> Any:
         """The statically folded value of ``node`` where it stands; else _NOT_GIVEN."""
@@ -158,7 +165,7 @@ class _Reader:
                 value = _NOT_GIVEN  # e.g. an argparse option without a default: set at run time
             if key in PEFT_FIELDS:
                 spec_field = PEFT_FIELDS[key]
-                text = ast.unparse(value_node)
+                text = self._source(value_node)
                 if value is _NOT_GIVEN:
                     b.lines[spec_field] = line
                     b.source_keys[spec_field] = key
@@ -170,7 +177,7 @@ class _Reader:
                         b.origins[spec_field] = ValueOrigin.EXPRESSION
                         b.extra(f"expression.{spec_field}", text)
             elif key in PEFT_EXTRAS or (fmt == "unsloth" and key in _UNSLOTH_EXTRAS):
-                shown = ast.unparse(value_node) if value is _NOT_GIVEN else value
+                shown = self._source(value_node) if value is _NOT_GIVEN else value
                 b.extra(key, shown, line)
             else:
                 b.unknown_key(key, line)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loracheck.configs.fields import SpecBuilder
-from loracheck.model import MethodKind
+from loracheck.model import MethodKind, ValueOrigin
 from loracheck.scaling import ScaleConvention
 
 
@@ -166,6 +166,13 @@ def apply_defaults(b: SpecBuilder, fmt: str) -> None:
     semantics = SEMANTICS.get(fmt)
     if semantics is None or b.method is not MethodKind.LORA:
         return
+    if semantics.alpha_per_rank is not None and b.invalid.get("alpha") == "None":
+        # LLaMA-Factory's `lora_alpha or lora_rank * 2` turns a null into 2·rank; elsewhere a
+        # null reaches the layer as None and fails there, so it stays invalid.
+        del b.invalid["alpha"]
+    if semantics.alpha_per_rank is not None and "rank" in b.unresolved and not b.said("alpha"):
+        b.mark_unresolved("alpha", f"{semantics.alpha_per_rank:g} × {b.unresolved['rank']}",
+                          b.origins.get("rank", ValueOrigin.PLACEHOLDER))
     if "rank" in semantics.defaults:
         b.default("rank", semantics.defaults["rank"])
     if semantics.alpha_per_rank is not None and not b.said("alpha"):

@@ -39,7 +39,10 @@ _AXOLOTL_HINTS = frozenset({"adapter", "base_model", "lora_target_linear", "data
 _LLMBOX_HINTS = frozenset({"lora", "qlora", "lora_merge"})
 _LF_KEYS = frozenset({"lora_rank", "lora_target", "finetuning_type"})
 _LF_V1_KEYS = frozenset({"model_class", "kernel_config", "dist_config", "init_config",
-                         "quant_config", "train_dataset"})
+                         "quant_config"})
+# LLaMA-Factory v0 run keys: with them, no lora_* key still means LoRA with the defaults
+# (finetuning_type defaults to lora).
+_LF_RUN = frozenset({"stage", "template", "cutoff_len", "finetuning_type"})
 _SWIFT_KEYS = ("tuner_type", "train_type", "sft_type")
 _LITGPT_LORA = frozenset({"lora_r", "lora_alpha", "lora_query", "lora_value", "lora_key"})
 # Any of these, at any depth, makes a JSON/YAML file worth parsing as a possible LoRA config.
@@ -50,7 +53,8 @@ _GATE = frozenset({
     "finetuning_type", "tuner_type", "train_type", "sft_type", "use_peft", "linear_alpha",
     "lora_query", "training_type", "peft_use_dora", "peft_use_rslora", "lora_adapter_metadata",
     "target_modules", "adapter", "network", "model_class", "kernel_config", "dist_config",
-    "process", "checkpoint_dir", "model_name_or_path",
+    "process", "checkpoint_dir", "model_name_or_path", "lora", "lora_config", "lora_args",
+    "lora_params", "stage",
 })
 # HF TrainingArguments keys: with model_name_or_path and nothing LoRA, a full fine-tune.
 _HF_TRAINING = frozenset({"output_dir", "learning_rate", "per_device_train_batch_size",
@@ -92,8 +96,11 @@ def classify_data(kind: str, data: Any) -> str | None:
     header = mapping("__metadata__")
     if "lora_adapter_metadata" in top or "lora_adapter_metadata" in (header or {}):
         return "diffusers"
-    if mapping("peft_config") is not None or ("model" in top and top & _LF_V1_KEYS):
+    if mapping("peft_config") is not None:
         return "llama-factory-v1"
+    section = lora_section(data)
+    if "model" in top and top & _LF_V1_KEYS and section is None:
+        return "llama-factory-v1"  # no peft_config block: a full fine-tune
     studio_lora = mapping("lora")
     studio_training = mapping("training")
     if (studio_lora is not None and "lora_r" in studio_lora) or (
@@ -114,7 +121,10 @@ def classify_data(kind: str, data: Any) -> str | None:
         return "ms-swift"
     if "checkpoint_dir" in top and (top & _LITGPT_LORA or len(top & _LITGPT_RUN) >= 2):
         return "litgpt"
-    if top & _LF_KEYS:
+    if ("lora_rank" in top and "model" in top and "model_name_or_path" not in top
+            and not top & _LF_RUN):
+        return "ms-swift"  # swift's own keys, with tuner_type left at its default (lora)
+    if top & _LF_KEYS or ("model_name_or_path" in top and {"stage", "template"} <= top):
         return "llama-factory"
     if top & _TRAINER_LORA or "peft_use_dora" in top or "peft_use_rslora" in top:
         if "use_peft" in top or "lora_task_type" in top:
@@ -128,7 +138,7 @@ def classify_data(kind: str, data: Any) -> str | None:
         return "axolotl"  # a full fine-tune: adapter blank or absent
     if "use_peft" in top or ("model_name_or_path" in top and top & _HF_TRAINING):
         return "trl"  # TRL / HF argument files: without use_peft, a full fine-tune
-    if lora_section(data) is not None:
+    if section is not None:
         return "lora-section"
     return None
 
@@ -170,8 +180,10 @@ def keys_in(kind: str, text: str) -> set[str]:
 def sniff_config(path: Path, text: str | None = None) -> str | None:
     """The LoRA source format name of the config file at ``path``, or None.
 
-    Decided by extension and the key names used; a ``.safetensors`` file is sniffed by its
-    header metadata. Raises ArtifactError only when the file cannot be read at all.
+    The extension and the key names of the file's head are a gate; a file that passes is
+    parsed and classified (:func:`classify_data`), or, when it does not parse, classified by
+    its key names alone. A ``.safetensors`` file is sniffed by its header metadata. Raises
+    ArtifactError only when the file cannot be read at all.
     """
     from loracheck.configs.documents import kind_of
 
@@ -193,8 +205,8 @@ def sniff_config(path: Path, text: str | None = None) -> str | None:
     try:
         doc = parse(path, kind, text)
     except ArtifactError:
-        # Not parseable (read_spec says why): a best guess from the key names alone.
-        return classify_data(kind, dict.fromkeys(keys)) or "axolotl"
+        # Not parseable (read_spec says why): a guess from the key names alone.
+        return classify_data(kind, dict.fromkeys(keys))
     return classify_data(kind, doc.data)
 
 

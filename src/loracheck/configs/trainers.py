@@ -116,7 +116,10 @@ def read_axolotl(doc: Doc) -> LoraSpec:
 
 
 def _axolotl_method(doc: Doc, b: SpecBuilder) -> None:
-    _, adapter, _ = doc.lookup("adapter")
+    present, adapter, _ = doc.lookup("adapter")
+    whole = any(doc.lookup(k)[0] for k in ("base_model", "datasets"))
+    if not present and not whole:
+        return  # a fragment of LoRA keys, not a whole config: judged as LoRA
     _decide(b, adapter, methods.axolotl_method)
 
 
@@ -461,6 +464,13 @@ def read_ai_toolkit(doc: Doc) -> LoraSpec:
         present, value, line = doc.lookup(*base, "alpha")
         if present:
             b.set("alpha", value, line, key="network.alpha")
+    if b.invalid.get("alpha") == "None" or b.get("alpha") == 0:
+        # lora_special.py@a6c70a7: `alpha = lora_dim if alpha is None or alpha == 0`
+        b.invalid.pop("alpha", None)
+        b.values.pop("alpha", None)
+        if isinstance(b.get("rank"), int):
+            b.values["alpha"] = float(b.get("rank"))
+            b.origins["alpha"] = ValueOrigin.TRAINER_DEFAULT
     _, kind, _ = doc.lookup(*base, "type")
     _decide(b, kind, methods.ai_toolkit_method)
     model = doc.lookup("config", "process", index, "model")[1]
@@ -512,8 +522,7 @@ def read_unsloth_studio(doc: Doc) -> LoraSpec:
 # --- a generic LoRA section in a user's own trainer config ------------------------------------
 
 # Section names people nest LoRA settings under, and the key spellings inside them.
-LORA_SECTIONS = ("lora", "lora_config", "peft", "peft_config", "lora_args", "lora_params",
-                 "adapter")
+LORA_SECTIONS = ("lora", "lora_config", "peft", "lora_args", "lora_params", "adapter")
 _SECTION_FIELDS = {
     "r": "rank", "rank": "rank", "lora_r": "rank", "lora_rank": "rank",
     "alpha": "alpha", "lora_alpha": "alpha",

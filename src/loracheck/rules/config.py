@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 
+from loracheck.configs.fields import placeholder_text
 from loracheck.configs.semantics import convention
 from loracheck.model import DATA_DRIVEN_SCHEMES, InitScheme, LoraSpec, MethodKind, Severity
 from loracheck.rules.context import (
@@ -862,7 +863,9 @@ def unknown_torchtune_module(ctx: RuleContext) -> Iterator[Finding]:
         yield ctx.config_finding("model.lora_attn_modules is empty: the builder refuses it",
                                  "target_modules")
     for name in targets:
-        if isinstance(name, str) and name not in TORCHTUNE_ATTN_MODULES:
+        if isinstance(name, str) and name not in TORCHTUNE_ATTN_MODULES and (
+            placeholder_text(name) is None
+        ):
             hint = " (torchtune calls it output_proj)" if name == "o_proj" else ""
             yield ctx.config_finding(
                 f"lora_attn_modules entry {name!r} is not a torchtune module{hint}: that "
