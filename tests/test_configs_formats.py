@@ -278,3 +278,13 @@ def test_mlx_full_gets_no_lora_defaults(tmp_path: Path) -> None:
     spec = read(tmp_path, "mlx.yaml", "model: x\nfine_tune_type: full\nnum_layers: 4\n")
     assert spec.method is MethodKind.FULL and spec.rank is None  # type: ignore[attr-defined]
     assert spec.origins == {}  # type: ignore[attr-defined]
+
+
+def test_every_trainer_format_has_cited_semantics() -> None:
+    from loracheck.configs import FORMATS
+    from loracheck.configs.semantics import SEMANTICS
+
+    # A lora: block of a trainer loracheck does not know has no table to cite.
+    assert set(FORMATS) - set(SEMANTICS) == {"lora-section"}
+    for fmt, semantics in SEMANTICS.items():
+        assert semantics.trainer and semantics.writes and semantics.source, fmt

@@ -119,7 +119,7 @@ def test_inspect_says_the_method_and_where_values_came_from(
     ia3.write_text('{"peft_type": "IA3", "target_modules": ["k_proj"]}')
     assert main(["inspect", str(lf), str(ia3)]) == 0
     out = capsys.readouterr().out
-    assert "alpha    32 (llama-factory default)" in out  # 2 · lora_rank
+    assert "alpha    32 (LLaMA-Factory default)" in out  # 2 · lora_rank
     assert "method   IA3 (not LoRA" in out
     assert "rank     -" not in out.split("IA3")[1]  # no LoRA fields for another method
 

@@ -224,3 +224,29 @@ def ai_toolkit_method(network_type: Any) -> Method | None:
     if text is None:
         return None
     return _AI_TOOLKIT.get(text.lower(), (MethodKind.OTHER, text))
+
+
+def mlx_method(fine_tune_type: Any) -> Method | None:
+    """mlx-lm ``fine_tune_type`` (mlx_lm/lora.py@9caed7f: lora, dora, full; default lora)."""
+    text = _text(fine_tune_type)
+    if text is None:
+        return None
+    return {"lora": LORA, "dora": (MethodKind.LORA, "DoRA"), "full": FULL}.get(
+        text.lower(), (MethodKind.OTHER, text))
+
+
+def unsloth_studio_method(training_type: Any) -> Method | None:
+    """Unsloth Studio ``training.training_type`` (unsloth_cli/config.py: lora or full)."""
+    text = _text(training_type)
+    if text is None:
+        return None
+    return FULL if text.lower() == "full" else LORA if text.lower() == "lora" else None
+
+
+def trl_method(use_peft: Any) -> Method:
+    """TRL's ``use_peft``: trl/trainer/utils.py ``get_peft_config`` returns None unless it is
+    true, and it defaults to False (trl/trainer/model_config.py@bc13ae6): lora_* keys alone
+    train nothing."""
+    on = use_peft is True or (isinstance(use_peft, str)
+                              and use_peft.strip().lower() in ("true", "1", "yes"))
+    return LORA if on else (MethodKind.FULL, "full fine-tune (use_peft is not true)")

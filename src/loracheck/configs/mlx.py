@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from loracheck.configs import methods
 from loracheck.configs.documents import Doc
-from loracheck.configs.fields import SpecBuilder
+from loracheck.configs.fields import SpecBuilder, placeholder_text
 from loracheck.configs.semantics import MLX_DEFAULT_PARAMETERS
 from loracheck.model import LoraSpec, MethodKind
 
@@ -57,10 +57,9 @@ def read_mlx(doc: Doc) -> LoraSpec:
     if present and isinstance(ftype, str):
         # DoRA is a fine-tune type in mlx-lm, not a flag.
         b.set("use_dora", ftype.lower() == "dora", ftype_line, key="fine_tune_type")
-        if ftype.strip().lower() == "full":
-            b.set_method(*methods.FULL)
-        elif ftype.strip().lower() == "dora":
-            b.set_method(MethodKind.LORA, "DoRA")
+    method = methods.mlx_method(ftype) if placeholder_text(ftype) is None else None
+    if method is not None:
+        b.set_method(*method)
     if b.method is MethodKind.LORA:
         if not found:
             for key, value in MLX_DEFAULT_PARAMETERS.items():

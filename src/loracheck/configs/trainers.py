@@ -298,12 +298,7 @@ def read_trl(doc: Doc) -> LoraSpec:
     b = SpecBuilder("trl", doc.path)
     _apply(doc, b, _TRL_FIELDS, _TRL_EXTRAS)
     _, use_peft, _ = doc.lookup("use_peft")
-    # trl/trainer/utils.py get_peft_config: `if model_args.use_peft is False: return None`,
-    # and use_peft defaults to False (model_config.py@bc13ae6): lora_* keys alone train nothing.
-    if placeholder_text(use_peft) is None and use_peft is not True and not (
-        isinstance(use_peft, str) and use_peft.strip().lower() in ("true", "1", "yes")
-    ):
-        b.set_method(MethodKind.FULL, "full fine-tune (use_peft is not true)")
+    _decide(b, use_peft, methods.trl_method)
     return _finish(doc, b)
 
 
@@ -514,8 +509,7 @@ def read_unsloth_studio(doc: Doc) -> LoraSpec:
     if present and isinstance(model, str):
         b.set("base_model", model, line, key="model")
     _, ttype, _ = doc.lookup("training", "training_type")
-    if isinstance(ttype, str) and ttype.strip().lower() == "full":
-        b.set_method(*methods.FULL)
+    _decide(b, ttype, methods.unsloth_studio_method)
     return _finish(doc, b)
 
 

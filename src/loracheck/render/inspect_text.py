@@ -182,7 +182,10 @@ def with_origin(adapter: Adapter, field_name: str, text: str) -> str:
     if field_name in spec.unresolved:
         return f"unknown ({spec.unresolved[field_name]})"
     if spec.origin(field_name) is ValueOrigin.TRAINER_DEFAULT:
-        return f"{text} ({spec.source_format} default)"
+        from loracheck.configs.semantics import SEMANTICS
+
+        known = SEMANTICS.get(spec.source_format)
+        return f"{text} ({known.trainer if known else spec.source_format} default)"
     if spec.origin(field_name) is ValueOrigin.EXPRESSION:
         shown = spec.extras.get(f"expression.{field_name}")
         return f"{text} (= {shown})" if shown else text

@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterator
 
 from loracheck.configs.fields import placeholder_text
 from loracheck.configs.semantics import convention
-from loracheck.model import DATA_DRIVEN_SCHEMES, InitScheme, LoraSpec, MethodKind, Severity
+from loracheck.model import (
+    DATA_DRIVEN_SCHEMES,
+    InitScheme,
+    LoraSpec,
+    MethodKind,
+    Severity,
+    ValueOrigin,
+)
 from loracheck.rules.context import (
     Finding,
     RuleContext,
@@ -43,7 +50,8 @@ def _spec(ctx: RuleContext) -> LoraSpec | None:
 
 
 def _kohya(spec: LoraSpec) -> bool:
-    return spec.source_format.startswith("kohya")
+    """α/dim per module, where α = 0 means α = dim (kohya, ai-toolkit)."""
+    return _convention(spec) is ScaleConvention.KOHYA
 
 
 # --- LC101 --------------------------------------------------------------------------------------
@@ -213,8 +221,6 @@ def _band_text(ctx: RuleContext, conv: ScaleConvention) -> str:
 
 def _origin_note(spec: LoraSpec) -> str:
     """Which of rank and alpha the trainer's defaults supplied, for the message."""
-    from loracheck.model import ValueOrigin
-
     defaulted = [f for f in ("rank", "alpha") if spec.origin(f) is ValueOrigin.TRAINER_DEFAULT]
     if not defaulted:
         return ""
