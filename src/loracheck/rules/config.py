@@ -131,6 +131,8 @@ def _band(ctx: RuleContext, s: float, conv: ScaleConvention) -> bool:
 def _scale_text(spec: LoraSpec, rank: int, alpha: float) -> str:
     if spec.use_rslora:
         return f"α/√r = {fmt_num(alpha)}/√{rank}"
+    if _kohya(spec):
+        return f"α/dim = {fmt_num(alpha)}/{rank}"
     return f"α/r = {fmt_num(alpha)}/{rank}"
 
 
