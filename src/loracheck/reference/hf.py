@@ -1,6 +1,10 @@
 """Local transformers models for ``loracheck verify --model PATH`` (extra ``loracheck[hf]``).
 
 Only local folders are read (``local_files_only=True``): config.json plus safetensors weights.
+Nothing from the folder is ever executed: every transformers call passes
+``trust_remote_code=False`` (a folder whose ``auto_map`` names its own Python classes is
+refused, never imported), and stdin is empty while transformers runs, so no prompt can be
+answered.
 A causal LM is probed with next-token cross-entropy on its logits; a model without an LM head
 gets a generic objective, the mean squared error between its last hidden state and a fixed
 random target, so that "the loss moves" still means the adapter learns.
@@ -8,9 +12,13 @@ random target, so that "the loss moves" still means the adapter learns.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -83,24 +91,46 @@ def load_hf_model(
         raise UsageError(f"{path}: not a transformers model folder (no config.json)")
     transformers = require_transformers()
     causal = _is_causal(config_path)
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype,
+                              "trust_remote_code": False}
     if device_map is not None:
         if importlib.util.find_spec("accelerate") is None:
             raise UsageError("--device-map needs accelerate: pip install accelerate")
         kwargs["device_map"] = device_map
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
     try:
-        model = auto.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot load the model ({exc})") from None
+        with _no_stdin():
+            model = auto.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"{path}: cannot load the model ({_first_line(exc)})") from None
     if device_map is None:
         model.to(device)
     model.eval()
     tokenizer = None
     if any((path / name).is_file() for name in _TOKENIZER_FILES):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError):
+            with _no_stdin():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    str(path), local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, EOFError):
             tokenizer = None
     vocab = int(getattr(model.config, "vocab_size", 256) or 256)
     return LoadedModel(model, str(path), causal, vocab, tokenizer)
+
+
+@contextlib.contextmanager
+def _no_stdin() -> Iterator[None]:
+    """sys.stdin is an empty stream inside: a library prompt reads EOF, never the user's input
+    (``yes | loracheck verify`` must not answer "run the custom code?")."""
+    saved = sys.stdin
+    sys.stdin = io.StringIO("")
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
