@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
-from builders import save_tiny_llama  # noqa: E402
+from builders import save_tiny_llama
 
 
 def plant(folder: Path, marker: Path, *, model_type: str | None, tokenizer: bool) -> None:
