@@ -59,3 +59,18 @@ def test_auto_map_code_never_runs(tmp_path: Path, model_type: str | None,
         assert run.returncode == 2
         (line,) = [x for x in run.stderr.splitlines() if x.startswith("loracheck:")]
         assert "custom code" in line and len(line) < 500
+
+
+def test_inputs_are_checked_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """verify --config with a value check rejects: check's finding, exit 1, no probe."""
+    from loracheck.cli import main
+
+    bad = tmp_path / "axolotl.yaml"
+    bad.write_text("adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_dropout: 1.5\n")
+    assert main(["verify", "--config", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "LC103" in out and "loracheck verify:" not in out
+    ia3 = tmp_path / "ia3.json"
+    ia3.write_text('{"peft_type": "IA3", "target_modules": ["k_proj"]}')
+    assert main(["verify", "--config", str(ia3)]) == 2
+    assert "IA3, not LoRA" in capsys.readouterr().err

@@ -177,6 +177,23 @@ def inspect(
     return 1 if any(d.severity.value == "error" for d in report.diagnostics) else 0
 
 
+def _render_report(report: Any, format: CheckFormat, *, color: bool) -> str:
+    """``check``'s output of ``report`` in ``format``."""
+    from loracheck import render
+
+    root = Path.cwd()
+    if format is CheckFormat.json:
+        return render.render_json(report)
+    if format is CheckFormat.sarif:
+        from loracheck.rules.registry import all_rules
+
+        rules = {r.code: r for r in all_rules()}
+        return render.render_sarif(report, rules, root=root, tool_version=__version__)
+    if format is CheckFormat.github:
+        return render.render_github(report, root=root)
+    return render.render_text(report, color=color, root=root)
+
+
 @app.command()
 def check(
     paths: PathsArg,
@@ -208,22 +225,7 @@ def check(
         keep_details=format is CheckFormat.json,
     )
     report, settings = _run(paths, options, progress=format is CheckFormat.text)
-    root = Path.cwd()
-    from loracheck import render
-
-    if format is CheckFormat.json:
-        text = render.render_json(report)
-    elif format is CheckFormat.sarif:
-        from loracheck.rules.registry import all_rules
-
-        rules = {r.code: r for r in all_rules()}
-        text = render.render_sarif(report, rules, root=root, tool_version=__version__)
-    elif format is CheckFormat.github:
-        text = render.render_github(report, root=root)
-    else:
-        text = render.render_text(report, color=output is None and _color(sys.stdout),
-                                  root=root)
-    _write(text, output)
+    _write(_render_report(report, format, color=output is None and _color(sys.stdout)), output)
     threshold: Severity = settings.fail_on
     if exit_zero:
         return 0
@@ -304,6 +306,16 @@ def verify(
 
         # Any config format the core reads: a bad one is one line and exit 2, as a bad flag.
         spec = read_spec(Path(config))
+    # Inputs first: the config and the adapter are checked as `check` would; an error there
+    # is reported, in the chosen format, instead of a probe built on it.
+    inputs = [p for p in (config, adapter) if p is not None and Path(p).exists()]
+    if inputs:
+        from loracheck.runner import RunOptions, failing, run
+
+        checked, settings = run(inputs, RunOptions(jobs=1))
+        if failing(checked, settings.fail_on):
+            _write(_render_report(checked, format, color=_color(sys.stdout)), None)
+            return 1
     opts = VerifyOptions(
         model=model, adapter=_path(adapter), config=_path(config), spec=spec, profile=profile,
         init=init, probe_steps=probe_steps, lr=lr, batch_size=batch_size, seq_len=seq_len,

@@ -234,7 +234,7 @@ def _call(model: nn.Module, ids: torch.Tensor, *, hf: bool, causal: bool) -> tor
 
 def _resolve_spec(opts: VerifyOptions, adapter: AdapterFactors | None) -> LoraSpec:
     if opts.spec is not None:
-        return opts.spec
+        return _lora_only(opts.spec, str(opts.config or opts.spec.path))
     if opts.config is not None:
         path = Path(opts.config)
         if path.is_dir():
@@ -247,14 +247,18 @@ def _resolve_spec(opts: VerifyOptions, adapter: AdapterFactors | None) -> LoraSp
             if path.suffix != ".json":
                 raise UsageError(f"--config {path}: expected a PEFT adapter_config.json") from None
             return spec_from_peft_json(path)
-        spec = read_spec(path)
-        if spec.method is not MethodKind.LORA:
-            raise UsageError(f"--config {path}: it trains {spec.method_name}, not LoRA; "
-                             "verify probes LoRA adapters only")
-        return spec
+        return _lora_only(read_spec(path), str(path))
     if adapter is not None and adapter.spec is not None:
         return adapter.spec
     return profile_spec(opts.profile)
+
+
+def _lora_only(spec: LoraSpec, where: str) -> LoraSpec:
+    """``spec`` when it configures the LoRA family; another method is a usage error."""
+    if spec.method is not MethodKind.LORA:
+        raise UsageError(f"--config {where}: it trains {spec.method_name}, not LoRA; "
+                         "verify probes LoRA adapters only")
+    return spec
 
 
 def _token_stream(opts: VerifyOptions, subject: _Subject) -> torch.Tensor:
