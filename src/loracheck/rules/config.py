@@ -238,8 +238,8 @@ def _conv_scale(
         return
     if not math.isfinite(alpha) or alpha <= 0:
         return
-    s = alpha / dim
-    if not _band(ctx, s, ScaleConvention.KOHYA):
+    s = effective_scale(dim, float(alpha))
+    if s is not None and not _band(ctx, s, ScaleConvention.KOHYA):
         yield at(
             f"conv scale conv_alpha/conv_dim = {fmt_num(alpha)}/{dim} = {fmt_num(s)} is outside "
             f"{_band_text(ctx, ScaleConvention.KOHYA)}",
