@@ -92,15 +92,15 @@ def test_scheme_from_peft() -> None:
 
 def test_targets_follow_peft_semantics() -> None:
     model = build_tiny(0)
-    names = [t.name for t in plan_targets(model, spec(target_modules=["q_proj"]))]
+    names = [t.name for t in plan_targets(model, spec(target_modules=["q_proj"])).targets]
     assert names == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
-    regex = plan_targets(model, spec(target_modules=r".*\.1\.mlp\.(up|down)_proj"))
+    regex = plan_targets(model, spec(target_modules=r".*\.1\.mlp\.(up|down)_proj")).targets
     assert [t.name for t in regex] == ["model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
-    every = plan_targets(model, spec(target_modules="all-linear"))
+    every = plan_targets(model, spec(target_modules="all-linear")).targets
     assert len(every) == 14 and all("lm_head" not in t.name for t in every)
     excluded = plan_targets(
         model, spec(target_modules="all-linear", exclude_modules=["o_proj", "down_proj"])
-    )
+    ).targets
     assert len(excluded) == 10
     patterned = plan_targets(
         model,
@@ -109,15 +109,16 @@ def test_targets_follow_peft_semantics() -> None:
             rank_pattern={"0.self_attn.q_proj": 2},
             alpha_pattern={"v_proj": 32},
         ),
-    )
+    ).targets
     by_name = {t.name: (t.rank, t.alpha) for t in patterned}
     assert by_name["model.layers.0.self_attn.q_proj"] == (2, 8.0)
     assert by_name["model.layers.1.self_attn.q_proj"] == (4, 8.0)
     assert by_name["model.layers.1.self_attn.v_proj"] == (4, 32.0)
     layered = plan_targets(model, spec(target_modules=["q_proj"], layers_to_transform=[1]))
-    assert [t.name for t in layered] == ["model.layers.1.self_attn.q_proj"]
+    assert [t.name for t in layered.targets] == ["model.layers.1.self_attn.q_proj"]
+    assert plan_targets(model, spec(target_modules=["nope"])).targets == []
     with pytest.raises(UsageError):
-        plan_targets(model, spec(target_modules=["nope"]))
+        inject(model, spec(target_modules=["nope"]))
 
 
 def test_freezing_goes_by_type_not_by_name() -> None:

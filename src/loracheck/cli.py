@@ -288,7 +288,13 @@ def verify(
     device_map: Annotated[str | None, typer.Option(help="auto: shard through accelerate.")] = None,
     save_adapter: Annotated[str | None, typer.Option(help="Write the probed adapter here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Let --save-adapter replace a folder.")] = False,
+    keep_going: Annotated[bool, typer.Option(
+        help="Probe even when `check` finds errors in --config or --adapter.")] = False,
     format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
+    fail_on: Annotated[FailOn | None, typer.Option(help="Lowest severity that fails.")] = None,
+    select: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to run.")] = None,
+    extend_select: Annotated[list[str] | None, typer.Option()] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to skip.")] = None,
 ) -> int:
     """Probe a live model: identity at step 0, only adapters learn, loss falls, merge/reload."""
     try:
@@ -297,8 +303,10 @@ def verify(
         raise UsageError(
             f"verify needs torch ({err.name} is missing): pip install 'loracheck[torch]'"
         ) from err
-    from loracheck import render
-    from loracheck.model import Report
+    from loracheck.engine import check_probe
+    from loracheck.model import Adapter, Report
+    from loracheck.runner import RunOptions, failing, run
+    from loracheck.settings import load_settings
 
     spec = None
     if config is not None:
@@ -306,16 +314,25 @@ def verify(
 
         # Any config format the core reads: a bad one is one line and exit 2, as a bad flag.
         spec = read_spec(Path(config))
-    # Inputs first: the config and the adapter are checked as `check` would; an error there
-    # is reported, in the chosen format, instead of a probe built on it.
+    # Inputs first: the config and the adapter are checked as `check` would; their findings
+    # are part of the report, and an error stops the run before the probe (unless
+    # --keep-going).
     inputs = [p for p in (config, adapter) if p is not None and Path(p).exists()]
+    run_options = RunOptions(select=_split(select), extend_select=_split(extend_select),
+                             ignore=_split(ignore),
+                             fail_on=fail_on.value if fail_on is not None else None, jobs=1)
+    color = _color(sys.stdout)
     if inputs:
-        from loracheck.runner import RunOptions, failing, run
-
-        checked, settings = run(inputs, RunOptions(jobs=1))
-        if failing(checked, settings.fail_on):
-            _write(_render_report(checked, format, color=_color(sys.stdout)), None)
-            return 1
+        checked, settings = run(inputs, run_options)
+    else:
+        checked = Report()
+        settings = load_settings([Path.cwd()], select=run_options.select,
+                                 extend_select=run_options.extend_select,
+                                 ignore=run_options.ignore, fail_on=run_options.fail_on)
+    if inputs and not keep_going and failing(checked, settings.fail_on):
+        checked.passed = False
+        _write(_render_verify(checked, format, color=color), None)
+        return 1
     opts = VerifyOptions(
         model=model, adapter=_path(adapter), config=_path(config), spec=spec, profile=profile,
         init=init, probe_steps=probe_steps, lr=lr, batch_size=batch_size, seq_len=seq_len,
@@ -325,27 +342,23 @@ def verify(
     )
     bar = _StepBar()
     try:
-        result = run_verify(opts, progress=bar)
+        record = run_verify(opts, progress=bar)
     finally:
         bar.close()
-    root = Path.cwd()
-    report = Report(adapters=[], diagnostics=list(result.diagnostics))
-    if format is CheckFormat.json:
-        import json
+    subject = Adapter(path=record.model, format="verify", files=[], spec=None)
+    diagnostics = [*checked.diagnostics, *check_probe(record, subject, settings)]
+    report = Report(adapters=checked.adapters, diagnostics=diagnostics, probe=record)
+    report.passed = not failing(report, settings.fail_on)
+    _write(_render_verify(report, format, color=color), None)
+    return 0 if report.passed else 1
 
-        _write(json.dumps(result.to_dict(), indent=2, allow_nan=False, default=str), None)
-    elif format is CheckFormat.sarif:
-        from loracheck.rules.registry import all_rules
 
-        _write(render.render_sarif(report, {r.code: r for r in all_rules()}, root=root,
-                                   tool_version=__version__), None)
-    elif format is CheckFormat.github:
-        _write(render.render_github(report, root=root), None)
-    else:
-        from loracheck.verify import render_verify_text
+def _render_verify(report: Any, format: CheckFormat, *, color: bool) -> str:
+    if format is CheckFormat.text:
+        from loracheck.render import render_verify_text
 
-        _write(render_verify_text(result), None)
-    return 1 if any(d.severity.value == "error" for d in result.diagnostics) else 0
+        return render_verify_text(report, color=color, root=Path.cwd())
+    return _render_report(report, format, color=color)
 
 
 def _path(value: str | None) -> Path | None:
@@ -353,7 +366,8 @@ def _path(value: str | None) -> Path | None:
 
 
 def _post_save_check(path: Path) -> list[Any]:
-    """`loracheck check` on the adapter verify saved: its errors become verify's findings."""
+    """`loracheck check` on the adapter verify saved: its errors go into the probe record
+    (LC306 reports them)."""
     from loracheck.runner import RunOptions, run
 
     report, _ = run([str(path)], RunOptions(jobs=1))

@@ -19,6 +19,7 @@ from loracheck.rules.registry import select_rules
 
 if TYPE_CHECKING:
     from loracheck.basemodel import BaseModelInfo
+    from loracheck.probe_record import ProbeRecord
     from loracheck.settings import Settings
 
 
@@ -101,13 +102,25 @@ def sort_key(d: Diagnostic) -> tuple[str, int, str, str]:
 def check_adapter(
     adapter: Adapter, settings: Settings, base: BaseModelInfo | None = None
 ) -> list[Diagnostic]:
-    """Every diagnostic the selected rules give for ``adapter``, filtered and sorted."""
+    """Every diagnostic the selected artifact rules give for ``adapter``, filtered and sorted."""
     ctx = RuleContext(adapter=adapter, profile=settings.profile, base=base)
+    return _judge(ctx, settings, probe=False)
+
+
+def check_probe(probe: ProbeRecord, adapter: Adapter, settings: Settings) -> list[Diagnostic]:
+    """Every diagnostic the selected probe rules (LC3xx) give for what ``verify`` measured;
+    ``adapter`` names the subject (the model folder) and carries the spec that was probed."""
+    ctx = RuleContext(adapter=adapter, profile=settings.profile, probe=probe)
+    return _judge(ctx, settings, probe=True)
+
+
+def _judge(ctx: RuleContext, settings: Settings, *, probe: bool) -> list[Diagnostic]:
+    adapter = ctx.adapter
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
     out: list[Diagnostic] = []
     method = adapter.method
     for rule in rules:
-        if method not in rule.methods:
+        if rule.probe is not probe or method not in rule.methods:
             continue
         for finding in rule(ctx):
             diag = _diagnostic(rule, finding, adapter, settings)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from loracheck.probe_record import ProbeRecord
 
 
 class Severity(str, Enum):
@@ -415,10 +418,16 @@ class Adapter:
 
 @dataclass
 class Report:
-    """The result of one run over many paths: adapters, diagnostics, summary."""
+    """The result of one run over many paths: adapters, diagnostics, summary.
+
+    A ``verify`` run adds what it measured (``probe``) and its verdict (``passed``: no
+    diagnostic reaches ``--fail-on``, the same test that sets the exit code).
+    """
 
     adapters: list[Adapter] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    probe: ProbeRecord | None = None
+    passed: bool | None = None
 
     def count(self, severity: Severity) -> int:
         return sum(1 for d in self.diagnostics if d.severity == severity)

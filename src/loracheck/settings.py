@@ -53,12 +53,14 @@ _THRESHOLD_KEYS: Mapping[str, tuple[str, type]] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """The LoRA settings a profile stands for: what `verify` injects when no config is given."""
+    """The LoRA settings a profile stands for: what `verify` injects when no config is given.
+    ``target_modules`` None means the architecture's default, as PEFT chooses it
+    (:mod:`loracheck.default_targets`)."""
 
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ Nothing from the folder is ever executed: every transformers call passes
 ``trust_remote_code=False`` (a folder whose ``auto_map`` names its own Python classes is
 refused, never imported), and stdin is empty while transformers runs, so no prompt can be
 answered.
-A causal LM is probed with next-token cross-entropy on its logits; a model without an LM head
-gets a generic objective, the mean squared error between its last hidden state and a fixed
-random target, so that "the loss moves" still means the adapter learns.
+The model class follows the task (:func:`task_of`): ``config.architectures`` and the adapter's
+PEFT ``task_type`` choose a causal LM, a sequence classifier (its head kept), a seq2seq LM, a
+vision backbone or a plain backbone; :mod:`loracheck.reference.objective` says how each is
+probed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from loracheck.errors import UsageError
+from loracheck.probe_record import Task
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -38,7 +40,7 @@ class LoadedModel:
 
     model: nn.Module
     path: str
-    causal: bool
+    task: Task
     vocab_size: int
     tokenizer: Any | None = None
 
@@ -47,13 +49,6 @@ class LoadedModel:
         if self.tokenizer is not None:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return [b % self.vocab_size for b in text.encode("utf-8")]
-
-    def output(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits (b, t, vocab) of a causal LM, else the last hidden state (b, t, dim)."""
-        out = self.model(input_ids=ids)
-        if self.causal:
-            return out.logits  # type: ignore[no-any-return]
-        return out.last_hidden_state  # type: ignore[no-any-return]
 
 
 def require_transformers() -> ModuleType:
@@ -64,48 +59,98 @@ def require_transformers() -> ModuleType:
         raise UsageError("--model PATH needs transformers: pip install 'loracheck[hf]'") from None
 
 
-def _is_causal(config_path: Path) -> bool:
+# PEFT's task_type (peft/utils/peft_types.py, TaskType, 0.21.2) -> the task probed.
+_PEFT_TASKS = {
+    "CAUSAL_LM": Task.CAUSAL_LM,
+    "SEQ_CLS": Task.SEQ_CLS,
+    "SEQ_2_SEQ_LM": Task.SEQ2SEQ,
+    "FEATURE_EXTRACTION": Task.FEATURES,
+}
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """The model folder's ``config.json`` as data (one line on failure)."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{path}: not a transformers model folder (no config.json)")
     try:
-        raw = json.loads(config_path.read_text())
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{config_path}: cannot read the model config ({exc})") from None
-    archs = raw.get("architectures") or []
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        raise UsageError(f"{config_path}: cannot read the model config ({_first_line(exc)})"
+                         ) from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{config_path}: the model config is not a JSON object")
+    return raw
+
+
+def task_of(config: dict[str, Any], task_type: str | None = None) -> Task:
+    """The task to probe: the adapter's PEFT ``task_type`` when it names one, else what
+    ``config.architectures`` says (``…ForCausalLM``/``…LMHeadModel``, ``…ForSequence-
+    Classification``, an encoder-decoder, an image model), else a plain backbone."""
+    if task_type and str(task_type).upper() in _PEFT_TASKS:
+        return _PEFT_TASKS[str(task_type).upper()]
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return Task.SEQ_CLS
+    if config.get("is_encoder_decoder") and any(
+            a.endswith(("ForConditionalGeneration", "ForSeq2SeqLM")) for a in archs):
+        return Task.SEQ2SEQ
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return Task.CAUSAL_LM
+    if "image_size" in config and "num_channels" in config:
+        return Task.VISION
+    return Task.FEATURES
+
+
+def _auto_class(transformers: ModuleType, task: Task, config: dict[str, Any]) -> Any:
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if task is Task.CAUSAL_LM:
+        return transformers.AutoModelForCausalLM
+    if task is Task.SEQ_CLS:
+        return transformers.AutoModelForSequenceClassification
+    if task is Task.SEQ2SEQ:
+        return transformers.AutoModelForSeq2SeqLM
+    if task is Task.VISION and any(a.endswith("ForImageClassification") for a in archs):
+        return transformers.AutoModelForImageClassification
+    return transformers.AutoModel
 
 
 def load_hf_model(
     path: Path,
     *,
+    task: Task,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     device_map: str | None = None,
 ) -> LoadedModel:
-    """Load a local transformers model folder (no network), in eval mode.
+    """Load a local transformers model folder (no network) for ``task``, in eval mode.
 
     ``device_map="auto"`` shards the model through accelerate (which must be installed);
     otherwise the whole model is moved to ``device``.
     """
     path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise UsageError(f"{path}: not a transformers model folder (no config.json)")
+    config = read_model_config(path)
     transformers = require_transformers()
-    causal = _is_causal(config_path)
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype,
                               "trust_remote_code": False}
     if device_map is not None:
         if importlib.util.find_spec("accelerate") is None:
             raise UsageError("--device-map needs accelerate: pip install accelerate")
         kwargs["device_map"] = device_map
-    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    auto = _auto_class(transformers, task, config)
+    transformers.utils.logging.disable_progress_bar()  # verify draws its own progress
     try:
         with _no_stdin():
             model = auto.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: cannot load the model ({_first_line(exc)})") from None
     if device_map is None:
         model.to(device)
     model.eval()
+    if task is Task.SEQ_CLS and getattr(model.config, "pad_token_id", None) is None:
+        # A classifier without a pad token refuses batches > 1; an id no input holds makes
+        # it read the last position, as it does for unpadded rows (in memory only).
+        model.config.pad_token_id = -1
     tokenizer = None
     if any((path / name).is_file() for name in _TOKENIZER_FILES):
         try:
@@ -114,8 +159,9 @@ def load_hf_model(
                     str(path), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, EOFError):
             tokenizer = None
-    vocab = int(getattr(model.config, "vocab_size", 256) or 256)
-    return LoadedModel(model, str(path), causal, vocab, tokenizer)
+    text_config = getattr(model.config, "get_text_config", lambda: model.config)()
+    vocab = int(getattr(text_config, "vocab_size", 256) or 256)
+    return LoadedModel(model, str(path), task, vocab, tokenizer)
 
 
 @contextlib.contextmanager

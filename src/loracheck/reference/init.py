@@ -106,17 +106,18 @@ def init_lora(
 
 def _pissa(layer: LoRALinear) -> None:
     """Top-r SVD of W into the factors; the base keeps the residual W − s·B·A."""
-    weight = layer.base_layer.weight
+    weight = layer.base_weight
     w = weight.detach().float()
+    w = w.T if layer.fan_in_fan_out else w  # (out, in)
     u, s_vals, vh = torch.linalg.svd(w, full_matrices=False)
     r, scale = layer.rank, layer.scaling
     root = torch.sqrt(s_vals[:r] / scale)
     a = root[:, None] * vh[:r]  # (r, in)
     b = u[:, :r] * root[None, :]  # (out, r)
-    layer.lora_A.weight.copy_(a.to(weight.dtype))
-    layer.lora_B.weight.copy_(b.to(weight.dtype))
+    layer.lora_A.weight.copy_(a)
+    layer.lora_B.weight.copy_(b)
     residual = w - scale * (b @ a)
-    weight.copy_(residual.to(weight.dtype))
+    weight.copy_((residual.T if layer.fan_in_fan_out else residual).to(weight.dtype))
 
 
 def init_model(

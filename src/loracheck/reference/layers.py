@@ -5,22 +5,65 @@ functions in :mod:`loracheck.reference.inject` and :mod:`loracheck.reference.ini
 
 Attribute names follow PEFT's (``base_layer``, ``lora_A``, ``lora_B``, ``lora_embedding_A``,
 ``lora_embedding_B``) so that a state-dict key maps onto PEFT's on-disk key by a fixed prefix.
+
+The factors are float32 whatever the base's dtype (fp32 master weights, as AMP keeps them and as
+PEFT's ``autocast_adapter_dtype=True`` does): the LoRA branch computes in fp32 and its sum with
+the base output is rounded once to the base's dtype.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loracheck.scaling import effective_scale
+
+FACTOR_DTYPE = torch.float32
+
 
 def lora_scaling(rank: int, alpha: float, *, use_rslora: bool = False) -> float:
-    """s = α/r, or α/√r with rsLoRA (Kalajdzievski, 2023)."""
-    if rank <= 0:
+    """s = α/r, or α/√r with rsLoRA: :func:`loracheck.scaling.effective_scale`, the one owner
+    of the formula."""
+    scale = effective_scale(rank, alpha, use_rslora=use_rslora)
+    if scale is None:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
-    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+    return scale
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and kin): a linear layer whose weight is stored
+    (in, out), y = x @ W + b. Recognised by shape, without importing transformers."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
+            and weight.ndim == 2 and hasattr(module, "nf"))
+
+
+class LoRADropout(nn.Module):
+    """Dropout on the LoRA branch's input that draws its masks from its own generator.
+
+    The base model's own dropout layers keep drawing from the global stream exactly as without
+    the adapter, so train-mode outputs with and without LoRA compare like for like (the step-0
+    identity holds bit for bit on models with dropout, such as OPT and BERT).
+    """
+
+    def __init__(self, p: float, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.p = p
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p >= 1.0:
+            return torch.zeros_like(x)
+        if self.generator is None:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
 
 
 class LoRALinear(nn.Module):
@@ -36,6 +79,9 @@ class LoRALinear(nn.Module):
         lora_B.weight: (out_features, r)   the up-projection
         ΔW = s · B @ A: (out_features, in_features)
 
+    A transformers ``Conv1D`` base stores its weight (in, out) (PEFT's ``fan_in_fan_out``): the
+    factors keep the shapes above and ΔW is merged transposed.
+
     Init is left to :func:`loracheck.reference.init.init_lora`; the default here is A = B = 0
     (so a freshly built layer is the identity until an init scheme runs). Dropout applies to
     the input of the LoRA branch only and is ``nn.Identity`` when ``dropout == 0``. The scale is
@@ -48,16 +94,19 @@ class LoRALinear(nn.Module):
         alpha: α, the numerator of the scale.
         dropout: dropout probability on the LoRA branch's input.
         use_rslora: scale by α/√r instead of α/r.
+        generator: where the dropout masks come from (see :class:`LoRADropout`); None uses
+            the global stream, as ``nn.Dropout`` does.
     """
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         rank: int,
         alpha: float,
         *,
         dropout: float = 0.0,
         use_rslora: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base
@@ -65,21 +114,45 @@ class LoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scaling = lora_scaling(rank, self.alpha, use_rslora=use_rslora)
-        dev, dt = base.weight.device, base.weight.dtype
-        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=dev, dtype=dt)
-        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=dev, dtype=dt)
+        self.fan_in_fan_out = is_conv1d(base)
+        weight = base.weight
+        assert isinstance(weight, torch.Tensor)
+        rows, cols = weight.shape
+        self._in, self._out = (int(rows), int(cols)) if self.fan_in_fan_out else (int(cols),
+                                                                                   int(rows))
+        dev = weight.device
+        self.lora_A = nn.Linear(self._in, rank, bias=False, device=dev, dtype=FACTOR_DTYPE)
+        self.lora_B = nn.Linear(rank, self._out, bias=False, device=dev, dtype=FACTOR_DTYPE)
         nn.init.zeros_(self.lora_A.weight)
         nn.init.zeros_(self.lora_B.weight)
-        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout: nn.Module = (LoRADropout(dropout, generator) if dropout > 0
+                                        else nn.Identity())
         self.merged = False
 
     @property
     def in_features(self) -> int:
-        return int(self.base_layer.in_features)
+        return self._in
 
     @property
     def out_features(self) -> int:
-        return int(self.base_layer.out_features)
+        return self._out
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        """The base weight as stored: (out, in), or (in, out) for a Conv1D base."""
+        weight = self.base_layer.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    # Model code reads ``layer.weight`` (T5 checks its dtype): the base's, as PEFT exposes it.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.base_layer, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
 
     @property
     def factor_a(self) -> torch.Tensor:
@@ -93,16 +166,20 @@ class LoRALinear(nn.Module):
         y: torch.Tensor = self.base_layer(x)
         if self.merged:
             return y
-        # (..., in) -> (..., r) -> (..., out)
-        update: torch.Tensor = self.lora_B(self.lora_A(self.lora_dropout(x)))
+        # (..., in) -> (..., r) -> (..., out), in fp32
+        update: torch.Tensor = self.lora_B(self.lora_A(self.lora_dropout(x.to(FACTOR_DTYPE))))
+        if y.dtype != FACTOR_DTYPE:
+            return (y.to(FACTOR_DTYPE) + update * self.scaling).to(y.dtype)
         # In place: linear's backward keeps its input and weight, not y, so y is free to reuse.
         return y.add_(update, alpha=self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = s · B @ A, shape (out, in), computed in fp32 and returned in the base's dtype."""
+        """ΔW = s · B @ A in the base weight's layout ((out, in), or (in, out) for Conv1D),
+        computed in fp32 and returned in the base's dtype."""
         a = self.lora_A.weight.detach().float()
         b = self.lora_B.weight.detach().float()
-        return ((b @ a) * self.scaling).to(self.base_layer.weight.dtype)
+        delta = (b @ a) * self.scaling
+        return (delta.T if self.fan_in_fan_out else delta).to(self.base_weight.dtype)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
@@ -139,12 +216,12 @@ class LoRAEmbedding(nn.Module):
         self.alpha = float(alpha)
         self.use_rslora = use_rslora
         self.scaling = lora_scaling(rank, self.alpha, use_rslora=use_rslora)
-        dev, dt = base.weight.device, base.weight.dtype
+        dev = base.weight.device
         self.lora_embedding_A = nn.Parameter(
-            torch.zeros(rank, base.num_embeddings, device=dev, dtype=dt)
+            torch.zeros(rank, base.num_embeddings, device=dev, dtype=FACTOR_DTYPE)
         )
         self.lora_embedding_B = nn.Parameter(
-            torch.zeros(base.embedding_dim, rank, device=dev, dtype=dt)
+            torch.zeros(base.embedding_dim, rank, device=dev, dtype=FACTOR_DTYPE)
         )
         self.merged = False
 
@@ -164,6 +241,14 @@ class LoRAEmbedding(nn.Module):
     def factor_b(self) -> torch.Tensor:
         return self.lora_embedding_B
 
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base_layer(ids)
         if self.merged:
@@ -179,7 +264,8 @@ class LoRAEmbedding(nn.Module):
             scale_grad_by_freq=base.scale_grad_by_freq,
             sparse=base.sparse,
         )
-        return y + (after_a @ self.lora_embedding_B.T) * self.scaling
+        update = (after_a @ self.lora_embedding_B.T) * self.scaling
+        return (y.to(FACTOR_DTYPE) + update).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · (B @ A)ᵀ, shape (num_embeddings, dim), in the base's dtype."""

@@ -7,6 +7,8 @@ On disk (PEFT's ``save_pretrained`` for the adapter named ``default``)::
                                  base_model.model.<path>.lora_B.weight      (out, r)
                                  base_model.model.<path>.lora_embedding_A   (r, num_embeddings)
                                  base_model.model.<path>.lora_embedding_B   (dim, r)
+                                 base_model.model.<saved>.<param>           a module of
+                                                                            modules_to_save
 
 ``<path>`` is the module's dotted name inside the model PEFT wraps, so a file written for a
 ``LlamaForCausalLM`` loads with ``PeftModel.from_pretrained(LlamaForCausalLM(...), dir)``.
@@ -28,7 +30,7 @@ from torch import nn
 from loracheck.errors import UsageError
 from loracheck.model import LoraSpec
 from loracheck.reference.inject import Target, lora_modules
-from loracheck.reference.layers import LoRAEmbedding, LoRALinear
+from loracheck.reference.layers import LoRAEmbedding, LoRALinear, is_conv1d
 from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_alpha
 
 PREFIX = "base_model.model."
@@ -57,11 +59,22 @@ class AdapterFactors:
     factors: dict[str, tuple[np.ndarray, np.ndarray]]
     scalings: dict[str, float] = field(default_factory=dict)
     spec: LoraSpec | None = None
+    # DoRA magnitude vectors or lora_B biases in the file (features the reference refuses).
+    has_magnitude: bool = False
+    has_bias: bool = False
+    # The safetensors file the factors came from (modules_to_save copies are read from it).
+    weights_file: str | None = None
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA factors of ``model`` under PEFT's keys (detached, contiguous)."""
+def adapter_state_dict(
+    model: nn.Module, saved_modules: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """The LoRA factors of ``model`` and the parameters of ``saved_modules`` under PEFT's keys
+    (detached, contiguous)."""
     out: dict[str, torch.Tensor] = {}
+    for name in saved_modules or []:
+        for param_name, param in model.get_submodule(name).named_parameters():
+            out[f"{PREFIX}{name}.{param_name}"] = param
     for name, module in lora_modules(model):
         if isinstance(module, LoRALinear):
             out[f"{PREFIX}{name}.lora_A.weight"] = module.lora_A.weight
@@ -72,7 +85,10 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def adapter_config(model: nn.Module, spec: LoraSpec, *, scheme: str = "kaiming") -> dict[str, Any]:
+def adapter_config(
+    model: nn.Module, spec: LoraSpec, *, scheme: str = "kaiming",
+    saved_modules: list[str] | None = None,
+) -> dict[str, Any]:
     """An ``adapter_config.json`` body that makes PEFT rebuild exactly these LoRA layers.
 
     ``target_modules`` lists the full names adapted (PEFT matches a full name by equality), so
@@ -88,7 +104,7 @@ def adapter_config(model: nn.Module, spec: LoraSpec, *, scheme: str = "kaiming")
     alpha_pattern = {n: a for n, a in alphas.items() if a != alpha}
     return {
         "peft_type": "LORA",
-        "task_type": None,
+        "task_type": spec.task_type,
         "base_model_name_or_path": spec.base_model,
         "r": r,
         "lora_alpha": alpha,
@@ -100,7 +116,7 @@ def adapter_config(model: nn.Module, spec: LoraSpec, *, scheme: str = "kaiming")
         "init_lora_weights": _PEFT_INIT.get(scheme, True),
         "target_modules": sorted(ranks),
         "exclude_modules": None,
-        "modules_to_save": None,
+        "modules_to_save": sorted(saved_modules) if saved_modules else None,
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "layers_to_transform": None,
@@ -116,6 +132,7 @@ def save_adapter(
     *,
     scheme: str = "kaiming",
     overwrite: bool = False,
+    saved_modules: list[str] | None = None,
 ) -> Path:
     """Write ``model``'s adapter in PEFT's format into ``out_dir``.
 
@@ -129,28 +146,11 @@ def save_adapter(
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"{out_dir} is not empty; choose another folder or allow overwriting")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.cpu() for k, v in adapter_state_dict(model).items()}
+    tensors = {k: v.cpu() for k, v in adapter_state_dict(model, saved_modules).items()}
     save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-    body = adapter_config(model, spec, scheme=scheme)
+    body = adapter_config(model, spec, scheme=scheme, saved_modules=saved_modules)
     (out_dir / CONFIG_NAME).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return out_dir
-
-
-def spec_from_peft_json(path: Path) -> LoraSpec:
-    raw = json.loads(path.read_text())
-    return LoraSpec(
-        source_format="peft",
-        path=str(path),
-        rank=raw.get("r"),
-        alpha=raw.get("lora_alpha"),
-        dropout=raw.get("lora_dropout"),
-        init_lora_weights=raw.get("init_lora_weights"),
-        use_rslora=raw.get("use_rslora"),
-        use_dora=raw.get("use_dora"),
-        target_modules=raw.get("target_modules"),
-        rank_pattern=raw.get("rank_pattern") or {},
-        alpha_pattern=raw.get("alpha_pattern") or {},
-    )
 
 
 def strip_prefix(key: str) -> str:
@@ -164,8 +164,10 @@ def read_peft_dir(path: Path) -> AdapterFactors:
     """Read a PEFT adapter folder (ours or PEFT's) into canonical float32 factors."""
     from safetensors.torch import load_file
 
+    from loracheck.configs import read_spec
+
     path = Path(path)
-    spec = spec_from_peft_json(path / CONFIG_NAME)
+    spec = read_spec(path / CONFIG_NAME)
     tensors = {k: v.float().numpy() for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
@@ -186,24 +188,52 @@ def read_peft_dir(path: Path) -> AdapterFactors:
         scale = effective_scale(a.shape[0], alpha, use_rslora=bool(spec.use_rslora))
         if scale is not None:
             scalings[module] = scale
-    return AdapterFactors(str(path), factors, scalings, spec)
+    return AdapterFactors(str(path), factors, scalings, spec,
+                          weights_file=str(path / WEIGHTS_NAME))
 
 
 def read_adapter(path: Path) -> AdapterFactors:
     """Read any adapter the core can load (``loracheck.load``), else a PEFT folder directly."""
+    from loracheck.load import load_factors
+
     path = Path(path)
-    try:
-        from loracheck.load import load_factors
-    except ImportError:
-        if path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-            return read_peft_dir(path)
-        raise UsageError(f"{path}: only PEFT adapter folders can be read in this build") from None
     adapter, factors = load_factors(path)
     scalings: dict[str, float] = {}
     for layer in adapter.layers:
         if layer.scaling is not None:
             scalings[layer.name] = float(layer.scaling)
-    return AdapterFactors(str(path), dict(factors), scalings, adapter.spec)
+    weights = [f for f in adapter.files if f.endswith(".safetensors")]
+    return AdapterFactors(
+        str(path), dict(factors), scalings, adapter.spec,
+        has_magnitude=any(layer.magnitude is not None for layer in adapter.layers),
+        has_bias=any(layer.bias is not None for layer in adapter.layers),
+        weights_file=weights[0] if weights else None,
+    )
+
+
+@torch.no_grad()
+def load_saved_modules(model: nn.Module, weights: Path, saved_modules: list[str]) -> int:
+    """Copy the ``modules_to_save`` parameters stored in ``weights`` (a safetensors file, or a
+    folder holding PEFT's) into ``model``; returns how many tensors were copied. A saved module
+    the file does not hold keeps the model's own weights, as PEFT's copy starts from them."""
+    from safetensors import safe_open
+
+    if not saved_modules:
+        return 0
+    path = Path(weights)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    wanted = {f"{PREFIX}{m}.{n}": p for m in saved_modules
+              for n, p in model.get_submodule(m).named_parameters()}
+    count = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            param = wanted.get(key)
+            if param is not None and tuple(handle.get_slice(key).get_shape()) == tuple(
+                    param.shape):
+                param.copy_(handle.get_tensor(key).to(param.dtype))
+                count += 1
+    return count
 
 
 def resolve_module(key: str, names: Mapping[str, nn.Module]) -> str | None:
@@ -256,10 +286,13 @@ def fit_adapter(
         rank = int(a.shape[0])
         if isinstance(module, nn.Linear):
             kind, fan_in, fan_out = "linear", module.in_features, module.out_features
+        elif is_conv1d(module):
+            kind, (fan_in, fan_out) = "linear", tuple(int(d) for d in module.weight.shape)
         elif isinstance(module, nn.Embedding):
             kind, fan_in, fan_out = "embedding", module.num_embeddings, module.embedding_dim
         else:
-            problems.append((key, f"{name} is a {type(module).__name__}, not Linear or Embedding"))
+            problems.append((key, f"{name} is a {type(module).__name__}, not Linear, Conv1D or "
+                                  "Embedding"))
             continue
         if a.shape[1] != fan_in or b.shape[0] != fan_out:
             problems.append(

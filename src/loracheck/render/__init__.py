@@ -10,6 +10,7 @@ from loracheck.render.inspect_text import render_inspect_text
 from loracheck.render.json_out import SCHEMA_VERSION, render_json, report_to_dict
 from loracheck.render.sarif import render_sarif
 from loracheck.render.text import render_text
+from loracheck.render.verify_text import render_verify_text
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -18,5 +19,6 @@ __all__ = [
     "render_json",
     "render_sarif",
     "render_text",
+    "render_verify_text",
     "report_to_dict",
 ]

@@ -7,6 +7,7 @@ that removes or retypes a field (adding a field is not a break). Non-finite floa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -277,7 +278,25 @@ def report_to_dict(report: Report, *, all_layers: bool = True) -> dict[str, Any]
             "warnings": report.count(Severity.WARNING),
             "infos": report.count(Severity.INFO),
         },
+        **({"verify": probe_to_dict(report)} if report.probe is not None else {}),
     }
+
+
+def probe_to_dict(report: Report) -> dict[str, Any]:
+    """What ``verify`` measured, field by field as :class:`ProbeRecord` names them (non-finite
+    numbers as null), with the run's verdict."""
+    probe = report.probe
+    assert probe is not None
+    body: dict[str, Any] = {"passed": report.passed}
+    body.update(dataclasses.asdict(probe))
+    body["stopped"] = probe.stopped
+    drop = probe.losses.drop if probe.losses is not None else None
+    if body.get("losses") is not None:
+        body["losses"]["drop"] = drop
+    # asdict deep-copies the diagnostics of the saved-adapter check; give them the shared shape
+    if probe.reload is not None:
+        body["reload"]["saved_check"] = [diagnostic_to_dict(d) for d in probe.reload.saved_check]
+    return body
 
 
 def dumps(data: Any) -> str:

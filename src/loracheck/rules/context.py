@@ -28,6 +28,7 @@ from loracheck.model import (
 
 if TYPE_CHECKING:
     from loracheck.basemodel import BaseModelInfo
+    from loracheck.probe_record import ProbeRecord
     from loracheck.settings import Profile, Thresholds
 
 SECTIONS = ("## What it does", "## Why is this bad?", "## Example", "## Use instead")
@@ -52,11 +53,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class RuleContext:
-    """The inputs of every rule: the adapter, the profile, the stage and the base model."""
+    """The inputs of every rule: the adapter, the profile, the stage and the base model; for
+    the probe rules (LC3xx), what ``verify`` measured on the live model."""
 
     adapter: Adapter
     profile: Profile
     base: BaseModelInfo | None = None
+    probe: ProbeRecord | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -116,11 +119,14 @@ LORA_AND_OTHER = frozenset({MethodKind.LORA, MethodKind.OTHER})
 @dataclass(frozen=True)
 class Rule:
     """A rule: its metadata, its check function and the methods it judges (``methods``: the
-    engine runs it only on adapters of those kinds). Calling it runs the check."""
+    engine runs it only on adapters of those kinds). ``probe`` rules judge what ``verify``
+    measured and run only on a probe record; the others judge artifacts. Calling it runs the
+    check."""
 
     meta: RuleMeta
     check: CheckFn
     methods: frozenset[MethodKind] = LORA_ONLY
+    probe: bool = False
 
     @property
     def code(self) -> str:
@@ -131,8 +137,8 @@ class Rule:
 
 
 def faults_of(ctx: RuleContext, code: str) -> Iterator[Finding]:
-    """The loader's (or the probe's) recorded faults with ``code``, as findings: how the input
-    rules (LC0xx, LC215) and the probe rules (LC3xx) report."""
+    """The loader's recorded faults with ``code``, as findings: how the input rules (LC0xx,
+    LC215) report."""
     for fault in ctx.adapter.faults:
         if fault.code == code:
             yield Finding(fault.detail, fault.location, fault.line, fault.path or None)
@@ -147,14 +153,16 @@ def summary_of(doc: str) -> str:
 
 
 def rule(
-    code: str, name: str, severity: Severity, methods: frozenset[MethodKind] = LORA_ONLY
+    code: str, name: str, severity: Severity, methods: frozenset[MethodKind] = LORA_ONLY,
+    *, probe: bool = False,
 ) -> Callable[[CheckFn], Rule]:
-    """Attach a code, a kebab-case name, a default severity and the methods it judges."""
+    """Attach a code, a kebab-case name, a default severity, the methods it judges and whether
+    it judges a probe record."""
 
     def wrap(fn: CheckFn) -> Rule:
         doc = _dedent(fn.__doc__ or "")
         meta = RuleMeta(code, name, severity, summary_of(doc), doc)
-        return Rule(meta, fn, methods)
+        return Rule(meta, fn, methods, probe)
 
     return wrap
 

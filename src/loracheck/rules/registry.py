@@ -56,6 +56,7 @@ RULES: tuple[Rule, ...] = (
     probe.reload_changes_outputs,
     probe.probe_non_finite,
     probe.adapter_model_mismatch,
+    probe.probe_unsupported_feature,
 )
 
 # Retired codes: code -> (name, what replaced it). Never reuse one of these codes.
