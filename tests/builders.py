@@ -199,3 +199,25 @@ def check_config(folder: Path, name: str, text: str) -> list[Any]:
     path.write_text(text)
     (adapter,) = load_paths([str(path)])
     return check_adapter(adapter, Settings())
+
+
+def judge_probe(record: Any, **settings: Any) -> list[Any]:
+    """The LC3xx diagnostics the engine gives for a verify record (isolated settings)."""
+    from loracheck.engine import check_probe
+    from loracheck.model import Adapter
+    from loracheck.settings import load_settings
+
+    resolved = load_settings([Path.cwd()], isolated=True, **settings)
+    subject = Adapter(path=record.model, format="verify", files=[], spec=None)
+    return check_probe(record, subject, resolved)
+
+
+def probe_text(record: Any) -> str:
+    """The verify text report of ``record`` judged with the default settings (for messages)."""
+    from loracheck.model import Report
+    from loracheck.render import render_verify_text
+
+    diagnostics = judge_probe(record)
+    report = Report(diagnostics=diagnostics, probe=record,
+                    passed=not any(d.severity.value == "error" for d in diagnostics))
+    return render_verify_text(report, color=False, root=Path.cwd())

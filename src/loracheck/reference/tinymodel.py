@@ -40,7 +40,8 @@ class TinyConfig:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) · g, with rms(x) = √(mean(x²) + ε) over the last dimension."""
+    """x / rms(x) · g, with rms(x) = √(mean(x²) + ε) over the last dimension, computed in
+    fp32 as transformers' LlamaRMSNorm does (in fp16, d rsqrt/dm overflows for small x)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -48,7 +49,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,13 @@ def root_cause(record: ProbeRecord) -> str | None:
     if record.lr == 0:
         return "the learning rate is 0"
     grads = record.gradients
-    if grads and all(not g.trainable for g in grads):
-        return "every LoRA factor is frozen (requires_grad is False)"
-    if grads and all(g.grad_absmax is None for g in grads if g.trainable):
-        return "no LoRA factor receives a gradient (the LoRA branch is detached or bypassed)"
+    frozen = [f"{g.module}.lora_{g.factor}" for g in grads if g.backward == 1 and not g.trainable]
+    if frozen:
+        return (f"{len(frozen)} LoRA factors are frozen (first {frozen[0]}; requires_grad is "
+                "False)")
+    if grads and all(not g.grad_absmax for g in grads if g.trainable):
+        return ("no LoRA factor receives a gradient (the LoRA branch is detached, bypassed or "
+                "fed zeros)")
     return None
 
 
