@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -190,7 +191,7 @@ def _subject(opts: VerifyOptions, device: str, dtype: torch.dtype, spec: LoraSpe
     n_labels = int(getattr(model_config, "num_labels", 0) or 0) or None
     pixels = None
     if task is Task.VISION:
-        vision = getattr(model_config, "vision_config", model_config)
+        vision: Any = getattr(model_config, "vision_config", model_config)
         pixels = (int(vision.num_channels), int(vision.image_size))
     has_head = task is Task.SEQ_CLS or (
         task is Task.VISION and any(str(a).endswith("ForImageClassification")

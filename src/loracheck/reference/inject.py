@@ -3,9 +3,9 @@
 Targets follow PEFT's semantics (:mod:`loracheck.scaling`): a list selects module names equal
 to an entry or ending in ``"." + entry``; a string is a regex over the whole name;
 ``all-linear`` selects every ``nn.Linear`` (and transformers ``Conv1D``) except the output
-head; no targets means the architecture's default (:mod:`loracheck.default_targets`). ``exclude_modules`` wins
-over targets, ``modules_to_save`` are never targets, and ``rank_pattern`` / ``alpha_pattern``
-resolve per module. Freezing goes by module *type*: a base parameter whose name happens to
+head; no targets means the architecture's default (:mod:`loracheck.default_targets`).
+``exclude_modules`` wins over targets, ``modules_to_save`` are never targets (they train whole),
+and ``rank_pattern`` / ``alpha_pattern`` resolve per module. Freezing goes by module *type*: a base parameter whose name happens to
 contain ``lora_`` stays frozen.
 """
 
@@ -96,8 +96,9 @@ def _shape(module: nn.Module) -> tuple[str, int, int] | None:
     if isinstance(module, nn.Linear):
         return "linear", module.in_features, module.out_features
     if is_conv1d(module):
-        rows, cols = module.weight.shape
-        return "linear", int(rows), int(cols)
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor)
+        return "linear", int(weight.shape[0]), int(weight.shape[1])
     if isinstance(module, nn.Embedding):
         return "embedding", module.num_embeddings, module.embedding_dim
     return None
@@ -231,7 +232,9 @@ def inject(
         layer: LoRAModule
         if target.kind == "linear" and _shape(base) is not None:
             if generator is None and dropout > 0:
-                generator = torch.Generator(device=base.weight.device).manual_seed(seed + 7)
+                weight = base.weight
+                assert isinstance(weight, torch.Tensor)
+                generator = torch.Generator(device=weight.device).manual_seed(seed + 7)
             layer = LoRALinear(base, target.rank, target.alpha, dropout=dropout,
                                use_rslora=use_rslora, generator=generator)
         elif isinstance(base, nn.Embedding):

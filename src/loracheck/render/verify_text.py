@@ -43,9 +43,10 @@ def _rows(p: ProbeRecord) -> list[tuple[str, str, str | None]]:
         rows.append(("LC309", "features", ", ".join(u.feature for u in p.unsupported)))
     ident = p.identity
     if ident is None or ident.mode is not IdentityMode.NOT_EXPECTED:
+        bound = ("exact" if ident is None or ident.mode is IdentityMode.EXACT
+                 else f"tolerance {_g(ident.tolerance)}")
         rows.append(("LC301", "identity at step 0", None if ident is None else (
-            f"max |Δ| eval {_g(ident.eval_max_abs)}, train {_g(ident.train_max_abs)} "
-            f"({'exact' if ident.mode is IdentityMode.EXACT else 'tolerance ' + _g(ident.tolerance)}"
+            f"max |Δ| eval {_g(ident.eval_max_abs)}, train {_g(ident.train_max_abs)} ({bound}"
             f"{', eval only' if ident.mode is IdentityMode.EVAL_ONLY else ''})")))
     rows.append(("LC303", "only the adapter learns", None if p.trainable is None else (
         f"{p.trainable:,} trainable, {p.expected_trainable:,} expected; "

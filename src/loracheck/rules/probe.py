@@ -46,9 +46,11 @@ def root_cause(record: ProbeRecord) -> str | None:
 def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Runs the model with and without the freshly injected adapter on a fixed batch, in train and
-    in eval mode, and reports any difference of the logits: max |logits(W + s·B·A) − logits(W)|.
-    It must be exactly 0 in fp32 for B = 0 schemes, and within the dtype's tolerance against
-    the residual base for PiSSA-like schemes.
+    in eval mode, and reports any difference of the outputs: max |logits(W + s·B·A) − logits(W)|.
+    Train mode compares like with like: LoRA's dropout draws from its own generator, so the base
+    model's dropout masks are the same in both runs. It must be exactly 0 in fp32 for B = 0
+    schemes (and for a fresh ``--adapter``), and within the dtype's tolerance against the
+    residual base for PiSSA-like schemes.
 
     ## Why is this bad?
     LoRA's promise is W' = W + s·B·A = W at step 0: training starts from the pretrained model.
@@ -87,17 +89,22 @@ def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
 @rule("LC302", "stalled-loss", Severity.ERROR, ANY_METHOD, probe=True)
 def stalled_loss(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
-    Trains the adapter for ``--probe-steps`` steps on the probe data and reports when the mean of
-    the last 3 losses is not at least 5% below the first loss (``min_loss_drop``).
+    Trains the adapter for ``--probe-steps`` steps on one fixed batch (memorisation: the same
+    batch every step) and reports when the eval-mode loss on that batch did not fall at least
+    ``min_loss_drop`` (1e-4, relative) or rose. The message names the cause first when one
+    setting explains it: a scale of 0, ``lora_dropout`` 1, a learning rate of 0, frozen factors,
+    a detached branch, or updates that diverge.
 
     ## Why is this bad?
-    A loss that does not move in a few steps on a tiny, repeated batch means no useful gradient
-    reaches the adapter: a learning rate of 0, an optimizer built over the wrong parameters, a
-    scale so small that updates vanish. A long job would burn its budget learning nothing.
+    On a batch it sees at every step, any working adapter lowers the loss, on a random-init model
+    as on a pretrained one (the smallest drop over the test matrix of 15 architectures is 8e-4).
+    A loss that does not move means no useful gradient reaches the adapter; a loss that rises
+    means the scale or the learning rate makes the updates diverge. A long job would burn its
+    budget learning nothing.
 
     ## Example
     ```text
-    loss 5.5452 -> 5.5452 after 20 steps (lr = 0)
+    the learning rate is 0: the loss fell only 0% on the probe's fixed batch in 20 steps
     ```
 
     ## Use instead
