@@ -5,8 +5,8 @@ to an entry or ending in ``"." + entry``; a string is a regex over the whole nam
 ``all-linear`` selects every ``nn.Linear`` (and transformers ``Conv1D``) except the output
 head; no targets means the architecture's default (:mod:`loracheck.default_targets`).
 ``exclude_modules`` wins over targets, ``modules_to_save`` are never targets (they train whole),
-and ``rank_pattern`` / ``alpha_pattern`` resolve per module. Freezing goes by module *type*: a base parameter whose name happens to
-contain ``lora_`` stays frozen.
+and ``rank_pattern`` / ``alpha_pattern`` resolve per module. Freezing goes by module *type*:
+a base parameter whose name happens to contain ``lora_`` stays frozen.
 """
 
 from __future__ import annotations
