@@ -168,3 +168,45 @@ def test_trained_step_leaves_base_bit_identical() -> None:
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], w) for n, w in frozen.items())
     assert all(m.factor_a.any() and m.factor_b.any() for _, m in lora_modules(model))
+
+
+def test_lora_dropout_rate_stream_and_rescaling() -> None:
+    from loracheck.reference.layers import LoRADropout
+
+    gen = torch.Generator().manual_seed(3)
+    drop = LoRADropout(0.05, gen).train()
+    x = torch.ones(1000, 1000)
+    out, gain = drop.masked(x)
+    rate = round(0.05 * 2**16) / 2**16
+    n = x.numel()
+    dropped = int((out == 0).sum())
+    assert abs(dropped - rate * n) <= 5 * math.sqrt(n * rate * (1 - rate))
+    assert gain == 1 / 0.95
+    again = LoRADropout(0.05, torch.Generator().manual_seed(3)).train()
+    assert torch.equal(again(x), out * gain)  # the same generator state, the same mask
+    # The global stream (the base model's own dropout) is untouched by LoRA's masks.
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    drop(x)
+    assert torch.equal(torch.rand(4), expected)
+    assert drop.eval().masked(x) == (x, 1.0)
+
+
+def test_train_mode_layer_equals_the_masked_formula() -> None:
+    from loracheck.reference.layers import LoRADropout
+
+    torch.manual_seed(0)
+    base = nn.Linear(16, 8)
+    gen = torch.Generator().manual_seed(5)
+    layer = LoRALinear(base, 4, 8.0, dropout=0.25, generator=gen).train()
+    with torch.no_grad():
+        layer.lora_A.weight.normal_()
+        layer.lora_B.weight.normal_()
+    x = torch.randn(3, 7, 16)
+    state = gen.get_state()
+    got = layer(x)
+    gen.set_state(state)
+    mask = LoRADropout(0.25, gen).train()(x)  # the same draws: x · keep / (1 − p)
+    expected = base(x) + 2.0 * (mask @ layer.lora_A.weight.T) @ layer.lora_B.weight.T
+    assert float((got - expected).abs().max()) <= 1e-6 * float(expected.abs().max())

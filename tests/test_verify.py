@@ -90,9 +90,15 @@ def _dropout_one(model: Any) -> None:
 
 
 def _detach(model: Any) -> None:
+    # The update is computed, then cut from the graph: y = base(x) + (s·B·A·x).detach()
     for _, module in lora_modules(model):
-        module.lora_B.forward = lambda x, m=module.lora_B: torch.nn.functional.linear(
-            x, m.weight.detach())
+        full = module.forward
+
+        def detached(x: Any, m: Any = module, full: Any = full) -> Any:
+            base = m.base_layer(x)
+            return base + (full(x) - base).detach()
+
+        module.forward = detached
 
 
 def _nan_factor(model: Any) -> None:

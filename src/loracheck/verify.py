@@ -52,6 +52,7 @@ from loracheck.reference.hf import load_hf_model, read_model_config, task_of
 from loracheck.reference.init import SCHEMES, ZERO_FACTOR_SCHEMES, scheme_from_peft
 from loracheck.reference.inject import Target, inject, lora_modules, merge, plan_targets, unmerge
 from loracheck.reference.objective import Objective, build_objective, fixed_targets, to_device
+from loracheck.reference.optim import Adam
 from loracheck.reference.peft_format import (
     AdapterFactors,
     fit_adapter,
@@ -388,7 +389,7 @@ def _train(probe: _Probe, progress: Callable[[int, int], None] | None
     two backwards, and whether every gradient stayed finite."""
     opts, model = probe.opts, probe.subject.model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=opts.lr) if params else None
+    opt = Adam(params, lr=opts.lr) if params else None
     losses: list[torch.Tensor] = []
     rows: list[FactorGradient] = []
     flags: list[torch.Tensor] = []
@@ -405,7 +406,7 @@ def _train(probe: _Probe, progress: Callable[[int, int], None] | None
             flags.append(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if opt is not None:
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
         losses.append(loss.detach())
         if progress is not None:
             progress(step + 1, opts.probe_steps)
