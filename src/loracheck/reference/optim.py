@@ -12,6 +12,7 @@ with PyTorch's defaults β = (0.9, 0.999), ε = 1e-8. A parameter without a grad
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -19,15 +20,15 @@ import torch
 class Adam:
     """Adam over ``params``; :meth:`step` then :meth:`zero_grad`, as ``torch.optim.Adam``."""
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (
+    def __init__(self, params: Sequence[torch.Tensor], lr: float, betas: tuple[float, float] = (
             0.9, 0.999), eps: float = 1e-8) -> None:
-        self.params = params
+        self.params = list(params)
         self.lr = lr
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.t = 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
 
     @torch.no_grad()
     def step(self) -> None:
