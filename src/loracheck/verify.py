@@ -286,9 +286,15 @@ def _unsupported(spec: LoraSpec, adapter: AdapterFactors | None, scheme: str | N
     if scheme is not None and scheme not in SCHEMES:
         out.append(Unsupported(f"init {scheme}", "the reference implements "
                                + ", ".join(SCHEMES), "init_lora_weights"))
+    by_kind: dict[str, list[str]] = {}
     for name, kind in conv:
-        out.append(Unsupported(f"a {kind} target", "the reference adapts Linear, Conv1D and "
-                               "Embedding modules only", name))
+        by_kind.setdefault(kind, []).append(name)
+    for kind, names in by_kind.items():
+        where = f"{len(names)} modules, first {names[0]}" if len(names) > 1 else names[0]
+        moe = kind.endswith(("Experts", "Expert", "Router"))
+        detail = ("PEFT adapts these weights as parameters (target_parameters, without dropout)"
+                  if moe else "the reference adapts Linear, Conv1D and Embedding modules only")
+        out.append(Unsupported(f"{kind} targets ({where})", detail, names[0]))
     return out
 
 
