@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from builders import peft_adapter, save_tiny_llama  # noqa: E402
-from loracheck.cli import main  # noqa: E402
+from builders import peft_adapter, save_tiny_llama
+from loracheck.cli import main
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
