@@ -28,7 +28,12 @@ from loracheck.model import (
     Stage,
     TensorRef,
 )
-from loracheck.scaling import PEFT_DEFAULT_ALPHA, effective_scale, resolve_rank_alpha
+from loracheck.scaling import (
+    PEFT_DEFAULT_ALPHA,
+    effective_scale,
+    resolve_rank_alpha,
+    spec_for_module,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -222,8 +227,8 @@ def _layer_alpha(
     return None, "missing", None
 
 
-def _use_rslora(spec: LoraSpec | None) -> bool:
-    return bool(spec is not None and spec.use_rslora)
+def _use_rslora(spec: LoraSpec | None, module: str) -> bool:
+    return bool(spec is not None and spec_for_module(module, spec).use_rslora)
 
 
 def _layers(
@@ -249,7 +254,7 @@ def _layers(
         alpha, alpha_source, mlx_scale = (None, "missing", None)
         if rank is not None:
             alpha, alpha_source, mlx_scale = _layer_alpha(pair, rank, spec, metadata_spec, source)
-        scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec), scale=mlx_scale)
+        scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec, pair.module), scale=mlx_scale)
         record = LayerRecord(
             name=pair.module,
             kind=pair.kind,

@@ -175,6 +175,10 @@ class LoraSpec(BaseModel):
     lines: dict[str, int] = Field(default_factory=dict)
     # Inline `# loracheck: ignore[LC103]` comments: line -> codes (empty list = every code).
     suppressions: dict[int, list[str]] = Field(default_factory=dict)
+    # A diffusers pipeline file declares one LoraConfig per component ("unet", "text_encoder",
+    # "transformer", ...): a module under "<component>." follows that component's spec
+    # (:func:`loracheck.scaling.spec_for_module`); the top-level fields are the main component's.
+    components: dict[str, LoraSpec] = Field(default_factory=dict)
 
     @property
     def alpha_missing(self) -> bool:

@@ -105,12 +105,26 @@ def pattern_key_for(module: str, pattern: Mapping[str, object]) -> str | None:
     return None
 
 
+def spec_for_module(module: str, spec: LoraSpec) -> LoraSpec:
+    """The spec in force for ``module``: the component's own (diffusers writes one LoraConfig
+    per pipeline component, ``unet.r`` beside ``text_encoder.r``) when ``module`` lies under
+    ``<component>.``, else ``spec`` itself."""
+    if spec.components:
+        name = _strip_peft_prefix(module)
+        for component, sub in spec.components.items():
+            if component and (name == component or name.startswith(component + ".")):
+                return sub
+    return spec
+
+
 def resolve_rank_alpha(module: str, spec: LoraSpec) -> tuple[int | None, float | None, str]:
-    """Rank and alpha in force for ``module`` under ``spec``; rank and alpha resolve separately.
+    """Rank and alpha in force for ``module`` under ``spec`` (its component's spec, see
+    :func:`spec_for_module`); rank and alpha resolve separately.
 
     Returns (rank, alpha, alpha_source) where alpha_source is "alpha_pattern", "config",
     "mlx-scale" or "missing".
     """
+    spec = spec_for_module(module, spec)
     rank = spec.rank
     rkey = pattern_key_for(module, spec.rank_pattern)
     if rkey is not None:

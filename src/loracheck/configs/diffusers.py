@@ -2,8 +2,11 @@
 
 Pipeline saves prefix every LoraConfig field with its component (``transformer.r``,
 ``unet.lora_alpha``, ``text_encoder.target_modules``); a single model's save is unprefixed.
-The first component (transformer, then unet, then the rest in order) becomes the spec; every
-component's config is kept in ``extras["components"]``.
+The first component (transformer, then unet, then the rest in order) gives the top-level fields;
+each component's own config becomes ``spec.components[name]``, which the per-module resolution
+(:func:`loracheck.scaling.spec_for_module`) applies to that component's modules only, as the
+diffusers loaders do (each component loads with its own LoraConfig). The raw dicts stay in
+``extras["components"]``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,20 @@ def spec_from_diffusers_metadata(raw: str, path: str) -> LoraSpec:
     b.extra("component", chosen or None)
     if len(components) > 1 or chosen:
         b.extra("components", components)
+    spec = b.build()
+    if chosen:
+        spec.components = {name: _component_spec(fields, path) for name, fields in
+                           components.items() if name}
+    return spec
+
+
+def _component_spec(fields: dict[str, Any], path: str) -> LoraSpec:
+    b = SpecBuilder("diffusers", path)
+    for key, value in fields.items():
+        if key in PEFT_FIELDS:
+            b.set(PEFT_FIELDS[key], value, key=key)
+        elif key in PEFT_EXTRAS:
+            b.extra(key, value)
     return b.build()
 
 
