@@ -254,7 +254,8 @@ def _layers(
         alpha, alpha_source, mlx_scale = (None, "missing", None)
         if rank is not None:
             alpha, alpha_source, mlx_scale = _layer_alpha(pair, rank, spec, metadata_spec, source)
-        scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec, pair.module), scale=mlx_scale)
+        scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec, pair.module),
+                                  scale=mlx_scale)
         record = LayerRecord(
             name=pair.module,
             kind=pair.kind,
