@@ -184,6 +184,32 @@ def test_lc209_outlier_and_small_groups() -> None:
     assert codes(adapter(few)) == set()
 
 
+@pytest.mark.parametrize(("ratio", "fires"), [(150.0, True), (50.0, False)])
+def test_lc209_with_three_peers_needs_100x_all_of_them(ratio: float, fires: bool) -> None:
+    lay = [layer(peft_name(i, "q_proj"), frobenius=1.0 + 0.1 * i) for i in range(4)]
+    lay[3] = layer(lay[3].name, frobenius=ratio * 1.2)  # the largest peer is 1.2
+    found = [d for d in run(adapter(lay)) if d.code == "LC209"]
+    assert len(found) == (1 if fires else 0)
+    if fires:
+        assert found[0].location == lay[3].name and "3 q_proj peers" in found[0].message
+
+
+def test_lc203_update_overflow_of_finite_factors() -> None:
+    from loracheck.model import DeltaStats
+
+    nan_delta = DeltaStats(float("nan"), (), float("nan"), 0.0, 0.0, 0.0)
+    f64 = [*layers(2), replace(layer(peft_name(2, "q_proj")), delta=nan_delta)]
+    diags = [d for d in run(adapter(f64)) if d.code == "LC203"]
+    assert len(diags) == 1 and "overflows float64" in diags[0].message
+    huge = replace(layer(peft_name(2, "q_proj")),
+                   delta=DeltaStats(1e41, (1e41,), 1e41, 1.0, 1.0, 1.0))
+    diags = [d for d in run(adapter([*layers(2), huge])) if d.code == "LC203"]
+    assert len(diags) == 1 and "overflows F32" in diags[0].message and "gives Inf" in diags[0].message
+    fine = replace(layer(peft_name(2, "q_proj")),
+                   delta=DeltaStats(1e30, (1e30,), 1e30, 1.0, 1.0, 1.0))
+    assert "LC203" not in codes(adapter([*layers(2), fine]))
+
+
 def test_lc210_rank_collapse() -> None:
     lay = [*layers(4, r=32, alpha=32.0),
            layer(peft_name(4, "q_proj"), r=32, alpha=32.0, effective_rank=1.1)]

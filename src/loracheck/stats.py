@@ -34,6 +34,11 @@ _NAN_DELTA = DeltaStats(
 )
 
 
+# Huge finite factors overflow float64 in Σx² or a Gram: the result is Inf/NaN, which the
+# statistics carry and LC203 reports; numpy's RuntimeWarning on stderr would only add noise.
+_QUIET = np.errstate(over="ignore", invalid="ignore")
+
+
 def _as_2d(x: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         return x
@@ -55,6 +60,7 @@ def _count_nonzero(x: np.ndarray) -> int:
     return int(x.size - np.count_nonzero(x == 0))
 
 
+@_QUIET
 def _factor(
     x: np.ndarray,
     x64: np.ndarray,
@@ -135,6 +141,7 @@ def factor_stats(x: np.ndarray, *, kurtosis: bool = False, row_norms: bool = Fal
     return _factor(x2, _f64(x2), None, kurtosis=kurtosis, row_norms=row_norms)
 
 
+@_QUIET
 def _delta_from_grams(g_a: np.ndarray, g_b: np.ndarray, scaling: float) -> DeltaStats:
     if not (np.isfinite(g_a).all() and np.isfinite(g_b).all()) or not math.isfinite(scaling):
         return _NAN_DELTA
@@ -179,6 +186,7 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"factors do not chain: A {a.shape} (r, in), B {b.shape} (out, r)")
 
 
+@_QUIET
 def delta_stats(a: np.ndarray, b: np.ndarray, scaling: float) -> DeltaStats:
     """Statistics of ΔW = s·B·A from canonical 2-D factors A (r, in) and B (out, r).
 
@@ -190,6 +198,7 @@ def delta_stats(a: np.ndarray, b: np.ndarray, scaling: float) -> DeltaStats:
     return _delta_from_grams(a64 @ a64.T, b64.T @ b64, scaling)
 
 
+@_QUIET
 def side_stats(
     x: np.ndarray, side: str, *, kurtosis: bool = False, row_norms: bool = True
 ) -> tuple[FactorStats, np.ndarray]:

@@ -148,11 +148,13 @@ def rank_mismatch(ctx: RuleContext) -> Iterator[Finding]:
 @rule("LC203", "non-finite-values", Severity.ERROR, LORA_AND_OTHER)
 def non_finite_values(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
-    Reports NaN or ±Inf values in a LoRA factor.
+    Reports NaN or ±Inf values in a LoRA factor, and finite factors whose update ΔW = s·B·A
+    overflows: its norm is not finite even in float64, or its root-mean-square element exceeds
+    the largest value of the factors' dtype.
 
     ## Why is this bad?
     One NaN in A or B makes every output of that layer NaN once the adapter is applied or
-    merged. It is the typical result of fp16 training overflow (kohya musubi-tuner #26) and the
+    merged; an update that overflows does the same, although each factor looks finite. It is the typical result of fp16 training overflow (kohya musubi-tuner #26) and the
     training job often still reports success.
 
     ## Example
@@ -165,13 +167,45 @@ def non_finite_values(ctx: RuleContext) -> Iterator[Finding]:
     loss scaling.
     """
     for layer in ctx.adapter.layers:
+        bad = False
         for factor, ref, stats in (("A", layer.a, layer.a_stats), ("B", layer.b, layer.b_stats)):
             if stats is not None and stats.nonfinite > 0:
+                bad = True
                 yield ctx.weight_finding(
                     f"{factor} of {short_name(layer.name)} has "
                     f"{plural(stats.nonfinite, 'non-finite value')} (NaN or Inf)",
                     ref.key if ref is not None else layer.name,
                 )
+        if not bad:
+            overflow = _update_overflow(layer)
+            if overflow is not None:
+                yield ctx.weight_finding(f"ΔW of {short_name(layer.name)} {overflow}", layer.name)
+
+
+# The largest finite value per safetensors dtype: a merged ΔW beyond it is Inf.
+_DTYPE_MAX = {"F16": 65504.0, "BF16": 3.3895313892515355e38, "F32": 3.4028234663852886e38,
+              "F64": 1.7976931348623157e308}
+
+
+def _update_overflow(layer: LayerRecord) -> str | None:
+    """Why ΔW = s·B·A of finite factors is not representable, or None: its norm is not finite
+    even in float64, or its root-mean-square element exceeds the factors' dtype (so some
+    element of a merged weight is Inf)."""
+    delta = layer.delta
+    if delta is None:
+        return None
+    if not math.isfinite(delta.frobenius) or not math.isfinite(delta.sigma_max):
+        return "overflows float64: ‖ΔW‖_F is not finite although A and B are"
+    dtype = layer.a.dtype if layer.a is not None else None
+    limit = _DTYPE_MAX.get(dtype or "")
+    size = (layer.in_features or 0) * (layer.out_features or 0)
+    if limit is None or size <= 0:
+        return None
+    rms = delta.frobenius / math.sqrt(size)
+    if rms > limit:
+        return (f"overflows {dtype}: its root-mean-square element {fmt_num(rms)} exceeds "
+                f"{fmt_num(limit)}, so merging it gives Inf")
+    return None
 
 
 # --- LC204 --------------------------------------------------------------------------------------
@@ -472,6 +506,10 @@ def modules_never_trained(ctx: RuleContext) -> Iterator[Finding]:
 # --- LC209 --------------------------------------------------------------------------------------
 
 MIN_PEERS = 4
+# With 3 peers (fewer than MIN_PEERS) a module must exceed all of them by this many times the
+# profile's outlier factor.
+MIN_FEW_PEERS = 3
+FEW_PEERS_FACTOR = 5.0
 
 
 @rule("LC209", "update-norm-outlier", Severity.WARNING)
@@ -479,7 +517,8 @@ def update_norm_outlier(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Compares each module's ‖ΔW‖_F with the median of its peers (the other modules of the same
     type, such as every ``q_proj``) and warns when it exceeds the profile's factor (default 20×).
-    It is skipped for a module type with fewer than 4 peers, where a median means little.
+    With 3 peers a median means little, so a module must exceed every one of them by five times
+    that factor (100×); with fewer than 3 peers the rule is skipped.
 
     ## Why is this bad?
     One module far stronger than its peers usually means a local blow-up (a loss spike, an
@@ -504,19 +543,26 @@ def update_norm_outlier(ctx: RuleContext) -> Iterator[Finding]:
         if layer.delta is not None and math.isfinite(layer.delta.frobenius):
             groups.setdefault((layer.kind, layer.module_type), []).append(layer)
     for (_, mtype), layers in sorted(groups.items()):
-        if len(layers) < MIN_PEERS + 1:
+        if len(layers) < MIN_FEW_PEERS + 1:
             continue
         for layer in layers:
             assert layer.delta is not None
             peers = [p.delta.frobenius for p in layers if p is not layer and p.delta is not None]
-            med = statistics.median(peers)
             norm = layer.delta.frobenius
-            if med > 0 and norm > factor * med:
+            if len(peers) >= MIN_PEERS:
+                med = statistics.median(peers)
+                if med > 0 and norm > factor * med:
+                    yield ctx.weight_finding(
+                        f"‖ΔW‖ of {short_name(layer.name)} is {fmt_num(norm)}, "
+                        f"{norm / med:.0f}× the median {fmt_num(med)} of {len(peers)} {mtype} "
+                        "peers", layer.name)
+                continue
+            top = max(peers)
+            if top > 0 and norm > FEW_PEERS_FACTOR * factor * top:
                 yield ctx.weight_finding(
-                    f"‖ΔW‖ of {short_name(layer.name)} is {fmt_num(norm)}, "
-                    f"{norm / med:.0f}× the median {fmt_num(med)} of {len(peers)} {mtype} peers",
-                    layer.name,
-                )
+                    f"‖ΔW‖ of {short_name(layer.name)} is {fmt_num(norm)}, {norm / top:.0f}× "
+                    f"the largest of its {len(peers)} {mtype} peers ({fmt_num(top)})",
+                    layer.name)
 
 
 # --- LC210 --------------------------------------------------------------------------------------
