@@ -154,8 +154,9 @@ def non_finite_values(ctx: RuleContext) -> Iterator[Finding]:
 
     ## Why is this bad?
     One NaN in A or B makes every output of that layer NaN once the adapter is applied or
-    merged; an update that overflows does the same, although each factor looks finite. It is the typical result of fp16 training overflow (kohya musubi-tuner #26) and the
-    training job often still reports success.
+    merged; an update that overflows does the same, although each factor looks finite. It is
+    the typical result of fp16 training overflow (kohya musubi-tuner #26) and the training job
+    often still reports success.
 
     ## Example
     ```text
