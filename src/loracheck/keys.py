@@ -60,6 +60,8 @@ class PairKeys:
     bias_key: str | None = None
     transposed: bool = False
     extra_keys: tuple[str, ...] = ()
+    # LyCORIS Tucker (lora_mid, (r, r, kh, kw)): ΔW = up · mid · down, the core between.
+    mid_key: str | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class _Slot:
     bias: str | None = None
     extra: list[str] = field(default_factory=list)
     lycoris: bool = False
+    mid: str | None = None
 
 
 # Roles: "a", "b", "ea", "eb" (embedding factors), "alpha", "mag", "bias", "mid", "hada", "lokr".
@@ -224,6 +227,7 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
             slot.bias = key
         elif role == "mid":
             slot.extra.append(key)
+            slot.mid = key
             slot.lycoris = True
         elif role == "hada":
             slot.kind = "loha"
@@ -306,6 +310,7 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
                 bias_key=slot.bias,
                 transposed=transposed,
                 extra_keys=tuple(slot.extra),
+                mid_key=slot.mid if slot.mid is not None and len(shapes[slot.mid]) == 4 else None,
             )
         )
         grammar_count[grammar] += 1
@@ -318,6 +323,9 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
     dominant = grammar_count.most_common(1)[0][0] if grammar_count else None
     if not kinds:
         variant = "none" if not orphans else "lora"
+        algorithm = lycoris_algorithm(shapes) if not orphans else None
+        if algorithm is not None:
+            variant, dominant = algorithm, "lycoris"
     elif len(kinds) == 1:
         variant = next(iter(kinds))
     else:
@@ -325,6 +333,27 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
     return KeyGrouping(
         pairs=pairs, extras=extras, orphans=orphans, grammar=dominant, variant=variant
     )
+
+
+def lycoris_algorithm(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The non-LoRA LyCORIS algorithm (a key of :data:`loracheck.model.LYCORIS_ALGORITHMS`)
+    whose module tensors these are, or None, by the leaf names LyCORIS 4.1 saves
+    (lycoris/modules/{full,diag_oft,boft,ia3,glora}.py): ``M.diff`` (full),
+    ``M.oft_blocks`` (diag-OFT: 3-D blocks, BOFT: 4-D), ``M.on_input`` (IA³), ``M.a1.weight``
+    with ``M.b2.weight`` (GLoRA). The first module decides."""
+    for key, shape in shapes.items():
+        parts = key.split(".")
+        last = parts[-1]
+        if last == "diff":
+            return "lycoris-full"
+        if last == "oft_blocks":
+            return "boft" if len(shape) == 4 else "diag-oft"
+        if last == "on_input":
+            return "ia3"
+        if (last == "weight" and len(parts) >= 3 and parts[-2] == "a1"
+                and ".".join([*parts[:-2], "b2", "weight"]) in shapes):
+            return "glora"
+    return None
 
 
 def _taken(slot: _Slot, role: str) -> bool:
@@ -388,6 +417,44 @@ def canonical_shapes(
     in_f = _prod(a_shape[1:]) if len(a_shape) >= 2 else 0
     out_f = b_shape[0] if len(b_shape) >= 2 else 0
     return rank, in_f, out_f
+
+
+def lycoris_shapes(
+    pair: PairKeys, refs: Mapping[str, object]
+) -> tuple[int | None, int, int] | None:
+    """(rank, in_features, out_features) of a LyCORIS LoHa or LoKr module from its tensors'
+    shapes (``refs``: key -> an object with ``.shape``), conv kernels flattened to in·kh·kw.
+    LoHa's rank is r of hada_w1_b (r, in); LoKr's is the rank of its decomposed Kronecker
+    factor (w2 first, as LyCORIS decomposes), None when both factors are full. None when a
+    needed tensor is missing."""
+    shapes = {k.rsplit(".", 1)[-1]: tuple(getattr(refs[k], "shape", ())) for k in pair.extra_keys
+              if k in refs}
+    if pair.kind == "loha":
+        w1a, w1b = shapes.get("hada_w1_a"), shapes.get("hada_w1_b")
+        if not w1a or not w1b or len(w1a) != 2:
+            return None
+        t1 = shapes.get("hada_t1")
+        if t1:  # Tucker: w1_a is (r, out), w1_b (r, in), the core (r, r, kh, kw)
+            return w1b[0], w1b[1] * _prod(t1[2:]), w1a[1]
+        return w1b[0], _prod(w1b[1:]), w1a[0]
+    w1, w2 = shapes.get("lokr_w1"), shapes.get("lokr_w2")
+    w1a, w1b = shapes.get("lokr_w1_a"), shapes.get("lokr_w1_b")
+    w2a, w2b = shapes.get("lokr_w2_a"), shapes.get("lokr_w2_b")
+    if w1 is None and w1a and w1b:
+        w1 = (w1a[0], w1b[1])
+    if w2 is None and w2a and w2b:
+        w2 = (w2a[0], *w2b[1:]) if "lokr_t2" not in shapes else (w2a[1], w2b[1],
+                                                                  *shapes["lokr_t2"][2:])
+    if not w1 or not w2 or len(w1) < 2 or len(w2) < 2:
+        return None
+    rank = w2a[1] if w2a and "lokr_t2" not in shapes else (w2a[0] if w2a else (
+        w1a[1] if w1a else None))
+    return rank, w1[1] * _prod(w2[1:]), w1[0] * w2[0]
+
+
+def tucker_in_features(a_shape: tuple[int, ...], mid_shape: tuple[int, ...]) -> int:
+    """in·kh·kw of a Tucker conv: down is (r, in, 1, 1), the core (r, r, kh, kw)."""
+    return _prod(a_shape[1:]) * _prod(mid_shape[2:])
 
 
 def to_canonical(pair: PairKeys, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -239,7 +239,7 @@ def _layers(
     source: TensorSource,
     adapter: Adapter,
 ) -> Iterator[tuple[LayerRecord, PairKeys]]:
-    from loracheck.keys import canonical_shapes
+    from loracheck.keys import canonical_shapes, lycoris_shapes, tucker_in_features
 
     for pair in grouping.pairs:
         a_ref = refs.get(pair.a_key) if pair.a_key else None
@@ -251,11 +251,20 @@ def _layers(
                 adapter.empty_tensors.extend(empty)
             else:
                 rank, in_f, out_f = canonical_shapes(pair, a_ref.shape, b_ref.shape)
+                mid = refs.get(pair.mid_key) if pair.mid_key else None
+                if mid is not None:
+                    in_f = tucker_in_features(a_ref.shape, mid.shape)
+        lycoris = lycoris_shapes(pair, refs) if pair.kind in ("loha", "lokr") else None
+        if lycoris is not None:
+            rank, in_f, out_f = lycoris
         alpha, alpha_source, mlx_scale = (None, "missing", None)
         if rank is not None:
             alpha, alpha_source, mlx_scale = _layer_alpha(pair, rank, spec, metadata_spec, source)
         scaling = effective_scale(rank, alpha, use_rslora=_use_rslora(spec, pair.module),
                                   scale=mlx_scale)
+        if pair.kind == "lokr" and lycoris is not None and lycoris[0] is None:
+            # LyCORIS LoKr with both Kronecker factors full: scale 1, whatever alpha says.
+            scaling, alpha_source = 1.0, "default:lycoris"
         record = LayerRecord(
             name=pair.module,
             kind=pair.kind,
@@ -313,18 +322,31 @@ def _measure(
     sink: FactorSink | None,
 ) -> None:
     """Fill the record's statistics from one (A, B) pair, then let the arrays go."""
+    import numpy as np
+
     from loracheck.keys import canonical_factor
     from loracheck.stats import delta_from_grams, factor_stats, side_stats
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
+    if pair.kind in ("loha", "lokr"):
+        _measure_lycoris(record, pair, source)
+        return
     if record.rank is None or record.a is None or record.b is None:
         return
     a_key, b_key = record.a.key, record.b.key
+    mid_key = pair.mid_key
 
     def side(key: str, which: str) -> _Side:
         # Read straight into float64, the precision the statistics are computed in.
         x = canonical_factor(pair, source.read(key, float64=True))
+        if which == "A" and mid_key is not None:
+            # Tucker: fold the core into A, C[p, (i, h, w)] = Σ_q mid[p, q, h, w]·down[q, i]
+            # (r × in·kh·kw, the size of a plain conv LoRA's A); ΔW = s·up·C exactly.
+            mid = source.read(mid_key, float64=True)
+            x = np.einsum("pqhw,qi->pihw", mid, x.reshape(x.shape[0], -1)).reshape(
+                mid.shape[0], -1)
+            source.release(mid_key)
         stats, gram = side_stats(x, which, kurtosis=which == "A")
         return x, stats, gram
 
@@ -337,11 +359,57 @@ def _measure(
     if g_a.shape == g_b.shape:
         scaling = record.scaling if record.scaling is not None else 1.0
         record.delta = delta_from_grams(g_a, g_b, scaling)
+        record.delta_from = "low-rank"
     # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
     if sink is not None:
         sink(record, a, b)
     source.release(a_key)
     source.release(b_key)
+
+
+def _lycoris_stage(layers: list[LayerRecord]) -> Stage:
+    """LoHa and LoKr start with ΔW = 0 (LyCORIS zeroes hada_w2_a / lokr_w2): INIT while every
+    measured ΔW is exactly zero, TRAINED once one is not, UNKNOWN when none was measured."""
+    measured = [layer.delta for layer in layers if layer.delta is not None]
+    if not measured:
+        return Stage.UNKNOWN
+    return Stage.INIT if all(d.frobenius == 0.0 for d in measured) else Stage.TRAINED
+
+
+def _measure_lycoris(record: LayerRecord, pair: PairKeys, source: TensorSource) -> None:
+    """ΔW statistics of a LyCORIS LoHa or LoKr module from its factors (never ΔW itself, but
+    for a small LoHa whose r₁·r₂ reaches its smaller side)."""
+    from loracheck.stats import hadamard_delta, kron_delta
+
+    keys = {k.rsplit(".", 1)[-1]: k for k in pair.extra_keys}
+    if {"hada_t1", "hada_t2", "lokr_t2"} & set(keys):
+        record.delta_from = "not measured: Tucker cores of LoHa/LoKr"
+        return
+    scaling = record.scaling if record.scaling is not None else 1.0
+    read = {name: source.read(key, float64=True) for name, key in keys.items()}
+    if pair.kind == "loha":
+        if not {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= set(read):
+            record.delta_from = "not measured: a LoHa factor is missing"
+            return
+        delta = hadamard_delta(read["hada_w1_a"], read["hada_w1_b"], read["hada_w2_a"],
+                               read["hada_w2_b"], scaling)
+        record.delta = delta
+        record.delta_from = "hadamard" if delta is not None else (
+            "not measured: a large LoHa whose r₁·r₂ reaches its size")
+    else:
+        w1 = read.get("lokr_w1")
+        if w1 is None and "lokr_w1_a" in read and "lokr_w1_b" in read:
+            w1 = read["lokr_w1_a"] @ read["lokr_w1_b"]
+        w2 = read.get("lokr_w2")
+        if w2 is None and "lokr_w2_a" in read and "lokr_w2_b" in read:
+            w2 = read["lokr_w2_a"] @ read["lokr_w2_b"].reshape(read["lokr_w2_b"].shape[0], -1)
+        if w1 is None or w2 is None:
+            record.delta_from = "not measured: a LoKr factor is missing"
+            return
+        record.delta = kron_delta(w1, w2, scaling)
+        record.delta_from = "kronecker"
+    for key in keys.values():
+        source.release(key)
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -432,6 +500,7 @@ def load_unit(
         and not unit.explicit
         and unit.kind == "weights"
         and adapter.spec is None
+        and adapter.method is not MethodKind.OTHER  # another method's file is reported (LC110)
     ):
         return None
     return adapter
@@ -495,6 +564,8 @@ def _load_weights(
     if opts.measure:
         adapter.init = infer_init(adapter.layers, adapter.spec or adapter.metadata_spec)
         adapter.stage = infer_stage(adapter.layers, adapter.init.scheme)
+        if adapter.variant in ("loha", "lokr"):
+            adapter.stage = _lycoris_stage(adapter.layers)
     if opts.stage in ("init", "trained"):
         adapter.stage = Stage(opts.stage)
         adapter.stage_forced = True

@@ -271,6 +271,11 @@ class LayerRecord:
     b_stats: FactorStats | None = None
     magnitude_stats: FactorStats | None = None
     delta: DeltaStats | None = None
+    # How ``delta`` was obtained: "low-rank" (the r×r core of B·A, a Tucker core folded into
+    # A), "kronecker" (LoKr: from the singular values of its two factors), "hadamard" (LoHa:
+    # as a product of rank r₁·r₂ factors), "materialised" (ΔW built, for a small module), or
+    # "not measured: <why>".
+    delta_from: str | None = None
 
     @property
     def module_type(self) -> str:
@@ -412,12 +417,20 @@ class Adapter:
                 return spec.method, spec.method_name
         if self.variant in ("loha", "lokr"):
             return MethodKind.OTHER, {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[self.variant]
+        if self.variant in LYCORIS_ALGORITHMS:
+            return MethodKind.OTHER, LYCORIS_ALGORITHMS[self.variant]
         for spec in (self.spec, self.metadata_spec):
             if spec is not None:
                 return spec.method, spec.method_name
         if not self.has_weights:
             return MethodKind.NONE, "not a LoRA config"
         return MethodKind.LORA, "LoRA"
+
+
+# The variants of LyCORIS algorithms that are not low-rank pairs (keys.lycoris_algorithm finds
+# them by their tensors' names), and the method name each is reported as.
+LYCORIS_ALGORITHMS = {"lycoris-full": "LyCORIS full (diff)", "diag-oft": "LyCORIS diag-OFT",
+                      "boft": "LyCORIS BOFT", "ia3": "LyCORIS (IA)³", "glora": "LyCORIS GLoRA"}
 
 
 @dataclass

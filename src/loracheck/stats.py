@@ -241,3 +241,67 @@ def pair_stats(
     a_st, g_a = side_stats(a, "A", kurtosis=kurtosis, row_norms=row_norms)
     b_st, g_b = side_stats(b, "B", row_norms=row_norms)
     return a_st, b_st, _delta_from_grams(g_a, g_b, scaling)
+
+
+# A LoHa/LoKr module whose ΔW has at most this many elements may be materialised in float64
+# (32 MiB) when its factor structure gives no cheaper route.
+MATERIALISE_MAX = 1 << 22
+
+
+def _from_singular_values(sig: np.ndarray, fro: float, alignment: float) -> DeltaStats:
+    sig = np.sort(np.asarray(sig, dtype=np.float64))[::-1]
+    if sig.size == 0 or fro == 0.0 or float(sig[0]) == 0.0:
+        return DeltaStats(0.0, tuple(0.0 for _ in sig), 0.0, 0.0, 0.0, alignment)
+    sigma_max = float(sig[0])
+    total = float(sig.sum())
+    pos = sig[sig > 0.0] / total
+    eff = math.exp(-float(pos @ np.log(pos)))
+    return DeltaStats(fro, tuple(float(x) for x in sig), sigma_max, eff,
+                      fro * fro / (sigma_max * sigma_max), alignment)
+
+
+def _singular_values(x: np.ndarray) -> np.ndarray:
+    """σ of a 2-D float64 matrix through the Gram of its smaller side."""
+    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    lam = np.linalg.eigvalsh(gram)
+    return np.sqrt(np.maximum(lam, 0.0))
+
+
+@_QUIET
+def kron_delta(w1: np.ndarray, w2: np.ndarray, scaling: float) -> DeltaStats:
+    """ΔW = s·(W₁ ⊗ W₂) (LyCORIS LoKr; a conv W₂ (o, i, k, k) flattened to (o, i·k·k)) from
+    the two small factors: σ(ΔW) = s·{σᵢ(W₁)·σⱼ(W₂)} and ‖ΔW‖_F = s·‖W₁‖_F·‖W₂‖_F."""
+    a = _f64(w1).reshape(w1.shape[0], -1)
+    b = _f64(w2).reshape(w2.shape[0], -1)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or not math.isfinite(scaling):
+        return _NAN_DELTA
+    s = abs(float(scaling))
+    fro = s * float(np.linalg.norm(a)) * float(np.linalg.norm(b))
+    sig = s * np.outer(_singular_values(a), _singular_values(b)).ravel()
+    return _from_singular_values(sig, fro, float("nan"))
+
+
+@_QUIET
+def hadamard_delta(w1a: np.ndarray, w1b: np.ndarray, w2a: np.ndarray, w2b: np.ndarray,
+                   scaling: float) -> DeltaStats | None:
+    """ΔW = s·(W1a·W1b) ⊙ (W2a·W2b) (LyCORIS LoHa; a conv's b factors flattened to
+    (r, in·k·k)). The Hadamard product of ranks r₁ and r₂ is U·Vᵀ with U (out, r₁r₂) holding
+    the columns w1a[:, p]·w2a[:, q] and V (in, r₁r₂) the rows w1b[p]·w2b[q]: its statistics
+    come from the r₁r₂ × r₁r₂ Grams of U and V. When r₁r₂ reaches the smaller side, ΔW itself
+    is smaller: it is materialised if it has at most :data:`MATERIALISE_MAX` elements, else
+    None (not measured)."""
+    a1, b1 = _f64(w1a), _f64(w1b).reshape(w1b.shape[0], -1)
+    a2, b2 = _f64(w2a), _f64(w2b).reshape(w2b.shape[0], -1)
+    if not all(np.isfinite(x).all() for x in (a1, b1, a2, b2)) or not math.isfinite(scaling):
+        return _NAN_DELTA
+    out, inner = a1.shape[0], b1.shape[1]
+    k = a1.shape[1] * a2.shape[1]
+    if k < min(out, inner):
+        u = (a1[:, :, None] * a2[:, None, :]).reshape(out, k)
+        v = (b1[:, None, :] * b2[None, :, :]).reshape(k, inner)  # the rows of Vᵀ
+        return _delta_from_grams(v @ v.T, u.T @ u, scaling)
+    if out * inner > MATERIALISE_MAX:
+        return None
+    delta = (a1 @ b1) * (a2 @ b2) * float(scaling)
+    return _from_singular_values(_singular_values(delta), float(np.linalg.norm(delta)),
+                                 float("nan"))
