@@ -44,6 +44,9 @@ _LOKR = frozenset(
     {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
 )
 _VARIANT_LEAVES = frozenset({"lora_velora_embed", "lora_diag"})
+# kohya's flattened module names (sd-scripts networks/lora.py LORA_PREFIX_*).
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_",
+                   "lora_transformer_")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class KeyGrouping:
     orphans: list[str]
     grammar: str | None
     variant: str
+    # Factor keys whose prefix and suffix belong to different grammars (kohya's flattened
+    # ``lora_unet_…`` names with diffusers' ``_lora.down.weight``): no loader reads them.
+    unreadable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -330,8 +336,11 @@ def group_keys(shapes: Mapping[str, tuple[int, ...]]) -> KeyGrouping:
         variant = next(iter(kinds))
     else:
         variant = "mixed"
+    unreadable = [k for p in pairs if p.grammar == "diffusers" and p.module.startswith(
+        _KOHYA_PREFIXES) for k in (p.a_key, p.b_key) if k is not None]
     return KeyGrouping(
-        pairs=pairs, extras=extras, orphans=orphans, grammar=dominant, variant=variant
+        pairs=pairs, extras=extras, orphans=orphans, grammar=dominant, variant=variant,
+        unreadable=unreadable,
     )
 
 

@@ -545,6 +545,19 @@ def _load_weights(
             adapter.faults.append(Fault("LC002", str(unit.weights),
                                         f"no LoRA factors among {len(refs)} tensors"))
         return
+    for key in grouping.unreadable[:1]:
+        adapter.faults.append(Fault(
+            "LC216", str(unit.weights),
+            f"{len(grouping.unreadable)} factor keys mix kohya's flattened names with diffusers' "
+            f"suffixes (first {key}): neither kohya, diffusers nor PEFT loads them",
+            location=key))
+    for pair in grouping.pairs:
+        alpha = refs.get(pair.alpha_key) if pair.alpha_key else None
+        if alpha is not None and math.prod(alpha.shape) != 1:
+            adapter.faults.append(Fault(
+                "LC216", str(unit.weights),
+                f"{alpha.key} has shape {tuple(alpha.shape)}: a kohya .alpha is one number "
+                "(consumers call .item() on it); the per-module scale is lost", location=alpha.key))
     # Without a config, the metadata embedded in the weights (kohya ss_*) sets rank and alpha.
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)

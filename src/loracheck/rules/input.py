@@ -104,3 +104,28 @@ def pickle_checkpoint(ctx: RuleContext) -> Iterator[Finding]:
     since v0.7) and load pickles only with ``torch.load(path, weights_only=True)``.
     """
     return faults_of(ctx, "LC215")
+
+
+@rule("LC216", "unreadable-key-layout", Severity.ERROR)
+def unreadable_key_layout(ctx: RuleContext) -> Iterator[Finding]:
+    """## What it does
+    Reports tensors laid out so that no consumer reads them: factor keys that mix two key
+    grammars (kohya's flattened ``lora_unet_…`` module names with diffusers' ``…_lora.down.weight``
+    suffix, a half-done conversion), and a kohya ``.alpha`` that is not a single number.
+
+    ## Why is this bad?
+    kohya's loader, diffusers and PEFT each match their own grammar: a file that mixes them
+    loads with every LoRA module skipped (often with one warning), so the image or model is
+    unchanged while the file looks complete. An ``.alpha`` of several values fails on
+    ``.item()`` or is ignored, and the module runs at another scale.
+
+    ## Example
+    ```text
+    lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q_lora.down.weight
+    ```
+
+    ## Use instead
+    Convert the whole file with one tool (diffusers' ``convert_state_dict_to_kohya`` or
+    kohya's ``convert_diffusers20_original_sd``), and save each ``.alpha`` as a 0-dim tensor.
+    """
+    return faults_of(ctx, "LC216")

@@ -45,6 +45,7 @@ RULES: tuple[Rule, ...] = (
     weights.config_weights_disagree,
     weights.empty_adapter,
     weights.dora_magnitude_invalid,
+    input.unreadable_key_layout,
     input.pickle_checkpoint,
     base.module_not_in_base,
     base.vocab_size_mismatch,

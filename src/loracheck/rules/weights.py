@@ -818,7 +818,8 @@ def dora_magnitude_invalid(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     For DoRA adapters (``use_dora`` in the config, or magnitude vectors in the file), checks
     that every LoRA module has its magnitude vector (``lora_magnitude_vector``, ``dora_scale``)
-    and that it is finite and strictly positive.
+    and that it is finite and strictly positive, and that a PEFT config whose weights hold
+    magnitudes says ``use_dora: true``.
 
     ## Why is this bad?
     DoRA computes W' = m ⊙ (W + s·B·A)/‖W + s·B·A‖: without m the module falls back to plain
@@ -839,6 +840,13 @@ def dora_magnitude_invalid(ctx: RuleContext) -> Iterator[Finding]:
     dora = bool(spec is not None and spec.use_dora) or any(layer.magnitude for layer in layers)
     if not dora or not ctx.adapter.has_weights:
         return
+    with_m = [layer for layer in layers if layer.magnitude is not None]
+    if (with_m and spec is not None and spec.source_format == "peft" and not spec.use_dora
+            and "use_dora" not in spec.invalid):
+        yield ctx.config_finding(
+            f"the weights hold DoRA magnitude vectors ({len(with_m)} modules) but the config "
+            "does not set use_dora: PEFT loads the adapter as plain LoRA and drops them",
+            "use_dora")
     missing = [layer.name for layer in layers if layer.magnitude is None and layer.a is not None]
     if missing:
         yield ctx.weight_finding(
