@@ -19,6 +19,7 @@ from loracheck.errors import UsageError
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MLX_WEIGHTS = "adapters.safetensors"
+TORCHTUNE_COPY = "adapter_model.pt"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml", ".toml", ".py")
@@ -118,9 +119,13 @@ def _file_unit(path: Path, explicit: bool) -> Unit | None:
         return None
     suffix = path.suffix.lower()
     if suffix in WEIGHT_SUFFIXES:
+        # A folder's adapter_config.json describes its PEFT weights file when there is one
+        # (torchtune writes adapter_model.pt in its own keys beside adapter_model.safetensors
+        # in PEFT's, and the merged model-*.safetensors too): other weights stand alone.
         sibling = folder / PEFT_CONFIG
-        return Unit(_display(path), "weights", path, sibling if _is_file(sibling) else None,
-                    explicit)
+        owned = any(_is_file(folder / name) for name in PEFT_WEIGHTS)
+        config = sibling if _is_file(sibling) and not owned else None
+        return Unit(_display(path), "weights", path, config, explicit)
     if suffix in CONFIG_SUFFIXES:
         return Unit(_display(path), "config", None, path, explicit)
     return None
@@ -171,6 +176,11 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
                 # Symlinks are not followed; FIFOs, sockets and devices are not files to read
                 # (opening a FIFO blocks until a writer comes).
                 if file in handled or _is_symlink(file) or not _is_file(file):
+                    continue
+                if file.name == TORCHTUNE_COPY and _is_file(file.parent / PEFT_WEIGHTS[0]):
+                    # torchtune saves each adapter twice: adapter_model.pt in its own keys and
+                    # adapter_model.safetensors in PEFT's (torchtune 0.6, FullModelHF-
+                    # Checkpointer.save_checkpoint); the folder's PEFT unit covers it.
                     continue
                 add(_file_unit(file, explicit=False))
         else:

@@ -495,7 +495,8 @@ def load_unit(
         source.close()
     if (
         not adapter.layers
-        and all(f.code == "LC002" for f in adapter.faults)
+        # a pickle's LC215 says how it was read, not that it holds LoRA content
+        and all(f.code in ("LC002", "LC215") for f in adapter.faults)
         and not adapter.empty_tensors
         and not unit.explicit
         and unit.kind == "weights"
