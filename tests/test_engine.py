@@ -32,7 +32,7 @@ def test_longest_prefix_wins() -> None:
     assert is_selected("LC101", ["LC2"], [], ["LC1"])
     assert not is_selected("LC203", ["LC2"], ["LC2"])  # a tie goes to ignore
     assert [r.code for r in select_rules(["LC21"], ["LC215"])] == [
-        "LC210", "LC211", "LC212", "LC213", "LC214"]
+        "LC210", "LC211", "LC212", "LC213", "LC214", "LC216"]
 
 
 def test_select_and_ignore_in_the_engine() -> None:

@@ -20,6 +20,11 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MLX_WEIGHTS = "adapters.safetensors"
 TORCHTUNE_COPY = "adapter_model.pt"
+# litgpt's finetune_lora saves the LoRA weights as lit_model.pth.lora (torch.save of
+# {"model": state dict}), its settings in hyperparameters.yaml beside it (litgpt 0.5,
+# litgpt/finetune/lora.py save_lora_checkpoint, save_hyperparameters).
+LITGPT_SUFFIX = ".pth.lora"
+LITGPT_CONFIG = "hyperparameters.yaml"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml", ".toml", ".py")
@@ -118,14 +123,18 @@ def _file_unit(path: Path, explicit: bool) -> Unit | None:
     if name in IGNORED_FILES:
         return None
     suffix = path.suffix.lower()
+    if name.endswith(LITGPT_SUFFIX):
+        config = folder / LITGPT_CONFIG
+        return Unit(_display(path), "weights", path, config if _is_file(config) else None,
+                    explicit)
     if suffix in WEIGHT_SUFFIXES:
         # A folder's adapter_config.json describes its PEFT weights file when there is one
         # (torchtune writes adapter_model.pt in its own keys beside adapter_model.safetensors
         # in PEFT's, and the merged model-*.safetensors too): other weights stand alone.
         sibling = folder / PEFT_CONFIG
         owned = any(_is_file(folder / name) for name in PEFT_WEIGHTS)
-        config = sibling if _is_file(sibling) and not owned else None
-        return Unit(_display(path), "weights", path, config, explicit)
+        own_config = sibling if _is_file(sibling) and not owned else None
+        return Unit(_display(path), "weights", path, own_config, explicit)
     if suffix in CONFIG_SUFFIXES:
         return Unit(_display(path), "config", None, path, explicit)
     return None
@@ -188,8 +197,11 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
             add(_file_unit(path, explicit=explicit)
                 or (Unit(_display(path), "unknown", None, None, explicit=True)
                     if explicit else None))
-    return units
+    # A config met while walking that a weights unit already carries (litgpt's
+    # hyperparameters.yaml beside lit_model.pth.lora) is checked with those weights, once.
+    paired = {u.config for u in units if u.weights is not None and u.config is not None}
+    return [u for u in units if not (u.kind == "config" and not u.explicit and u.config in paired)]
 
 
 def is_pickle(path: Path) -> bool:
-    return path.suffix.lower() in PICKLE_SUFFIXES
+    return path.suffix.lower() in PICKLE_SUFFIXES or path.name.endswith(LITGPT_SUFFIX)

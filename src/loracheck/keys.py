@@ -65,6 +65,9 @@ class PairKeys:
     extra_keys: tuple[str, ...] = ()
     # LyCORIS Tucker (lora_mid, (r, r, kh, kw)): ΔW = up · mid · down, the core between.
     mid_key: str | None = None
+    # One group of a fused factor pair (litgpt's qkv): the rows of A and of B it owns.
+    a_rows: tuple[int, int] | None = None
+    b_rows: tuple[int, int] | None = None
 
 
 @dataclass
@@ -417,6 +420,10 @@ def canonical_shapes(
     always read from A; a B whose inner dimension disagrees is left for a rule to report. A factor
     with fewer than 2 dimensions (an ungathered shard) gives 0 for the dimensions it lacks.
     """
+    if pair.a_rows is not None and a_shape:
+        a_shape = (pair.a_rows[1] - pair.a_rows[0], *a_shape[1:])
+    if pair.b_rows is not None and b_shape:
+        b_shape = (pair.b_rows[1] - pair.b_rows[0], *b_shape[1:])
     if pair.transposed:
         rank = a_shape[1] if len(a_shape) >= 2 else 0
         in_f = a_shape[0] if a_shape else 0

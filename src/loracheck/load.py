@@ -340,6 +340,9 @@ def _measure(
     def side(key: str, which: str) -> _Side:
         # Read straight into float64, the precision the statistics are computed in.
         x = canonical_factor(pair, source.read(key, float64=True))
+        rows = pair.a_rows if which == "A" else pair.b_rows
+        if rows is not None:
+            x = x[rows[0] : rows[1]]
         if which == "A" and mid_key is not None:
             # Tucker: fold the core into A, C[p, (i, h, w)] = Σ_q mid[p, q, h, w]·down[q, i]
             # (r × in·kh·kw, the size of a plain conv LoRA's A); ΔW = s·up·C exactly.
@@ -365,6 +368,69 @@ def _measure(
         sink(record, a, b)
     source.release(a_key)
     source.release(b_key)
+
+
+def _litgpt_groups(spec: LoraSpec | None, folder: Path) -> list[tuple[str, int]] | None:
+    """The enabled groups of litgpt's fused qkv and their rows: q = n_head·head_size,
+    k = v = n_query_groups·head_size (litgpt 0.5 litgpt/lora.py LoRAQKVLinear: one r-row block
+    of A per enabled group, B holding the enabled groups' rows), from the run's flags and the
+    ``model_config.yaml`` litgpt saves beside the weights. None when either is unknown."""
+    import yaml
+
+    if spec is None or spec.source_format != "litgpt" or not isinstance(spec.target_modules,
+                                                                          list):
+        return None
+    config_path = folder / "model_config.yaml"
+    try:
+        if config_path.stat().st_size > 1 << 20:
+            return None
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    n_head, n_embd = config.get("n_head"), config.get("n_embd")
+    groups = config.get("n_query_groups") or n_head
+    head = config.get("head_size") or (n_embd // n_head if isinstance(n_embd, int) and
+                                       isinstance(n_head, int) and n_head else None)
+    if not (isinstance(n_head, int) and isinstance(groups, int) and isinstance(head, int)
+            and min(n_head, groups, head) > 0):
+        return None
+    sizes = {"query": n_head * head, "key": groups * head, "value": groups * head}
+    return [(name, sizes[name]) for name in ("query", "key", "value")
+            if name in spec.target_modules]
+
+
+def _split_fused_qkv(pairs: list[PairKeys], refs: Mapping[str, TensorRef],
+                     spec: LoraSpec | None, unit: Unit) -> list[PairKeys]:
+    """litgpt's fused qkv pair as one rank-r pair per enabled group (``<module>.query``, …):
+    group g's update is B[rows_g] · A[g·r:(g+1)·r], the others' rows are zero, so the groups'
+    statistics are those of the whole ΔW, split. Pairs of other shapes pass unchanged."""
+    from dataclasses import replace
+
+    fused = [p for p in pairs if p.grammar == "litgpt" and p.a_key and p.b_key
+             and len(refs[p.a_key].shape) == 2 and len(refs[p.b_key].shape) == 2
+             and refs[p.a_key].shape[0] != refs[p.b_key].shape[1]]
+    if not fused or unit.weights is None:
+        return pairs
+    groups = _litgpt_groups(spec, unit.weights.parent)
+    out: list[PairKeys] = []
+    for pair in pairs:
+        if pair not in fused or groups is None:
+            out.append(pair)
+            continue
+        assert pair.a_key is not None and pair.b_key is not None
+        a_rows, (b_rows, r) = refs[pair.a_key].shape[0], refs[pair.b_key].shape
+        if a_rows != r * len(groups) or b_rows != sum(size for _, size in groups):
+            out.append(pair)
+            continue
+        offset = 0
+        for index, (name, size) in enumerate(groups):
+            out.append(replace(pair, module=f"{pair.module}.{name}",
+                               a_rows=(index * r, (index + 1) * r),
+                               b_rows=(offset, offset + size)))
+            offset += size
+    return out
 
 
 def _lycoris_stage(layers: list[LayerRecord]) -> Stage:
@@ -526,6 +592,7 @@ def _load_weights(
     adapter.n_bytes = sum(r.nbytes for r in refs.values())
     adapter.dtypes = dict(Counter(r.dtype for r in refs.values()))
     grouping = group_keys({k: r.shape for k, r in refs.items()})
+    grouping.pairs = _split_fused_qkv(grouping.pairs, refs, adapter.spec, unit)
     adapter.variant = grouping.variant
     adapter.format = _format_name(unit, grouping.grammar, adapter.spec)
     adapter.orphans = [refs[k] for k in grouping.orphans if k in refs]

@@ -393,6 +393,20 @@ LITGPT_FLAGS = {
 }
 
 
+# The modules each litgpt flag adapts, as module-name suffixes (litgpt 0.5 litgpt/model.py and
+# litgpt/lora.py: CausalSelfAttention.qkv, attn.attn before 0.5, and .proj; LLaMAMLP fc_1/fc_2/
+# proj, GptNeoxMLP fc/proj; GPT.lm_head). loracheck reads a fused qkv per enabled group, as
+# <qkv>.query, <qkv>.key, <qkv>.value.
+LITGPT_MODULES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "qkv", "attn.attn"),
+    "key": ("key", "qkv", "attn.attn"),
+    "value": ("value", "qkv", "attn.attn"),
+    "projection": ("attn.proj",),
+    "mlp": ("mlp.fc_1", "mlp.fc_2", "mlp.fc", "mlp.proj"),
+    "head": ("lm_head",),
+}
+
+
 def read_litgpt(doc: Doc) -> LoraSpec:
     """litgpt ``finetune lora`` YAML (config_hub/finetune/*/lora.yaml) or the
     ``hyperparameters.yaml`` it saves: top-level ``lora_*`` keys and boolean target flags."""

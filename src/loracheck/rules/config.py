@@ -521,7 +521,13 @@ def target_matches_nothing(ctx: RuleContext) -> Iterator[Finding]:
     known = known_modules(ctx)
     if known is None:
         return
-    missing = [t for t in targets if not _entry_matches(t, known[0])]
+    aliases: dict[str, tuple[str, ...]] = {}
+    if spec.source_format == "litgpt":
+        from loracheck.configs.trainers import LITGPT_MODULES
+
+        aliases = LITGPT_MODULES
+    missing = [t for t in targets
+               if not any(_entry_matches(a, known[0]) for a in aliases.get(t, (t,)))]
     for entry in missing:
         yield ctx.config_finding(
             f"target {entry!r} matches no module of {known[1]}", "target_modules",

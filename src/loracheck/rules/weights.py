@@ -755,6 +755,8 @@ def _targets(ctx: RuleContext, spec: LoraSpec | None) -> Iterator[Finding]:
         return
     if "torchtune" in ctx.adapter.format or ctx.adapter.format.startswith("kohya"):
         return
+    if spec.source_format == "litgpt":  # flags, not module names (LC106 maps them)
+        return
     layers = _lora_layers(ctx)
     targets = spec.target_modules
     outside = [layer.name for layer in layers if not target_matches(layer.name, targets)]
