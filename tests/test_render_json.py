@@ -34,7 +34,7 @@ def test_file_layer_and_diagnostic_keys() -> None:
                 "orphans", "empty_tensors"):
         assert key in f
     assert f["init_scheme"] == {
-        "scheme": "kaiming-uniform", "declared": False,
+        "scheme": "kaiming-uniform", "label": "kaiming-uniform", "declared": False,
         "evidence": "A std 0.0720 vs kaiming 0.0722 at in=64", "expected_std": 0.0722,
     }
     spec = f["spec"]

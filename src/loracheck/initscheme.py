@@ -315,7 +315,7 @@ def infer_init(layers: Sequence[LayerRecord], spec: LoraSpec | None) -> InitInfe
     if scheme is InitScheme.NORMAL:
         # a common σ across fan-ins is what tells normal(σ) from kaiming's 1/√(3·in)
         stds = [x.a.std for x in linear if _classify_layer(x) is InitScheme.NORMAL]
-        init_std = statistics.median(stds)
+        init_std = known_normal_std(statistics.median(stds))
     rep_pool = [x for x in linear if _classify_layer(x) is scheme] or linear
     rep = _representative(rep_pool)
     text, exp = _evidence(rep, scheme, init_std)
@@ -323,6 +323,30 @@ def infer_init(layers: Sequence[LayerRecord], spec: LoraSpec | None) -> InitInfe
     return InitInference(
         scheme, False, f"inferred from {len(linear)} layers ({tally}); {text}", exp
     )
+
+
+# Normal-init σ values a recipe is known by: a measured σ within 10% is reported as that one.
+KNOWN_NORMAL_STDS = {0.02: "LLMBook"}
+
+
+def known_normal_std(measured: float) -> float:
+    """The known σ (:data:`KNOWN_NORMAL_STDS`) within 10% of ``measured``, else ``measured``."""
+    for std in KNOWN_NORMAL_STDS:
+        if measured > 0 and abs(measured / std - 1.0) <= 0.1:
+            return std
+    return measured
+
+
+def scheme_label(init: InitInference) -> str:
+    """The scheme as people name it: ``normal σ = 0.02 (LLMBook)``, ``normal σ = 0.013``,
+    ``gaussian σ = 1/r``, or the scheme's own name."""
+    if init.scheme is InitScheme.NORMAL and init.expected_std:
+        std = init.expected_std
+        known = KNOWN_NORMAL_STDS.get(round(std, 6))
+        return f"normal σ = {std:.3g}" + (f" ({known})" if known else "")
+    if init.scheme is InitScheme.GAUSSIAN:
+        return "gaussian σ = 1/r"
+    return str(init.scheme.value)
 
 
 def _declared_source(spec: LoraSpec | None, scheme: InitScheme) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from loracheck.initscheme import scheme_label
 from loracheck.model import Adapter, Diagnostic, LayerRecord, MethodKind, Report, ValueOrigin
 from loracheck.render._common import (
     block_index,
@@ -143,8 +144,8 @@ def init_text(adapter: Adapter) -> str:
         return "-"
     if init.evidence:
         # The evidence says how the scheme was found: declared (and by what) or inferred.
-        return f"{init.scheme.value}: {init.evidence}"
-    return f"{init.scheme.value} ({'declared' if init.declared else 'inferred'})"
+        return f"{scheme_label(init)}: {init.evidence}"
+    return f"{scheme_label(init)} ({'declared' if init.declared else 'inferred'})"
 
 
 def _dtypes_text(adapter: Adapter) -> str:

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from loracheck import __version__
+from loracheck.initscheme import scheme_label
 from loracheck.model import (
     Adapter,
     Diagnostic,
@@ -114,6 +115,7 @@ def layer_to_dict(layer: LayerRecord) -> dict[str, Any]:
         "alpha_key": layer.alpha_tensor.key if layer.alpha_tensor else None,
         "magnitude_key": layer.magnitude.key if layer.magnitude else None,
         "bias_key": layer.bias.key if layer.bias else None,
+        "delta_from": layer.delta_from,
     }
     out.update(_factor("a", layer.a_stats))
     out.update(_factor("b", layer.b_stats))
@@ -191,6 +193,7 @@ def _init(init: InitInference | None) -> dict[str, Any] | None:
         return None
     return {
         "scheme": init.scheme.value,
+        "label": scheme_label(init),
         "declared": init.declared,
         "evidence": init.evidence,
         "expected_std": _float(init.expected_std),
@@ -205,6 +208,37 @@ def _extra(t: ExtraTensor) -> dict[str, Any]:
 def _fault(f: Fault) -> dict[str, Any]:
     return {"code": f.code, "path": f.path, "detail": f.detail, "line": f.line,
             "location": f.location}
+
+
+# A layer's alpha_source, as the file-level "observed" object names where alpha came from.
+_ALPHA_ORIGIN = {"tensor": "weights", "config": "config", "alpha_pattern": "config",
+                 "metadata": "metadata", "mlx-scale": "config"}
+
+
+def observed_to_dict(adapter: Adapter) -> dict[str, Any] | None:
+    """Rank, alpha and scale as the weights hold them (per-module values reduced to a single
+    value when they agree, else null with min/max), and where each came from: the rank from
+    the factor shapes ("weights"), alpha from ``.alpha`` tensors ("weights"), the config, the
+    embedded metadata or a consumer default. None without layers."""
+    layers = [layer for layer in adapter.layers if layer.rank is not None]
+    if not layers:
+        return None
+
+    def reduce(values: list[float | int | None]) -> dict[str, Any]:
+        known = sorted({v for v in values if v is not None})
+        return {"value": clean(known[0]) if len(known) == 1 else None,
+                "min": clean(known[0]) if known else None,
+                "max": clean(known[-1]) if known else None}
+
+    sources = {layer.alpha_source for layer in layers}
+    origins = sorted({_ALPHA_ORIGIN.get(s, "default" if s.startswith("default") else s)
+                      for s in sources})
+    return {
+        "rank": {**reduce([layer.rank for layer in layers]), "origin": "weights"},
+        "alpha": {**reduce([layer.alpha for layer in layers]),
+                  "origin": origins[0] if len(origins) == 1 else "mixed"},
+        "scaling": reduce([layer.scaling for layer in layers]),
+    }
 
 
 def adapter_to_dict(adapter: Adapter, *, all_layers: bool = True) -> dict[str, Any]:
@@ -231,6 +265,7 @@ def adapter_to_dict(adapter: Adapter, *, all_layers: bool = True) -> dict[str, A
             spec_to_dict(adapter.metadata_spec) if adapter.metadata_spec is not None else None
         ),
         "scaling": scaling_to_dict(adapter),
+        "observed": observed_to_dict(adapter),
         "n_tensors": adapter.n_tensors,
         "n_bytes": adapter.n_bytes,
         "dtypes": dict(sorted(adapter.dtypes.items())),
