@@ -99,3 +99,41 @@ def test_no_false_findings_on_the_writers_file(written: tuple[Path, dict[str, An
     path, _ = written
     (adapter,) = load_paths([str(path)])
     assert [d.code for d in check_adapter(adapter, Settings())] == []
+
+
+def test_without_metadata_diffusers_reads_alpha_as_rank(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet, _ = _tiny_pipeline_parts()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]))
+    _randomise_b(unet, 3)
+    StableDiffusionPipeline.save_lora_weights(str(tmp_path),
+                                              unet_lora_layers=get_peft_model_state_dict(unet))
+    (adapter,) = load_paths([str(tmp_path / "pytorch_lora_weights.safetensors")])
+    # diffusers loads a file without metadata with lora_alpha = r: s = 1 everywhere
+    assert {layer.scaling for layer in adapter.layers} == {1.0}
+    errors = [d for d in check_adapter(adapter, Settings()) if d.severity.value == "error"]
+    assert not errors
+
+
+def test_converted_to_kohya_keeps_every_update(written: tuple[Path, dict[str, Any]],
+                                               tmp_path: Path) -> None:
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    path, truth = written
+    peft_keys = {k: v for k, v in load_file(str(path)).items() if k.startswith("unet.")}
+    kohya = convert_state_dict_to_kohya(
+        {k.removeprefix("unet."): v for k, v in peft_keys.items()})
+    for key in [k for k in kohya if k.endswith(".lora_down.weight")]:  # alpha = 4 (r 4): s = 1
+        kohya[key.removesuffix(".lora_down.weight") + ".alpha"] = torch.tensor(4.0)
+    out = tmp_path / "kohya.safetensors"
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(out))
+    (adapter,) = load_paths([str(out)])
+    norms = sorted(layer.delta.frobenius for layer in adapter.layers if layer.delta)
+    expected = sorted(float(np.linalg.norm(d)) for n, (_, _, d) in truth.items()
+                      if n.startswith("unet."))
+    assert adapter.format.startswith("kohya") and len(norms) == len(expected) == 32
+    assert norms == pytest.approx(expected, rel=1e-6)
