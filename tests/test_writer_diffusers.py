@@ -137,3 +137,32 @@ def test_converted_to_kohya_keeps_every_update(written: tuple[Path, dict[str, An
                       if n.startswith("unet."))
     assert adapter.format.startswith("kohya") and len(norms) == len(expected) == 32
     assert norms == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_flux_transformer_lora_as_diffusers_saves_it(tmp_path: Path) -> None:
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8])
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    transformer.add_adapter(config)
+    _randomise_b(transformer, 4)
+    FluxPipeline.save_lora_weights(str(tmp_path),
+                                   transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                   transformer_lora_adapter_metadata=config.to_dict())
+    truth = {f"transformer.{n}": m.get_delta_weight("default").detach().double().numpy()
+             for n, m in transformer.named_modules()
+             if hasattr(m, "get_delta_weight") and "default" in getattr(m, "lora_A", {})}
+    (adapter,) = load_paths([str(tmp_path / "pytorch_lora_weights.safetensors")])
+    layers = {layer.name: layer for layer in adapter.layers}
+    assert set(layers) == set(truth) and len(truth) >= 7
+    for name, delta in truth.items():
+        layer = layers[name]
+        assert layer.scaling == 2.0 and layer.delta is not None
+        assert layer.delta.frobenius == pytest.approx(float(np.linalg.norm(delta)), rel=1e-6)
+    assert [d.code for d in check_adapter(adapter, Settings())] == []
