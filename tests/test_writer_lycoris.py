@@ -60,7 +60,7 @@ def _write(folder: Path, algo: str, trained: bool = True,
     return path, net, network
 
 
-def _writer_deltas(net: Any, network: Any) -> dict[str, np.ndarray]:
+def _writer_deltas(net: Any, network: Any, algo: str, dora: bool) -> dict[str, np.ndarray]:
     """ΔW (out, in·kh·kw) of each module as the writer's forward pass applies it, in float64:
     the adapted module's output minus the original module's on unit inputs. (LyCORIS 4.1's
     ``get_diff_weight`` applies LoHa's scale twice, its forward once: the forward is what a
@@ -71,6 +71,15 @@ def _writer_deltas(net: Any, network: Any) -> dict[str, np.ndarray]:
     out = {}
     with torch.no_grad():
         for lyco in network.loras:
+            if algo == "full":  # the diff is ΔW itself (no scale for get_diff_weight to repeat)
+                diff, _ = lyco.get_diff_weight(multiplier=1.0)
+                out[lyco.lora_name] = diff.double().reshape(diff.shape[0], -1).numpy()
+                continue
+            if dora:  # the low-rank update s·up·down, before DoRA's renormalisation
+                up = lyco.lora_up.weight.reshape(lyco.lora_up.weight.shape[0], -1)
+                down = lyco.lora_down.weight.reshape(lyco.lora_down.weight.shape[0], -1)
+                out[lyco.lora_name] = (float(lyco.scale) * up @ down).numpy()
+                continue
             original = lyco.org_module[0]
             wrapped = next(m for m in modules.values() if m is original)
             if isinstance(original, torch.nn.Linear):
@@ -90,11 +99,13 @@ def _writer_deltas(net: Any, network: Any) -> dict[str, np.ndarray]:
     ("loha", {}, "hadamard"),
     ("lokr", {"factor": 4}, "kronecker"),
     ("lokr", {"factor": 4, "decompose_both": True}, "kronecker"),
+    ("lora", {"dora_wd": True}, "low-rank"),
+    ("full", {}, "materialised"),
 ])
 def test_statistics_equal_the_writers_delta(tmp_path: Path, algo: str, kwargs: dict[str, Any],
                                             delta_from: str) -> None:
     path, net, network = _write(tmp_path, algo, **kwargs)
-    truth = _writer_deltas(net, network)
+    truth = _writer_deltas(net, network, algo, bool(kwargs.get("dora_wd")))
     (adapter,) = load_paths([str(path)])
     layers = {layer.name: layer for layer in adapter.layers}
     assert set(layers) == set(truth) and len(truth) == 12
@@ -107,8 +118,10 @@ def test_statistics_equal_the_writers_delta(tmp_path: Path, algo: str, kwargs: d
         got = np.array(layer.delta.singular_values[: min(8, sigma.size)])
         assert np.allclose(got, sigma[: got.size], rtol=1e-6, atol=1e-12 * sigma[0]), name
         module = next(m for m in network.loras if m.lora_name == name)
-        assert layer.scaling == pytest.approx(float(module.scale), rel=1e-12), name
-    assert adapter.stage is Stage.TRAINED
+        if algo != "full":  # a full diff has no scale
+            assert layer.scaling == pytest.approx(float(module.scale), rel=1e-12), name
+    if algo != "full":
+        assert adapter.stage is Stage.TRAINED
     assert not [d for d in check_adapter(adapter, Settings()) if d.severity.value != "info"]
 
 
@@ -130,3 +143,7 @@ def test_other_algorithms_are_named_not_errors(tmp_path: Path, algo: str, name: 
     assert [d.code for d in found] == ["LC110"]
     (walked,) = load_paths([str(tmp_path)])  # walked in a folder, it is there too
     assert walked.method_name == name
+    if algo == "ia3":  # the statistics that mean something: each module's scaling vector
+        assert len(adapter.layers) == 12
+        assert all(layer.a_stats is not None and layer.a_stats.std > 0
+                   for layer in adapter.layers)

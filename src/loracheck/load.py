@@ -433,6 +433,35 @@ def _split_fused_qkv(pairs: list[PairKeys], refs: Mapping[str, TensorRef],
     return out
 
 
+def _lycoris_plain_layers(variant: str, refs: Mapping[str, TensorRef],
+                          source: TensorSource) -> Iterator[LayerRecord]:
+    """The statistics that mean something for LyCORIS algorithms without factors: a full
+    ``diff`` is ΔW itself (its norm, and its singular values when it is small enough to
+    decompose); an (IA)³ module is one scaling vector (its statistics as a factor's)."""
+    from loracheck.stats import MATERIALISE_MAX, factor_stats, full_delta
+
+    leaf = "diff" if variant == "lycoris-full" else "weight"
+    for key, ref in sorted(refs.items()):
+        module, _, last = key.rpartition(".")
+        if last != leaf or (variant == "ia3" and f"{module}.on_input" not in refs):
+            continue
+        out_f = ref.shape[0] if ref.shape else 0
+        in_f = math.prod(ref.shape[1:]) if len(ref.shape) > 1 else 0
+        record = LayerRecord(name=module, kind=variant, a=ref, b=None, rank=None,
+                             in_features=in_f or None, out_features=out_f or None, alpha=None,
+                             alpha_source="missing", scaling=None)
+        values = source.read(key, float64=True)
+        if variant == "ia3":
+            record.a_stats = factor_stats(values)
+        else:
+            record.delta = full_delta(values.reshape(out_f, -1), decompose=values.size <= (
+                MATERIALISE_MAX))
+            record.delta_from = "materialised" if values.size <= MATERIALISE_MAX else (
+                "not measured: singular values of a large full diff")
+        source.release(key)
+        yield record
+
+
 def _lycoris_stage(layers: list[LayerRecord]) -> Stage:
     """LoHa and LoKr start with ΔW = 0 (LyCORIS zeroes hada_w2_a / lokr_w2): INIT while every
     measured ΔW is exactly zero, TRAINED once one is not, UNKNOWN when none was measured."""
@@ -612,6 +641,8 @@ def _load_weights(
             # Another method's weights (IA3, OFT, ...) hold no LoRA factors by design.
             adapter.faults.append(Fault("LC002", str(unit.weights),
                                         f"no LoRA factors among {len(refs)} tensors"))
+        elif adapter.variant in ("lycoris-full", "ia3") and opts.measure:
+            adapter.layers = list(_lycoris_plain_layers(adapter.variant, refs, source))
         return
     for key in grouping.unreadable[:1]:
         adapter.faults.append(Fault(

@@ -305,3 +305,16 @@ def hadamard_delta(w1a: np.ndarray, w1b: np.ndarray, w2a: np.ndarray, w2b: np.nd
     delta = (a1 @ b1) * (a2 @ b2) * float(scaling)
     return _from_singular_values(_singular_values(delta), float(np.linalg.norm(delta)),
                                  float("nan"))
+
+
+@_QUIET
+def full_delta(delta: np.ndarray, *, decompose: bool) -> DeltaStats:
+    """ΔW given whole (LyCORIS full/``diff``): its norm, and its singular values when
+    ``decompose`` (a large one keeps only the norm: no singular values)."""
+    d = _f64(delta)
+    if not np.isfinite(d).all():
+        return _NAN_DELTA
+    fro = float(np.linalg.norm(d))
+    if not decompose:
+        return DeltaStats(fro, (), float("nan"), float("nan"), float("nan"), float("nan"))
+    return _from_singular_values(_singular_values(d), fro, float("nan"))
