@@ -166,3 +166,42 @@ def test_a_flux_transformer_lora_as_diffusers_saves_it(tmp_path: Path) -> None:
         assert layer.scaling == 2.0 and layer.delta is not None
         assert layer.delta.frobenius == pytest.approx(float(np.linalg.norm(delta)), rel=1e-6)
     assert [d.code for d in check_adapter(adapter, Settings())] == []
+
+
+def test_a_kohya_file_reads_as_diffusers_loads_it(tmp_path: Path) -> None:
+    """kohya → diffusers: the kohya file (from diffusers' own convert_state_dict_to_kohya,
+    with .alpha tensors) read by loracheck, against the same file loaded by diffusers'
+    ``lora_state_dict`` + ``load_lora_into_unet`` (the consumer's ΔW)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet, _ = _tiny_pipeline_parts()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]))
+    _randomise_b(unet, 5)
+    kohya = convert_state_dict_to_kohya(
+        {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()})
+    for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
+        kohya[key.removesuffix(".lora_down.weight") + ".alpha"] = torch.tensor(8.0)
+    path = tmp_path / "kohya.safetensors"
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(path))
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+    consumer, _ = _tiny_pipeline_parts()
+    StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=consumer)
+    truth = {}
+    for name, module in consumer.named_modules():
+        if hasattr(module, "get_delta_weight") and getattr(module, "lora_A", None):
+            (adapter_name,) = module.lora_A.keys()
+            delta = module.get_delta_weight(adapter_name).detach().double().numpy()
+            truth["lora_unet_" + name.replace(".", "_")] = (module.scaling[adapter_name], delta)
+    (adapter,) = load_paths([str(path)])
+    layers = {layer.name: layer for layer in adapter.layers}
+    assert set(layers) == set(truth) and len(truth) == 16
+    for name, (scale, delta) in truth.items():
+        assert layers[name].scaling == scale == 2.0
+        assert layers[name].delta is not None
+        assert layers[name].delta.frobenius == pytest.approx(float(np.linalg.norm(delta)),
+                                                             rel=1e-6)
+    assert [d.code for d in check_adapter(adapter, Settings())] == []
