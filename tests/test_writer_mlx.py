@@ -1,11 +1,15 @@
-"""Adapters written by the real mlx-lm trainer (``mlx_lm lora``, LoRA and DoRA, committed by
-``scripts/writers/gen_mlx.py``; mlx is not a test dependency): rank, scale and ΔW statistics
-equal the writer's own ΔW (``fuse()`` minus the base weight, in ``truth.json``)."""
+"""Adapters written by the real mlx-lm trainer (``mlx_lm lora``, LoRA and DoRA): rank, scale
+and ΔW statistics equal the writer's own ΔW (``fuse()`` minus the base weight). With mlx-lm
+installed (a pinned test dependency) the trainer runs here, through
+``scripts/writers/gen_mlx.py``; the committed fixtures it wrote are checked as well."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +21,40 @@ from loracheck.settings import Settings
 MLX = Path(__file__).parent / "fixtures" / "writers" / "mlx"
 
 
+GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "writers" / "gen_mlx.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LoRA and DoRA adapters from the real trainer, run now, with their truth.json."""
+    if importlib.util.find_spec("mlx_lm") is None:
+        pytest.skip("mlx-lm is not installed")
+    spec = importlib.util.spec_from_file_location("gen_mlx", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    gen: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    work, out = tmp_path_factory.mktemp("mlx-work"), tmp_path_factory.mktemp("mlx")
+    gen.write_model(work / "model")
+    gen.write_data(work / "data")
+    for kind in ("lora", "dora"):
+        adapters = gen.run_trainer(work, kind)
+        truth = gen.compute_truth(work, adapters, kind)
+        shutil.copytree(adapters, out / kind)
+        (out / kind / "truth.json").write_text(json.dumps(truth))
+    return out
+
+
 @pytest.mark.parametrize("kind", ["lora", "dora"])
-def test_mlx_adapters_read_as_the_writer_applies_them(kind: str) -> None:
-    folder = MLX / kind
+def test_adapters_the_trainer_writes_now(kind: str, trained: Path) -> None:
+    _check(trained / kind, kind)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_committed_mlx_fixtures(kind: str) -> None:
+    _check(MLX / kind, kind)
+
+
+def _check(folder: Path, kind: str) -> None:
     truth = json.loads((folder / "truth.json").read_text())
     (adapter,) = [a for a in load_paths([str(folder)]) if a.path == str(folder)]
     assert adapter.format == "mlx" and adapter.stage is Stage.TRAINED
