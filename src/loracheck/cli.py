@@ -7,6 +7,7 @@ configuration or internal error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -88,12 +89,41 @@ def _write(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    import tempfile
+
+    body = text if text.endswith("\n") else text + "\n"
     try:
+        # Written beside the target under a temporary name, then renamed over it: an
+        # interrupted run leaves the old report (or none), never half of a new one.
         # surrogateescape: a file name that is not UTF-8 is written back as its own bytes.
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8",
-                          errors="surrogateescape")
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or Path("."))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.write(body)
+            os.replace(tmp, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except OSError as err:
         raise UsageError(f"{output}: cannot write: {err.strerror or err}") from err
+
+
+def _refuse_input_as_output(output: Path | None, paths: Sequence[str]) -> None:
+    """``--output`` naming one of the inputs (or a file inside an input folder) would
+    overwrite what is being checked: a usage error before anything runs."""
+    if output is None:
+        return
+    from loracheck.discover import discover
+
+    target = output.resolve()
+    named = {Path(raw).resolve() for raw in paths}
+    # the weights and the configs that belong to them (a loose config or an earlier report
+    # met while walking is a candidate only, and may be written over)
+    owned = {p.resolve() for u in discover(list(paths)) for p in (u.weights, u.config)
+             if p is not None and (u.weights is not None or u.explicit)}
+    if target in named or target in owned:
+        raise UsageError(f"--output {output}: that is one of the inputs; choose another file")
 
 
 class _ProgressBar:
@@ -224,6 +254,7 @@ def check(
         handed_over=os.environ.get("PRE_COMMIT") == "1",
         keep_details=format is CheckFormat.json,
     )
+    _refuse_input_as_output(output, paths)
     report, settings = _run(paths, options, progress=format is CheckFormat.text)
     _write(_render_report(report, format, color=output is None and _color(sys.stdout)), output)
     threshold: Severity = settings.fail_on

@@ -253,3 +253,40 @@ def diagnostics_for(adapter: Adapter, diagnostics: Sequence[Diagnostic]) -> list
     """The findings whose path is the adapter unit or one of its files."""
     paths = {adapter.path, *adapter.files}
     return [d for d in diagnostics if d.path in paths]
+
+
+# The escape sequences loracheck's own colouring emits (render/ansi.py): the only ones a
+# cleaned line keeps. Anything else from input (cursor moves, OSC titles, BEL, backspace) is
+# shown escaped.
+_OWN_SGR = re.compile(r"\x1b\[(?:0|1|2|31|32|33|36)m")
+# A line longer than this (a 90 MB tensor key) is cut, with its length said.
+MAX_LINE = 2000
+
+
+def clean_line(line: str, *, color: bool = False, limit: int = MAX_LINE) -> str:
+    """``line`` safe for a terminal or a log: every non-printable character (controls, ESC
+    sequences, lone surrogates, a newline inside a field) shown as its escape, as ``repr``
+    would, and the line cut past ``limit`` characters. With ``color`` the colour codes
+    loracheck itself writes are kept (input that mimics one changes a colour, nothing else)."""
+    if len(line) > limit:
+        line = line[:limit] + f"… ({len(line):,} characters)"
+    if line.isprintable():
+        return line
+    out: list[str] = []
+    pos = 0
+    while pos < len(line):
+        own = _OWN_SGR.match(line, pos) if color else None
+        if own is not None:
+            out.append(own.group(0))
+            pos = own.end()
+            continue
+        ch = line[pos]
+        out.append(ch if ch.isprintable() else ch.encode(
+            "unicode_escape", "backslashreplace").decode("ascii"))
+        pos += 1
+    return "".join(out)
+
+
+def clean_lines(lines: Iterable[str], *, color: bool = False) -> list[str]:
+    """Every line through :func:`clean_line`."""
+    return [clean_line(line, color=color) for line in lines]

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from loracheck.model import Diagnostic, Report, Severity
-from loracheck.render._common import display_path, message_with_location, sorted_diagnostics
+from loracheck.render._common import (
+    clean_line,
+    display_path,
+    message_with_location,
+    sorted_diagnostics,
+)
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -22,13 +27,16 @@ def escape_property(text: str) -> str:
 
 def format_annotation(d: Diagnostic, *, root: Path) -> str:
     props = [
-        f"file={escape_property(display_path(d.path, root))}",
+        f"file={escape_property(clean_line(display_path(d.path, root)))}",
         f"line={d.line or 1}",
     ]
     if d.col is not None:
         props.append(f"col={d.col}")
     props.append(f"title={escape_property(d.code)}")
-    return f"::{COMMANDS[d.severity]} {','.join(props)}::{escape_data(message_with_location(d))}"
+    # control characters escaped line by line; the newlines stay, as %0A (a line break inside
+    # the annotation, never a new workflow command)
+    message = "\n".join(clean_line(part) for part in message_with_location(d).split("\n"))
+    return f"::{COMMANDS[d.severity]} {','.join(props)}::{escape_data(message)}"
 
 
 def render_github(report: Report, *, root: Path) -> str:

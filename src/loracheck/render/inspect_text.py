@@ -14,6 +14,7 @@ from loracheck.initscheme import scheme_label
 from loracheck.model import Adapter, Diagnostic, LayerRecord, MethodKind, Report, ValueOrigin
 from loracheck.render._common import (
     block_index,
+    clean_lines,
     diagnostics_for,
     display_path,
     distinct_scalings,
@@ -325,4 +326,4 @@ def render_inspect_text(report: Report, *, color: bool, all_layers: bool, root: 
         blocks.append([format_diagnostic(d, root=root, color=color) for d in rest])
     if not blocks:
         blocks.append(["No adapters found."])
-    return "\n\n".join("\n".join(block) for block in blocks) + "\n"
+    return "\n\n".join("\n".join(clean_lines(block, color=color)) for block in blocks) + "\n"

@@ -17,7 +17,12 @@ from typing import Any
 from urllib.parse import quote
 
 from loracheck.model import Diagnostic, Report, RuleMeta, Severity
-from loracheck.render._common import display_path, message_with_location, sorted_diagnostics
+from loracheck.render._common import (
+    clean_line,
+    display_path,
+    message_with_location,
+    sorted_diagnostics,
+)
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
@@ -117,7 +122,7 @@ def _result(d: Diagnostic, rule_index: int, root: Path) -> dict[str, Any]:
         "ruleId": d.code,
         "ruleIndex": rule_index,
         "level": LEVELS[d.severity],
-        "message": {"text": message_with_location(d)},
+        "message": {"text": clean_line(message_with_location(d))},
         "locations": [location],
         "partialFingerprints": {FINGERPRINT_KEY: fingerprint(d, relpath)},
         "properties": properties,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from loracheck.model import Diagnostic, Report, Severity
 from loracheck.render._common import (
+    clean_lines,
     display_path,
     message_with_location,
     plural,
@@ -60,4 +61,4 @@ def render_text(report: Report, *, color: bool, root: Path) -> str:
         format_diagnostic(d, root=root, color=color) for d in sorted_diagnostics(report.diagnostics)
     ]
     lines.append(summary_line(report, color=color))
-    return "\n".join(lines) + "\n"
+    return "\n".join(clean_lines(lines, color=color)) + "\n"

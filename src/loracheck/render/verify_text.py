@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loracheck.model import Report, Severity
 from loracheck.probe_record import IdentityMode, ProbeRecord
-from loracheck.render._common import sorted_diagnostics
+from loracheck.render._common import clean_lines, sorted_diagnostics
 from loracheck.render.ansi import BOLD, GREEN, RED, paint
 from loracheck.render.text import _printable, format_diagnostic, summary_line
 
@@ -107,4 +107,4 @@ def render_verify_text(report: Report, *, color: bool, root: Path) -> str:
     verdict = ("verify passed" if report.passed else "verify FAILED") if probe is not None \
         else "verify stopped: the inputs have errors (see above; --keep-going probes anyway)"
     lines.append(paint(verdict, GREEN if report.passed else (RED if probe else BOLD), color))
-    return "\n".join(lines) + "\n"
+    return "\n".join(clean_lines(lines, color=color)) + "\n"
