@@ -141,6 +141,9 @@ def read_base_model(path: Path) -> BaseModelInfo:
     if not path.is_dir():
         raise UsageError(f"--model {path}: not a folder")
     cfg_path = path / "config.json"
+    if cfg_path.exists() and not cfg_path.is_file():
+        # a FIFO would block the read until a writer comes; a device is no config
+        raise UsageError(f"--model {path}: config.json is not a regular file")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -141,11 +141,35 @@ def _file_unit(path: Path, explicit: bool) -> Unit | None:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in a deterministic order; never follows symlinked folders."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+    """Files under ``root`` in a deterministic order (depth first, names sorted); never follows
+    symlinked folders. Iterative, so any depth works (``os.walk`` recurses on Python < 3.12 and
+    hits the recursion limit near 1,000 nested folders); a folder met twice (a bind mount
+    loop) is walked once."""
+    stack = [root]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if entry.name not in SKIP_DIRS:
+                    subfolders.append(Path(entry.path))
+            else:
+                yield Path(entry.path)
+        stack.extend(reversed(subfolders))
 
 
 def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[Unit]:
