@@ -17,14 +17,22 @@ CONFIG = '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_p
 
 def test_deeply_nested_folders_are_walked(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    deep = str(tmp_path)
-    for _ in range(1500):  # built with os.mkdir: pathlib's mkdir(parents=True) recurses itself
-        deep += "/d"
-        os.mkdir(deep)
-    with open(deep + "/adapter_config.json", "w") as handle:
+    # Built and removed with os.mkdir/os.rmdir: pathlib's mkdir(parents=True) and
+    # shutil.rmtree (pytest's own clean-up) recurse themselves on Python 3.11.
+    levels = [str(tmp_path)]
+    for _ in range(1500):
+        levels.append(levels[-1] + "/d")
+        os.mkdir(levels[-1])
+    config = levels[-1] + "/adapter_config.json"
+    with open(config, "w") as handle:
         handle.write(CONFIG)
-    assert main(["check", str(tmp_path)]) == 0
-    assert "All checks passed (1 file)." in capsys.readouterr().out
+    try:
+        assert main(["check", str(tmp_path)]) == 0
+        assert "All checks passed (1 file)." in capsys.readouterr().out
+    finally:
+        os.remove(config)
+        for level in reversed(levels[1:]):
+            os.rmdir(level)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")

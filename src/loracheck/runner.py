@@ -125,7 +125,12 @@ def iter_units(
             per_layer = None
             if progress is not None and len(units) == 1:
                 per_layer = functools.partial(progress, unit.path)
-            adapter = _load_with_deadline(unit, stage, timeout, per_layer)
+            try:
+                adapter = _load_with_deadline(unit, stage, timeout, per_layer)
+            except Exception as err:  # one unit's failure is its own finding, as in a worker
+                if os.environ.get("LORACHECK_DEBUG"):
+                    raise
+                adapter = _crashed(unit, err)
             if progress is not None and len(units) > 1:
                 progress(unit.path, i + 1, len(units))
             if adapter is not None:
@@ -168,9 +173,15 @@ def load_units(
     return list(iter_units(units, stage, jobs, timeout, progress))
 
 
+def _failure(path: str, err: BaseException, stage: str) -> Fault:
+    """LC001 for an exception met while reading or judging one unit: its one-line text."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return Fault("LC001", path, f"internal error while {stage}: {type(err).__name__}: {text}")
+
+
 def _crashed(unit: Unit, err: BaseException) -> Adapter:
     adapter = _timed_out(unit, 0)
-    adapter.faults[0] = Fault("LC001", unit.path, f"internal error while reading: {err!r}")
+    adapter.faults[0] = _failure(unit.path, err, "reading")
     return adapter
 
 
@@ -212,7 +223,15 @@ def run(
     adapters: list[Adapter] = []
     diagnostics: list[Diagnostic] = []
     for adapter in iter_units(units, options.stage, jobs, options.timeout, progress):
-        diagnostics.extend(check_adapter(adapter, settings, base))
+        try:
+            diagnostics.extend(check_adapter(adapter, settings, base))
+        except Exception as err:  # a rule that fails on one unit: that unit's finding
+            if os.environ.get("LORACHECK_DEBUG"):
+                raise
+            failed = Adapter(path=adapter.path, format=adapter.format, files=adapter.files,
+                             spec=None, has_weights=False)
+            failed.faults.append(_failure(adapter.path, err, "judging"))
+            diagnostics.extend(check_adapter(failed, settings, base))
         if not options.keep_details:
             # Only the findings are rendered (check's text, SARIF, GitHub formats): keep the
             # unit's identity and drop its measurements, so memory stays flat in the file count.

@@ -1,0 +1,61 @@
+"""One error boundary per unit (issue 11, point 4): an exception while reading or judging one
+input becomes LC001 naming it, in-process as in a worker, and the other inputs still report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders import kohya_file, write_safetensors
+from loracheck.cli import main
+
+
+def _three_d_mlx(folder: Path) -> Path:
+    folder.mkdir()
+    write_safetensors(folder / "adapters.safetensors", {
+        "model.layers.0.self_attn.q_proj.lora_a": np.zeros((4, 8, 2), np.float32),
+        "model.layers.0.self_attn.q_proj.lora_b": np.zeros((8, 4), np.float32)})
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "lora", "lora_parameters": {"rank": 8, "scale": 10.0}}))
+    return folder
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_reader_exception_is_that_units_lc001(jobs: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    broken = _three_d_mlx(tmp_path / "mlx")
+    healthy = kohya_file(tmp_path / "ok.safetensors")
+    nan = kohya_file(tmp_path / "nan.safetensors")
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(nan))
+    key = next(k for k in tensors if k.endswith("lora_up.weight"))
+    tensors[key][0, 0] = np.nan
+    save_file(tensors, str(nan), {"ss_network_module": "networks.lora"})
+    code = main(["check", str(broken), str(healthy), str(nan), "--jobs", jobs])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"{broken}:1:1: LC001 [error] internal error while reading: ValueError" in out
+    assert "LC203" in out  # the other inputs are still judged
+
+
+def test_a_rule_exception_is_that_units_lc001(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from loracheck.rules import registry, weights
+
+    def explode(ctx: object) -> object:
+        raise RuntimeError("boom\nsecond line")
+
+    broken = dataclasses.replace(weights.rank_collapse, check=explode)
+    monkeypatch.setattr(registry, "RULES", tuple(
+        broken if r is weights.rank_collapse else r for r in registry.RULES))
+    path = kohya_file(tmp_path / "ok.safetensors")
+    code = main(["check", str(path), "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "LC001 [error] internal error while judging: RuntimeError: boom" in out
+    assert "second line" not in out
