@@ -38,7 +38,7 @@ def test_a_reader_exception_is_that_units_lc001(jobs: str, tmp_path: Path,
     code = main(["check", str(broken), str(healthy), str(nan), "--jobs", jobs])
     out = capsys.readouterr().out
     assert code == 1
-    assert f"{broken}:1:1: LC001 [error] internal error while reading: ValueError" in out
+    assert f"{broken}:1:1: LC001 [error] internal error while reading: ValueError: factor" in out
     assert "LC203" in out  # the other inputs are still judged
 
 
@@ -59,3 +59,29 @@ def test_a_rule_exception_is_that_units_lc001(tmp_path: Path, monkeypatch: pytes
     out = capsys.readouterr().out
     assert code == 1 and "LC001 [error] internal error while judging: RuntimeError: boom" in out
     assert "second line" not in out
+
+
+def test_a_rank_far_above_the_module_size_is_measured_from_the_small_side(
+        tmp_path: Path) -> None:
+    """A (8192, 1), B (1, 8192): 64 KB of factors whose r×r Grams would take 512 MB and
+    minutes; ΔW is 1×1 and is measured as such (issue 11, point 1)."""
+    from loracheck.load import load_paths
+
+    r = 8192
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(r, 1)).astype(np.float32)
+    b = rng.normal(size=(1, r)).astype(np.float32)
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    base = "base_model.model.model.layers.0.self_attn.q_proj"
+    write_safetensors(folder / "adapter_model.safetensors",
+                      {f"{base}.lora_A.weight": a, f"{base}.lora_B.weight": b})
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    (adapter,) = load_paths([str(folder)])
+    (layer,) = adapter.layers
+    expected = abs((b.astype(np.float64) @ a.astype(np.float64)).item()) * 16 / r
+    assert layer.delta is not None and layer.delta_from is not None
+    assert layer.delta_from.startswith("materialised")
+    assert layer.delta.frobenius == pytest.approx(expected, rel=1e-9)
+    assert layer.a_stats is not None and layer.a_stats.numel == r

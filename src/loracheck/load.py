@@ -353,6 +353,10 @@ def _measure(
         stats, gram = side_stats(x, which, kurtosis=which == "A")
         return x, stats, gram
 
+    small = min(record.in_features or 0, record.out_features or 0)
+    if mid_key is None and pair.a_rows is None and 0 < small < record.rank:
+        _measure_wide(record, pair, source, sink)
+        return
     numel = math.prod(record.a.shape) + math.prod(record.b.shape)
     future = None
     if source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
@@ -469,6 +473,34 @@ def _lycoris_stage(layers: list[LayerRecord]) -> Stage:
     if not measured:
         return Stage.UNKNOWN
     return Stage.INIT if all(d.frobenius == 0.0 for d in measured) else Stage.TRAINED
+
+
+def _measure_wide(record: LayerRecord, pair: PairKeys, source: TensorSource,
+                  sink: FactorSink | None) -> None:
+    """A rank above min(in, out) (A (8192, 1), B (1, 8192)): the r×r Grams would cost r² memory
+    and r³ time for a ΔW of at most min(in, out)²; ΔW = s·B·A is built instead, from the
+    smaller side, when it has at most MATERIALISE_MAX elements, else left unmeasured."""
+    from loracheck.keys import canonical_factor
+    from loracheck.stats import MATERIALISE_MAX, factor_stats, full_delta
+
+    assert record.a is not None and record.b is not None and record.rank is not None
+    a = canonical_factor(pair, source.read(record.a.key, float64=True))
+    b = canonical_factor(pair, source.read(record.b.key, float64=True))
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"factors must be 2-D, not A {a.shape} and B {b.shape}")
+    record.a_stats = factor_stats(a, kurtosis=True, row_norms=True)
+    record.b_stats = factor_stats(b.T, row_norms=True)
+    out_f, in_f = b.shape[0], a.shape[1] if a.ndim == 2 else 0
+    if b.shape[1] == a.shape[0] and out_f * in_f <= MATERIALISE_MAX:
+        scaling = record.scaling if record.scaling is not None else 1.0
+        record.delta = full_delta((b @ a) * scaling, decompose=True)
+        record.delta_from = f"materialised: r {record.rank} exceeds min(in, out)"
+    else:
+        record.delta_from = f"not measured: r {record.rank} exceeds min(in, out) of a large module"
+    if sink is not None:
+        sink(record, a, b)
+    source.release(record.a.key)
+    source.release(record.b.key)
 
 
 def _measure_lycoris(record: LayerRecord, pair: PairKeys, source: TensorSource) -> None:
