@@ -85,3 +85,12 @@ def test_a_rank_far_above_the_module_size_is_measured_from_the_small_side(
     assert layer.delta_from.startswith("materialised")
     assert layer.delta.frobenius == pytest.approx(expected, rel=1e-9)
     assert layer.a_stats is not None and layer.a_stats.numel == r
+
+
+def test_a_recursive_yaml_anchor_is_refused_early(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """38 bytes (``x: &a {y: *a}``) once made the line walk allocate O(n²)."""
+    path = tmp_path / "train.yaml"
+    path.write_text("lora_r: 8\nx: &a {y: *a}\n")
+    assert main(["check", str(path)]) == 1
+    assert "LC001 [error] YAML nested deeper than 64 levels refused" in capsys.readouterr().out

@@ -31,6 +31,7 @@ MAX_CONFIG_BYTES = 10 * 1024 * 1024
 MAX_YAML_BYTES = 2 * 1024 * 1024
 MAX_YAML_NODES = 10_000
 # Nodes visited when every alias is expanded: what yaml.safe_load would build.
+MAX_YAML_DEPTH = 64
 MAX_YAML_EXPANDED = 100_000
 
 _SUFFIX_KIND = {
@@ -261,6 +262,11 @@ def _yaml_key_lines(name: str, root: yaml.Node) -> dict[KeyPath, int]:
         visited += 1
         if visited > MAX_YAML_EXPANDED:
             raise ArtifactError(name, "YAML alias bomb refused (alias expansion too large)")
+        if len(path) > MAX_YAML_DEPTH:
+            # an anchor that contains itself (x: &a {y: *a}) nests without end; paths that long
+            # would cost O(depth²) to walk
+            raise ArtifactError(name, f"YAML nested deeper than {MAX_YAML_DEPTH} levels refused "
+                                "(a recursive anchor?)")
         if isinstance(node, yaml.MappingNode):
             children: list[tuple[yaml.Node, KeyPath, bool]] = []
             for key_node, value_node in node.value:
