@@ -431,9 +431,33 @@ def _root(
     """loracheck: find what is wrong with a LoRA adapter before a long job or a release."""
 
 
+def _on_sigterm() -> Any:
+    """SIGTERM (a CI job cancelled, ``timeout``) stops the run as Ctrl-C does: worker
+    processes are killed, temporary folders removed, and no half-written ``--output`` is left.
+    Only the main thread of the main interpreter can install it; elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (callable without a subprocess, as pre-commit hooks)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    previous = _on_sigterm()
     try:
         result = app(args=args, prog_name="loracheck", standalone_mode=False)
     except typer.Exit as exc:
@@ -459,4 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("LORACHECK_DEBUG"):
             raise
         return 2
+    finally:
+        _restore_sigterm(previous)
+    if result == 130:  # typer's answer to KeyboardInterrupt (Ctrl-C, or SIGTERM above)
+        sys.stderr.write("loracheck: interrupted\n")
     return int(result) if isinstance(result, int) else 0

@@ -161,6 +161,9 @@ def iter_units(
                 progress(unit.path, i + 1, len(units))
             if result is not None:
                 yield result
+    except BaseException:  # interrupted (SIGINT, SIGTERM): no worker outlives the run
+        stuck = True
+        raise
     finally:
         _shutdown(executor, kill=stuck)
 
