@@ -94,3 +94,29 @@ def test_a_recursive_yaml_anchor_is_refused_early(tmp_path: Path,
     path.write_text("lora_r: 8\nx: &a {y: *a}\n")
     assert main(["check", str(path)]) == 1
     assert "LC001 [error] YAML nested deeper than 64 levels refused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("pattern", "hazard"), [
+    (r"(.*)*\.q_proj", True),
+    (r"(a+)+$", True),
+    (r"((ab)*)*", True),
+    (r".*\.(q_proj|v_proj)", False),
+    (r"^(?!.*vision).*\.(q_proj|k_proj)$", False),
+    (r"(?:\w+\.)*q_proj", False),  # each round ends at a literal dot: one way to split
+    (r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj", False),
+])
+def test_catastrophic_target_regexes_are_never_run(pattern: str, hazard: bool, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``(.*)*\\.q_proj`` against a name that almost fits runs for minutes in ``re``
+    (issue 11, point 2): it is reported (LC106) and never matched."""
+    from loracheck.scaling import regex_hazard, target_matches
+
+    assert (regex_hazard(pattern) is not None) is hazard
+    long_name = "model.layers.0.self_attn.k_proj_" + "a" * 40
+    if hazard:  # returns at once instead of backtracking
+        assert target_matches(long_name, pattern) is False
+        config = tmp_path / "adapter_config.json"
+        config.write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                      "target_modules": pattern}))
+        assert main(["check", str(config)]) == 1
+        assert "exponential time" in capsys.readouterr().out

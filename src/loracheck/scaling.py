@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -70,6 +71,58 @@ def _strip_peft_prefix(module: str) -> str:
     return module
 
 
+def regex_hazard(pattern: str) -> str | None:
+    """Why matching ``pattern`` can take exponential time, or None: an unbounded repetition
+    inside another one (``(a+)+``, ``(.*)*x``) backtracks catastrophically on a name that
+    almost matches, and Python's ``re`` cannot be interrupted. Invalid patterns are None (the
+    caller reports them)."""
+    if sys.version_info >= (3, 11):
+        import re._constants as sre_constants
+        import re._parser as sre_parse
+    else:  # pragma: no cover - Python 3.10
+        import sre_constants
+        import sre_parse
+    try:
+        parsed = sre_parse.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return None
+    repeats = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT)
+    literals = (sre_constants.LITERAL, sre_constants.NOT_LITERAL, sre_constants.IN)
+
+    def _flat(sub: object) -> list[tuple[object, object]]:
+        """The body's items, through (non-capturing) groups."""
+        out: list[tuple[object, object]] = []
+        for op, av in sub:  # type: ignore[attr-defined]
+            if op == sre_constants.SUBPATTERN:
+                out.extend(_flat(av[-1]))
+            else:
+                out.append((op, av))
+        return out
+
+    unbounded = sre_constants.MAXREPEAT
+    # (subpattern items, inside an unbounded repetition)
+    stack: list[tuple[object, bool]] = [(parsed, False)]
+    while stack:
+        items, inside = stack.pop()
+        for op, av in items:  # type: ignore[attr-defined]
+            if op in repeats:
+                _, high, sub = av
+                endless = high == unbounded
+                if endless and inside:
+                    return "an unbounded repetition inside another one"
+                # A body with a mandatory literal ((\w+\.)*: each round ends at a dot) splits
+                # the text one way only; a body of repetitions alone ((a+)+, (.*)*) does not.
+                separated = any(o in literals for o, _ in _flat(sub))
+                stack.append((sub, inside or (endless and not separated)))
+            elif op == sre_constants.SUBPATTERN:
+                stack.append((av[-1], inside))
+            elif op == sre_constants.BRANCH:
+                stack.extend((branch, inside) for branch in av[1])
+            elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+                stack.append((av[1], inside))
+    return None
+
+
 def target_matches(module: str, targets: list[str] | str | None) -> bool:
     """Whether ``module`` (a full dotted name) is selected by a PEFT ``target_modules`` value.
 
@@ -82,6 +135,8 @@ def target_matches(module: str, targets: list[str] | str | None) -> bool:
     if isinstance(targets, str):
         if targets.lower() == "all-linear":
             return True
+        if regex_hazard(targets) is not None:
+            return False  # never run: LC106 reports the pattern
         try:
             return re.fullmatch(targets, name) is not None
         except re.error:
@@ -97,6 +152,8 @@ def pattern_key_for(module: str, pattern: Mapping[str, object]) -> str | None:
     """
     name = _strip_peft_prefix(module)
     for key in pattern:
+        if regex_hazard(str(key)) is not None:
+            continue
         try:
             if re.match(rf"(.*\.)?({key})$", name):
                 return key

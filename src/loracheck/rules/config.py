@@ -32,6 +32,7 @@ from loracheck.scaling import (
     ScaleConvention,
     effective_scale,
     pattern_key_for,
+    regex_hazard,
     scale_band,
 )
 
@@ -510,6 +511,13 @@ def target_matches_nothing(ctx: RuleContext) -> Iterator[Finding]:
         except re.error as err:
             yield ctx.config_finding(f"target_modules regex {targets!r} is invalid: {err}",
                                      "target_modules")
+            return
+        hazard = regex_hazard(targets)
+        if hazard is not None:
+            yield ctx.config_finding(
+                f"target_modules regex {targets!r} has {hazard}: matching a module name that "
+                "almost fits takes exponential time (PEFT hangs; loracheck does not run it)",
+                "target_modules")
             return
         known = known_modules(ctx)
         if known is not None and not any(pattern.fullmatch(n) for n in known[0]):
