@@ -11,6 +11,7 @@ import pytest
 
 from builders import kohya_file, write_safetensors
 from loracheck.cli import main
+from loracheck.rules.context import RuleContext
 
 
 def _three_d_mlx(folder: Path) -> Path:
@@ -120,3 +121,53 @@ def test_catastrophic_target_regexes_are_never_run(pattern: str, hazard: bool, t
                                       "target_modules": pattern}))
         assert main(["check", str(config)]) == 1
         assert "exponential time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_deadline_covers_the_rules(jobs: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A rule stuck for a minute on one unit: --timeout 0.5 makes it that unit's LC001 and the
+    other unit is judged in full (issue 11, point 2). Workers are forked and inherit the patch."""
+    import dataclasses
+    import multiprocessing
+    import time
+
+    from loracheck.rules import registry, weights
+
+    if jobs != "1" and multiprocessing.get_start_method() != "fork":
+        pytest.skip("workers inherit the patch only when forked")
+    original = weights.non_finite_values.check
+
+    def stuck(ctx: RuleContext) -> object:
+        if "stuck" in ctx.adapter.path:
+            time.sleep(60)
+        return original(ctx)
+
+    slow = dataclasses.replace(weights.non_finite_values, check=stuck)
+    monkeypatch.setattr(registry, "RULES", tuple(
+        slow if r is weights.non_finite_values else r for r in registry.RULES))
+    late = kohya_file(tmp_path / "stuck.safetensors")
+    nan = kohya_file(tmp_path / "nan.safetensors")
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(nan))
+    key = next(k for k in tensors if k.endswith("lora_up.weight"))
+    tensors[key][0, 0] = np.nan
+    save_file(tensors, str(nan), {"ss_network_module": "networks.lora"})
+    start = time.perf_counter()
+    code = main(["check", str(late), str(nan), "--jobs", jobs, "--timeout", "0.5"])
+    out = capsys.readouterr().out
+    assert time.perf_counter() - start < 20
+    assert code == 1
+    assert f"{late}:1:1: LC001 [error] analysis did not finish within 0.5 s" in out
+    assert f"{nan}" in out and "LC203" in out
+
+
+@pytest.mark.parametrize("limit", ["inf", "1e300"])
+def test_an_infinite_timeout_is_no_limit(limit: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = kohya_file(tmp_path / "ok.safetensors")
+    code = main(["check", str(path), "--timeout", limit])
+    out = capsys.readouterr().out
+    assert code == 0 and "LC001" not in out, out

@@ -50,6 +50,25 @@ def _load_one(
     return load_unit(unit, LoadOptions(stage=stage), progress=layer_progress)
 
 
+@dataclass(frozen=True)
+class UnitJob:
+    """What every unit of one run is read and judged with (sent once to each worker)."""
+
+    stage: str
+    settings: Settings
+    base: BaseModelInfo | None = None
+    # False when only the findings will be rendered: measurements are dropped once judged.
+    keep_details: bool = True
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One unit, read and judged: its adapter (measurements dropped unless kept) and findings."""
+
+    adapter: Adapter
+    diagnostics: list[Diagnostic]
+
+
 # Seconds added to the backstop wait on a worker (process start-up, result transfer).
 _GRACE_S = 5.0
 
@@ -62,15 +81,56 @@ class _Deadline(Exception):
 # exception raised while the interpreter runs a finalizer (garbage collection of someone
 # else's objects) is swallowed, so one alarm alone may not stop the unit.
 _RETRY_S = 0.05
+# A limit past this (a year) is no limit: setitimer and the pool's wait refuse huge values.
+_NO_LIMIT_S = 365 * 86400.0
 
 
-def _load_with_deadline(
+def _process(
+    unit: Unit, job: UnitJob, layer_progress: Callable[[int, int], None] | None = None
+) -> Judged | None:
+    """Read ``unit`` and judge it; any exception is this unit's LC001 (the run goes on)."""
+    try:
+        adapter = _load_one(unit, job.stage, layer_progress)
+    except _Deadline:
+        raise
+    except Exception as err:  # one unit's failure is its own finding
+        if os.environ.get("LORACHECK_DEBUG"):
+            raise
+        adapter = _crashed(unit, err, "reading")
+    if adapter is None:
+        return None
+    try:
+        diagnostics = _judge(adapter, job)
+    except _Deadline:
+        raise
+    except Exception as err:  # a rule that fails on one unit: that unit's finding
+        if os.environ.get("LORACHECK_DEBUG"):
+            raise
+        failed = _crashed(unit, err, "judging")
+        failed.format = adapter.format
+        failed.files = adapter.files
+        return Judged(failed, _judge(failed, job))
+    if not job.keep_details:
+        # Only the findings will be rendered (check's text, SARIF, GitHub formats): keep the
+        # unit's identity and drop its measurements, so memory stays flat in the file count.
+        adapter = _summary_only(adapter)
+    return Judged(adapter, diagnostics)
+
+
+def _judge(adapter: Adapter, job: UnitJob) -> list[Diagnostic]:
+    from loracheck.engine import check_adapter
+
+    return check_adapter(adapter, job.settings, job.base)
+
+
+def _process_with_deadline(
     unit: Unit,
-    stage: str,
+    job: UnitJob,
     timeout: float,
     layer_progress: Callable[[int, int], None] | None = None,
-) -> Adapter | None:
-    """Load in this process; a unit running past ``timeout`` becomes an LC001 diagnostic.
+) -> Judged | None:
+    """:func:`_process` under ``timeout`` seconds for reading, measuring and judging together;
+    a unit running past it becomes an LC001 diagnostic.
 
     Uses an interval timer, so it only applies in the main thread of a Unix process.
     """
@@ -78,8 +138,8 @@ def _load_with_deadline(
     import threading
 
     in_main = threading.current_thread() is threading.main_thread()
-    if not hasattr(signal, "setitimer") or not in_main:
-        return _load_one(unit, stage, layer_progress)
+    if not hasattr(signal, "setitimer") or not in_main or timeout >= _NO_LIMIT_S:
+        return _process(unit, job, layer_progress)
     live = [True]
 
     def on_alarm(signum: int, frame: object) -> None:
@@ -89,14 +149,15 @@ def _load_with_deadline(
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout, _RETRY_S)
     try:
-        return _load_one(unit, stage, layer_progress)
+        return _process(unit, job, layer_progress)
     except _Deadline:
         live[0] = False
-        return _timed_out(unit, timeout)
+        late = _timed_out(unit, timeout)
     finally:
         live[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    return Judged(late, _judge(late, job))
 
 
 def _timed_out(unit: Unit, seconds: float) -> Adapter:
@@ -108,16 +169,31 @@ def _timed_out(unit: Unit, seconds: float) -> Adapter:
     return adapter
 
 
-def iter_units(
-    units: Sequence[Unit], stage: str, jobs: int, timeout: float,
-    progress: Progress | None = None,
-) -> Iterator[Adapter]:
-    """Load units, in parallel worker processes when there is more than one weights file.
+# The job of this worker process, set once by the pool's initializer.
+_WORKER_JOB: list[UnitJob] = []
 
-    Adapters come out in input order whatever the scheduling, one at a time, so that a caller
-    that judges and drops each one keeps memory flat in the number of files. A unit that
-    exceeds ``timeout`` becomes an LC001 diagnostic instead of stalling the others.
+
+def _start_worker(job: UnitJob) -> None:
+    _WORKER_JOB[:] = [job]
+
+
+def _process_in_worker(unit: Unit, timeout: float) -> Judged | None:
+    return _process_with_deadline(unit, _WORKER_JOB[0], timeout)
+
+
+def iter_units(
+    units: Sequence[Unit], job: UnitJob, jobs: int, timeout: float,
+    progress: Progress | None = None,
+) -> Iterator[Judged]:
+    """Read and judge units, in parallel worker processes when there is more than one weights
+    file.
+
+    Results come out in input order whatever the scheduling, one at a time, so that a caller
+    that keeps only findings keeps memory flat in the number of files. A unit that exceeds
+    ``timeout`` (reading, measuring and rules together) becomes an LC001 diagnostic instead of
+    stalling the others.
     """
+    timeout = min(timeout, _NO_LIMIT_S)
     heavy = [u for u in units if u.weights is not None]
     if jobs <= 1 or len(heavy) <= 1:
         for i, unit in enumerate(units):
@@ -125,23 +201,19 @@ def iter_units(
             per_layer = None
             if progress is not None and len(units) == 1:
                 per_layer = functools.partial(progress, unit.path)
-            try:
-                adapter = _load_with_deadline(unit, stage, timeout, per_layer)
-            except Exception as err:  # one unit's failure is its own finding, as in a worker
-                if os.environ.get("LORACHECK_DEBUG"):
-                    raise
-                adapter = _crashed(unit, err)
+            result = _process_with_deadline(unit, job, timeout, per_layer)
             if progress is not None and len(units) > 1:
                 progress(unit.path, i + 1, len(units))
-            if adapter is not None:
-                yield adapter
+            if result is not None:
+                yield result
         return
-    executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)))
+    executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)),
+                                   initializer=_start_worker, initargs=(job,))
     # Each worker enforces the limit on its own unit (its interval timer starts when the unit
     # does); the wait here is only a backstop for a worker stuck where the timer cannot reach
     # (inside C code), long enough to cover a unit queued behind another one.
-    futures: list[Future[Adapter | None] | None] = [
-        executor.submit(_load_with_deadline, unit, stage, timeout) for unit in units
+    futures: list[Future[Judged | None] | None] = [
+        executor.submit(_process_in_worker, unit, timeout) for unit in units
     ]
     backstop = 2 * timeout + _GRACE_S
     stuck = False
@@ -154,9 +226,11 @@ def iter_units(
                 result = fut.result(timeout=backstop)
             except TimeoutError:
                 stuck = True
-                result = _timed_out(unit, timeout)
+                late = _timed_out(unit, timeout)
+                result = Judged(late, _judge(late, job))
             except Exception as err:  # a crashed worker must not take the other files down
-                result = _crashed(unit, err)
+                failed = _crashed(unit, err, "reading")
+                result = Judged(failed, _judge(failed, job))
             if progress is not None:
                 progress(unit.path, i + 1, len(units))
             if result is not None:
@@ -168,23 +242,15 @@ def iter_units(
         _shutdown(executor, kill=stuck)
 
 
-def load_units(
-    units: Sequence[Unit], stage: str, jobs: int, timeout: float,
-    progress: Progress | None = None,
-) -> list[Adapter]:
-    """Every unit loaded (see :func:`iter_units`), as a list."""
-    return list(iter_units(units, stage, jobs, timeout, progress))
-
-
 def _failure(path: str, err: BaseException, stage: str) -> Fault:
     """LC001 for an exception met while reading or judging one unit: its one-line text."""
     text = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
     return Fault("LC001", path, f"internal error while {stage}: {type(err).__name__}: {text}")
 
 
-def _crashed(unit: Unit, err: BaseException) -> Adapter:
+def _crashed(unit: Unit, err: BaseException, stage: str) -> Adapter:
     adapter = _timed_out(unit, 0)
-    adapter.faults[0] = _failure(unit.path, err, "reading")
+    adapter.faults[0] = _failure(unit.path, err, stage)
     return adapter
 
 
@@ -209,7 +275,6 @@ def run(
     progress: Progress | None = None,
 ) -> tuple[Report, Settings]:
     """Run `check`/`inspect` over ``paths``: every unit loaded, measured and judged."""
-    from loracheck.engine import check_adapter
     from loracheck.settings import load_settings
 
     units = discover(paths, handed_over=options.handed_over)
@@ -221,25 +286,14 @@ def run(
         ignore=options.ignore,
         fail_on=options.fail_on,
     )
-    base = _base_model(options.model)
+    job = UnitJob(stage=options.stage, settings=settings, base=_base_model(options.model),
+                  keep_details=options.keep_details)
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
     adapters: list[Adapter] = []
     diagnostics: list[Diagnostic] = []
-    for adapter in iter_units(units, options.stage, jobs, options.timeout, progress):
-        try:
-            diagnostics.extend(check_adapter(adapter, settings, base))
-        except Exception as err:  # a rule that fails on one unit: that unit's finding
-            if os.environ.get("LORACHECK_DEBUG"):
-                raise
-            failed = Adapter(path=adapter.path, format=adapter.format, files=adapter.files,
-                             spec=None, has_weights=False)
-            failed.faults.append(_failure(adapter.path, err, "judging"))
-            diagnostics.extend(check_adapter(failed, settings, base))
-        if not options.keep_details:
-            # Only the findings are rendered (check's text, SARIF, GitHub formats): keep the
-            # unit's identity and drop its measurements, so memory stays flat in the file count.
-            adapter = _summary_only(adapter)
-        adapters.append(adapter)
+    for judged in iter_units(units, job, jobs, options.timeout, progress):
+        adapters.append(judged.adapter)
+        diagnostics.extend(judged.diagnostics)
     return Report(adapters=adapters, diagnostics=diagnostics), settings
 
 
