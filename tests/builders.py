@@ -221,3 +221,31 @@ def probe_text(record: Any) -> str:
     report = Report(diagnostics=diagnostics, probe=record,
                     passed=not any(d.severity.value == "error" for d in diagnostics))
     return render_verify_text(report, color=False, root=Path.cwd())
+
+
+# Address-space cap of a capped run: a regression that allocates without bound fails with
+# MemoryError in the child instead of taking the machine down.
+CAP_BYTES = 2**30
+
+
+def run_capped(
+    args: list[str], *, prelude: str = "", timeout: float = 60.0, cap: int = CAP_BYTES
+) -> tuple[int, str, str, float]:
+    """``loracheck ARGS`` in a child process capped at ``cap`` bytes of address space.
+
+    ``prelude`` is Python run before ``main`` (a patch that simulates a concurrent writer).
+    Returns the exit code, stdout, stderr and the wall time in seconds.
+    """
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    code = f"import sys\n{prelude}\nfrom loracheck.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)
+    return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start

@@ -44,6 +44,13 @@ DEFAULT_MAX_BYTES = 8 * 2**30
 MAX_PICKLE_BYTES = 256 * 2**20
 # How deep nested dicts of tensors are followed (a checkpoint like {"state_dict": {...}}).
 MAX_NESTING = 8
+# Most tensors and other values one state dict may hold: a pickle whose dicts share children
+# (memo references) expands to far more entries than its bytes suggest.
+MAX_ENTRIES = 1_000_000
+# torch.save stores records uncompressed; a compressed record bigger than this that inflates
+# more than MAX_INFLATION times its stored size is refused before it is inflated (a zip bomb).
+INFLATE_FREE_BYTES = 64 * 2**20
+MAX_INFLATION = 100
 _MAX_INT = 2**63 - 1
 
 # torch's legacy storage classes -> safetensors dtype names.
@@ -447,6 +454,13 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 
 
 def _read_member(path: str, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    info = archive.getinfo(name)
+    if (info.compress_type != 0 and info.file_size > INFLATE_FREE_BYTES
+            and info.file_size > MAX_INFLATION * max(info.compress_size, 1)):
+        raise ArtifactError(
+            path, f"archive record {name!r} would inflate {info.compress_size} bytes to "
+            f"{info.file_size} (more than {MAX_INFLATION}×; torch.save stores records "
+            "uncompressed)")
     try:
         with archive.open(name) as member:
             blob = member.read(limit + 1)
@@ -495,7 +509,7 @@ def _read_index(
         fail(f"pickle holds a {type(root).__name__}, not a state dict")
     entries: dict[str, PickledTensor] = {}
     other: list[str] = []
-    _flatten(path, root, "", 0, entries, other)
+    _flatten(path, root, "", 0, entries, other, set())
     return entries, other, big_endian
 
 
@@ -518,10 +532,20 @@ def _prescan(data: bytes) -> None:
 
 def _flatten(
     path: str, mapping: dict[Any, Any], prefix: str, depth: int,
-    entries: dict[str, PickledTensor], other: list[str],
+    entries: dict[str, PickledTensor], other: list[str], seen: set[int],
 ) -> None:
+    """Collect the tensors of nested dicts under dotted keys; ``seen`` holds the ids of the
+    dicts walked so far, since one reached twice (through a memo reference) would be walked
+    once per path to it: 64 references a level, 9 levels deep, are 64⁹ entries."""
     if depth > MAX_NESTING:
         raise ArtifactError(path, f"state dict nested more than {MAX_NESTING} levels deep")
+    if id(mapping) in seen:
+        raise ArtifactError(
+            path, f"state dict reaches the mapping at {prefix.rstrip('.')[:80]!r} a second time "
+            "(a shared memo reference); a saved state dict holds each mapping once")
+    seen.add(id(mapping))
+    if len(entries) + len(other) + len(mapping) > MAX_ENTRIES:
+        raise ArtifactError(path, f"state dict holds more than {MAX_ENTRIES} entries")
     for raw_key, value in mapping.items():
         if not isinstance(raw_key, (str, int)) or isinstance(raw_key, bool):
             raise ArtifactError(path, f"state dict key {str(raw_key)[:40]!r} is not a string")
@@ -533,6 +557,6 @@ def _flatten(
                 key, value.dtype, value.shape, value.storage.record, value.offset, value.stride
             )
         elif isinstance(value, dict):
-            _flatten(path, value, f"{key}.", depth + 1, entries, other)
+            _flatten(path, value, f"{key}.", depth + 1, entries, other, seen)
         else:
             other.append(key)

@@ -347,6 +347,14 @@ class SafetensorsFile:
         if numel == 0:
             raw: npt.NDArray[Any] = np.zeros(0, dtype=dt)
         else:
+            # Touching a mapped page past the end of a file truncated since it was opened (a
+            # trainer rewriting its checkpoint) kills the process with SIGBUS: the file's
+            # current size is checked before each span is viewed.
+            now = self._mmap.size()
+            if now < entry.end:
+                raise ArtifactError(
+                    self.path, f"file was truncated while being read: it has {now} bytes now "
+                    f"and tensor {key!r} ends at byte {entry.end}", location=key)
             raw = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
         return decode_array(raw, entry.dtype, float64=float64).reshape(entry.shape)
 

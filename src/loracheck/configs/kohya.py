@@ -45,7 +45,7 @@ def parse_network_args(raw: Any) -> dict[str, Any] | None:
         if text.startswith("{"):
             try:
                 loaded = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
                 return None
             return {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
         items = text.split()
@@ -175,6 +175,7 @@ def spec_from_kohya_metadata(metadata: Mapping[str, str], path: str) -> LoraSpec
         parsed = parse_network_args(metadata["ss_network_args"])
         if parsed is None:
             b.invalid["network_args"] = repr(metadata["ss_network_args"])
+            b.source_keys["network_args"] = "ss_network_args"
         else:
             b.extra("network_args", parsed)
     b.set_method(*kohya_method(metadata.get("ss_network_module"), None, parsed))

@@ -966,6 +966,11 @@ _WRONG_TYPE: dict[str, tuple[str, Severity]] = {
     "layers_pattern": ("PEFT expects the name of the layers container", Severity.WARNING),
     "bias": ("PEFT accepts only 'none', 'all' or 'lora_only'", Severity.ERROR),
     "task_type": ("PEFT accepts only its TaskType names", Severity.ERROR),
+    # kohya sd-scripts train_network.py writes ss_network_args as json.dumps of a dict of
+    # strings; readers of the weights ignore it, so only loracheck's view of the network
+    # (algorithm, conv settings) is lost.
+    "network_args": ("the network's settings (algorithm, conv_dim) are read from the "
+                     "weights instead", Severity.WARNING),
 }
 _TYPE_NAMES = {
     "use_rslora": "a boolean", "use_dora": "a boolean", "fan_in_fan_out": "a boolean",
@@ -974,6 +979,7 @@ _TYPE_NAMES = {
     "rank_pattern": "a mapping of names to integers", "alpha_pattern": "a mapping of names to "
     "numbers", "modules_to_save": "a list of names", "layers_to_transform": "integers",
     "layers_pattern": "a name or a list of names", "bias": "a string", "task_type": "a string",
+    "network_args": "a JSON object or a list of key=value strings",
 }
 
 
@@ -999,17 +1005,19 @@ def wrong_field_type(ctx: RuleContext) -> Iterator[Finding]:
     {"r": 16, "lora_alpha": 16, "use_rslora": false, "target_modules": ["q_proj", "v_proj"]}
     ```
     """
-    spec = _spec(ctx)
-    if spec is None:
-        return
-    for field_name, (effect, severity) in _WRONG_TYPE.items():
-        if field_name not in spec.invalid:
+    for spec in (ctx.adapter.spec, ctx.adapter.metadata_spec):
+        if spec is None:
             continue
-        key = spec.extras.get("source_keys", {}).get(field_name, field_name)
-        yield ctx.config_finding(
-            f"{key} = {spec.invalid[field_name]} is not {_TYPE_NAMES[field_name]}: {effect}",
-            field_name, severity=severity,
-        )
+        for field_name, (effect, severity) in _WRONG_TYPE.items():
+            if field_name not in spec.invalid:
+                continue
+            key = spec.extras.get("source_keys", {}).get(field_name, field_name)
+            wanted = _TYPE_NAMES[field_name]
+            message = f"{key} = {spec.invalid[field_name]} is not {wanted}: {effect}"
+            if spec is ctx.adapter.spec:
+                yield ctx.config_finding(message, field_name, severity=severity)
+            else:  # metadata of the weights file
+                yield Finding(message, field_name, None, spec.path or ctx.adapter.path, severity)
 
 
 # --- LC115 --------------------------------------------------------------------------------------
