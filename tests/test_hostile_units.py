@@ -171,3 +171,33 @@ def test_an_infinite_timeout_is_no_limit(limit: str, tmp_path: Path,
     code = main(["check", str(path), "--timeout", limit])
     out = capsys.readouterr().out
     assert code == 0 and "LC001" not in out, out
+
+
+def test_a_layer_too_costly_for_the_time_left_is_refused_up_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One full-rank 1536 × 1536 layer: its Grams and eigh run inside LAPACK, where no signal
+    reaches, for about a second. Under --timeout 0.3 the cost is known before it starts, so the
+    unit is refused at once instead of overrunning (issue 11, point 2)."""
+    import time
+
+    r = 1536
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    base = "base_model.model.model.layers.0.self_attn.q_proj"
+    write_safetensors(folder / "adapter_model.safetensors", {
+        f"{base}.lora_A.weight": rng.normal(size=(r, r)).astype(np.float32),
+        f"{base}.lora_B.weight": rng.normal(size=(r, r)).astype(np.float32)})
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    start = time.perf_counter()
+    code = main(["check", str(folder), "--timeout", "0.3"])
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "LC001 [error] analysis would not finish within 0.3 s (--timeout)" in out, out
+    assert "q_proj (r 1536, 1536×1536) alone needs about" in out
+    assert elapsed < 0.3 + 0.5, elapsed
+    # With time enough, the same layer is measured.
+    assert main(["check", str(folder), "--timeout", "60"]) in (0, 1)
+    assert "LC001" not in capsys.readouterr().out

@@ -33,3 +33,11 @@ class ArtifactError(LoracheckError):
         self.code = code
         self.line = line
         self.location = location
+
+
+class DeadlineExceeded(LoracheckError):
+    """Reading one unit would run past its deadline (``--timeout``): the unit's LC001.
+
+    Raised before a step whose cost is known up front (one layer's linear algebra, which no
+    signal can interrupt) when that step alone would not fit in the time left.
+    """

@@ -135,6 +135,8 @@ class LoadOptions:
 
     stage: str = "auto"
     measure: bool = True
+    # time.monotonic() by which the unit must be done (--timeout), None for no limit.
+    deadline: float | None = None
 
 
 def _fault(adapter: Adapter, err: ArtifactError) -> None:
@@ -634,6 +636,35 @@ def load_unit(
     return adapter
 
 
+# Floating-point operations per second assumed when deciding whether one layer's statistics
+# can finish before the deadline: about twice what numpy's float64 Gram products and eigh
+# reach on 2 cores (benchmarks/bench_inspect.py), so a layer is refused only when it would
+# not fit even on a faster machine; a slower one overruns by at most that factor.
+ASSUMED_FLOPS = 2e11
+
+
+def _stats_flops(record: LayerRecord) -> float:
+    """The cost of one pair's statistics: two r×r Grams over in + out, two r×r eigh and their
+    products (~30·r³). A rank above min(in, out) is measured from the small side instead."""
+    r = record.rank or 0
+    n_in, n_out = record.in_features or 0, record.out_features or 0
+    r = min(r, n_in, n_out) if n_in and n_out else r
+    return 2.0 * r * r * (n_in + n_out) + 30.0 * r**3
+
+
+def _check_time_left(record: LayerRecord, deadline: float) -> None:
+    import time
+
+    from loracheck.errors import DeadlineExceeded
+
+    need = _stats_flops(record) / ASSUMED_FLOPS
+    left = deadline - time.monotonic()
+    if need > left:
+        raise DeadlineExceeded(
+            f"{record.name} (r {record.rank}, {record.out_features}×{record.in_features}) "
+            f"alone needs about {need:.3g} s of linear algebra, {max(left, 0.0):.3g} s are left")
+
+
 def _load_weights(
     unit: Unit,
     adapter: Adapter,
@@ -696,6 +727,8 @@ def _load_weights(
         _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
     ):
         if opts.measure:
+            if opts.deadline is not None:
+                _check_time_left(record, opts.deadline)
             try:
                 _measure(record, pair, source, sink)
             except ArtifactError as err:

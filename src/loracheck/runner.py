@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loracheck.discover import Unit, discover
+from loracheck.errors import DeadlineExceeded
 from loracheck.model import Adapter, Diagnostic, Fault, Report, Severity
 
 if TYPE_CHECKING:
@@ -43,11 +45,12 @@ class RunOptions:
 
 
 def _load_one(
-    unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None
+    unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None,
+    deadline: float | None = None,
 ) -> Adapter | None:
     from loracheck.load import LoadOptions, load_unit
 
-    return load_unit(unit, LoadOptions(stage=stage), progress=layer_progress)
+    return load_unit(unit, LoadOptions(stage=stage, deadline=deadline), progress=layer_progress)
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,17 @@ _NO_LIMIT_S = 365 * 86400.0
 
 
 def _process(
-    unit: Unit, job: UnitJob, layer_progress: Callable[[int, int], None] | None = None
+    unit: Unit, job: UnitJob, timeout: float,
+    layer_progress: Callable[[int, int], None] | None = None,
 ) -> Judged | None:
     """Read ``unit`` and judge it; any exception is this unit's LC001 (the run goes on)."""
+    deadline = time.monotonic() + timeout if timeout < _NO_LIMIT_S else None
     try:
-        adapter = _load_one(unit, job.stage, layer_progress)
+        adapter = _load_one(unit, job.stage, layer_progress, deadline)
     except _Deadline:
         raise
+    except DeadlineExceeded as err:  # a step that no timer could interrupt, refused up front
+        adapter = _timed_out(unit, timeout, str(err))
     except Exception as err:  # one unit's failure is its own finding
         if os.environ.get("LORACHECK_DEBUG"):
             raise
@@ -139,7 +146,7 @@ def _process_with_deadline(
 
     in_main = threading.current_thread() is threading.main_thread()
     if not hasattr(signal, "setitimer") or not in_main or timeout >= _NO_LIMIT_S:
-        return _process(unit, job, layer_progress)
+        return _process(unit, job, timeout, layer_progress)
     live = [True]
 
     def on_alarm(signum: int, frame: object) -> None:
@@ -149,7 +156,7 @@ def _process_with_deadline(
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout, _RETRY_S)
     try:
-        return _process(unit, job, layer_progress)
+        return _process(unit, job, timeout, layer_progress)
     except _Deadline:
         live[0] = False
         late = _timed_out(unit, timeout)
@@ -160,12 +167,14 @@ def _process_with_deadline(
     return Judged(late, _judge(late, job))
 
 
-def _timed_out(unit: Unit, seconds: float) -> Adapter:
+def _timed_out(unit: Unit, seconds: float, why: str = "") -> Adapter:
     adapter = Adapter(path=unit.path, format="unknown",
                       files=[str(p) for p in (unit.config, unit.weights) if p], spec=None,
                       has_weights=False)
-    adapter.faults.append(Fault("LC001", unit.path,
-                                f"analysis did not finish within {seconds:g} s (--timeout)"))
+    message = f"analysis did not finish within {seconds:g} s (--timeout)"
+    if why:
+        message = f"analysis would not finish within {seconds:g} s (--timeout): {why}"
+    adapter.faults.append(Fault("LC001", unit.path, message))
     return adapter
 
 
