@@ -129,7 +129,7 @@ def catastrophic_regex(root: Path) -> Path:
     write_safetensors(folder / "adapter_model.safetensors", {
         A_KEY: rng.normal(size=(4, 16)).astype(np.float32),
         B_KEY: np.zeros((16, 4), np.float32)})
-    return folder / "adapter_config.json"
+    return folder
 
 
 def _truncated(root: Path) -> Path:

@@ -136,3 +136,69 @@ def test_pre_commit_hook_gates_configs(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "(no files to check)" in out and "Skipped" in out
     assert repo.commits() == 3
+
+
+def _write_adapter(folder: Path, index: int, broken: bool) -> None:
+    """A tiny PEFT adapter; a broken one has a config finding (dropout 1.5), a pair finding (a
+    target that matches no module of the weights) and a weights finding (NaN)."""
+    import json
+
+    import numpy as np
+
+    from builders import write_safetensors
+
+    rng = np.random.default_rng(index)
+    base = "base_model.model.model.layers.0.self_attn.q_proj"
+    b = rng.normal(0, 0.01, size=(16, 4)).astype(np.float32)
+    if broken:
+        b[0, :2] = np.nan
+    folder.mkdir(parents=True)
+    write_safetensors(folder / "adapter_model.safetensors", {
+        f"{base}.lora_A.weight": rng.normal(0, 0.2, size=(4, 16)).astype(np.float32),
+        f"{base}.lora_B.weight": b})
+    config: dict[str, object] = {"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                 "lora_dropout": 0.05, "target_modules": ["q_proj"]}
+    if broken:
+        config.update(lora_dropout=1.5, target_modules=["q_proj", "v_proj"])
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=1))
+
+
+def test_pre_commit_batches_report_each_finding_once(tmp_path: Path) -> None:
+    """pre-commit splits the staged files into batches (one per CPU, and by command-line
+    length) after shuffling them: an adapter's config and weights often land in different
+    runs. Every finding is still printed exactly once, the same set as one run over the
+    folders (issue 12, point 1)."""
+    import re
+
+    repo = Repo(tmp_path / "repo")
+    assert PRE_COMMIT is not None
+    # Long folder names: several batches even on one CPU (pre-commit splits by length too).
+    pad = "p" * 180
+    for i in range(40):
+        _write_adapter(repo.path / "adapters" / f"a{i:02d}{pad}", i, broken=i % 8 == 3)
+    (repo.path / ".pre-commit-config.yaml").write_text(_hook_config())
+    repo.git("add", "-A")
+    proc = repo.run(PRE_COMMIT, "run", "--all-files")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    finding = re.compile(r" LC\d{3} \[")
+    lines = [line for line in out.splitlines() if finding.search(line)]
+    assert len(lines) == len(set(lines)), "a finding was printed twice"
+    # The same findings as one run over the folders, with the pair finding (LC106) on the
+    # weights file, where it is reported when files are named one by one.
+    whole = repo.run(str(BIN / "loracheck"), "check", "adapters", "--jobs", "1")
+    expected = {line for line in whole.stdout.splitlines() if finding.search(line)}
+    assert sorted(line.split()[1] for line in expected) == ["LC103"] * 5 + ["LC106"] * 5 + [
+        "LC203"] * 5, expected
+    assert set(lines) == {_moved_to_weights(line) for line in expected}
+    # The run really was split: more than one loracheck run printed a summary.
+    assert out.count("Found ") >= 2, out
+
+
+def _moved_to_weights(line: str) -> str:
+    if " LC106 " not in line:
+        return line
+    path, rest = line.split(":", 1)
+    rest = rest.split(": ", 1)[1]
+    return f"{path.replace('adapter_config.json', 'adapter_model.safetensors')}:1:1: {rest}"

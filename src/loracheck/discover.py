@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loracheck.errors import UsageError
@@ -47,8 +47,9 @@ class Unit:
 
     ``kind`` is "peft" (folder with adapter_config.json), "mlx" (adapters.safetensors folder),
     "weights" (a single weights file) or "config" (a training config file).
-    ``explicit`` is True when the user named this file or folder directly: then a file with no
-    LoRA content is reported (LC002) instead of skipped quietly.
+    ``explicit`` is True when the user named this file or folder directly and it looks like a
+    LoRA artifact (:func:`lora_shaped`): then a file with no LoRA content is reported (LC002)
+    instead of skipped quietly.
     """
 
     path: str
@@ -56,6 +57,32 @@ class Unit:
     weights: Path | None
     config: Path | None
     explicit: bool
+    # The files of this unit the user named one by one (a config, its weights, or both), whose
+    # findings alone are reported, each finding once whichever files a batch names (see
+    # loracheck.scope); None when the unit came from a folder: all of its findings.
+    named: frozenset[Path] | None = None
+
+
+# Words in a file name that say it is meant to be an adapter or a training config: such a file
+# with no LoRA content is reported (LC002) when named; other named files holding no LoRA
+# content (package.json, docker-compose.yml, README.md) are skipped, as ruff skips files it
+# has no rules for.
+LORA_NAME_WORDS = (
+    "lora", "adapter", "peft", "train", "finetune", "fine_tune", "fine-tune", "sft", "dpo",
+    "orpo", "kto", "ppo", "grpo", "axolotl", "llamafactory", "llama_factory", "torchtune",
+    "unsloth", "swift", "litgpt", "kohya", "mlx", "dora", "ia3", "lycoris", "lokr", "loha",
+)
+
+
+def lora_shaped(path: Path) -> bool:
+    """Whether a file's name or type says it should hold LoRA content: a weights file, an
+    adapter's own file, or a name with one of :data:`LORA_NAME_WORDS`."""
+    name = path.name.lower()
+    if name.endswith(WEIGHT_SUFFIXES) or name.endswith(LITGPT_SUFFIX):
+        return True
+    if name in (PEFT_CONFIG, MLX_WEIGHTS, LITGPT_CONFIG):
+        return True
+    return any(word in name for word in LORA_NAME_WORDS)
 
 
 def _display(path: Path) -> str:
@@ -182,15 +209,22 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
     pattern): they are candidates too, not explicit.
     """
     units: list[Unit] = []
-    seen: set[tuple[str, Path | None, Path | None]] = set()
+    seen: dict[tuple[str, Path | None, Path | None], int] = {}
 
     def add(unit: Unit | None) -> None:
         if unit is None:
             return
         key = (unit.kind, unit.weights, unit.config)
         if key not in seen:
-            seen.add(key)
+            seen[key] = len(units)
             units.append(unit)
+            return
+        # The same unit met again (both files of a pair named, or a file and its folder):
+        # what was named adds up; a folder covers everything.
+        index = seen[key]
+        old = units[index]
+        named = None if old.named is None or unit.named is None else old.named | unit.named
+        units[index] = replace(old, named=named, explicit=old.explicit or unit.explicit)
 
     for raw in paths:
         path = Path(raw)
@@ -217,10 +251,12 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
                     continue
                 add(_file_unit(file, explicit=False))
         else:
-            explicit = not handed_over
-            add(_file_unit(path, explicit=explicit)
-                or (Unit(_display(path), "unknown", None, None, explicit=True)
-                    if explicit else None))
+            explicit = not handed_over and lora_shaped(path)
+            unit = _file_unit(path, explicit=explicit)
+            if unit is not None and unit.kind in ("peft", "mlx"):
+                unit = replace(unit, named=frozenset({path}))
+            add(unit or (Unit(_display(path), "unknown", None, None, explicit=True)
+                         if explicit else None))
     # A config met while walking that a weights unit already carries (litgpt's
     # hyperparameters.yaml beside lit_model.pth.lora) is checked with those weights, once.
     paired = {u.config for u in units if u.weights is not None and u.config is not None}

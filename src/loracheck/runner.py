@@ -92,7 +92,29 @@ def _process(
     unit: Unit, job: UnitJob, timeout: float,
     layer_progress: Callable[[int, int], None] | None = None,
 ) -> Judged | None:
-    """Read ``unit`` and judge it; any exception is this unit's LC001 (the run goes on)."""
+    """Read ``unit`` and judge it, keeping the findings of the files named (see
+    :mod:`loracheck.scope`); any exception is this unit's LC001 (the run goes on)."""
+    if unit.named is None or unit.config is None or unit.weights is None:
+        return _process_whole(unit, job, timeout, layer_progress)
+    config_alone = Unit(str(unit.config), "config", None, unit.config, explicit=True)
+    if unit.weights not in unit.named and unit.config in unit.named:
+        return _process_whole(config_alone, job, timeout, layer_progress)
+    whole = _process_whole(unit, job, timeout, layer_progress)
+    if whole is None or unit.weights not in unit.named:
+        return whole
+    alone = _process_whole(config_alone, job, timeout)
+    from loracheck.engine import sort_key
+    from loracheck.scope import scope_to_named
+
+    kept = scope_to_named(unit.named, unit.config, unit.weights, whole.diagnostics,
+                          alone.diagnostics if alone is not None else [])
+    return Judged(whole.adapter, sorted(kept, key=sort_key))
+
+
+def _process_whole(
+    unit: Unit, job: UnitJob, timeout: float,
+    layer_progress: Callable[[int, int], None] | None = None,
+) -> Judged | None:
     deadline = time.monotonic() + timeout if timeout < _NO_LIMIT_S else None
     try:
         adapter = _load_one(unit, job.stage, layer_progress, deadline)
