@@ -2,10 +2,10 @@
 
     pip install 'loracheck[test]' && python examples/make_adapters.py [OUT_DIR]
 
-healthy/        trained for a few steps: `loracheck check` passes
-at-init/        saved right after get_peft_model: B = 0, stage init
+healthy/        trained for 20 steps (trainer_state.json says so): `loracheck check` passes
+at-init/        saved right after get_peft_model: B = 0, stage init, nothing to report
 broken-nan/     the healthy adapter with a NaN planted in one lora_B (LC203)
-broken-no-op/   declared trained, but every lora_B is still zero (LC207)
+broken-no-op/   its trainer_state.json says 20 steps, but every lora_B is still zero (LC207)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerState
 
 
 def tiny_peft_model(seed: int = 0) -> torch.nn.Module:
@@ -54,6 +54,12 @@ def plant(src: Path, dst: Path, edit: str) -> None:
     save_file(tensors, str(weights), metadata={"format": "pt"})
 
 
+def record_steps(folder: Path, steps: int) -> None:
+    """trainer_state.json as transformers' Trainer writes it into each checkpoint folder."""
+    TrainerState(global_step=steps, max_steps=steps, num_train_epochs=1, epoch=1.0,
+                 logging_steps=5, save_steps=steps).save_to_json(str(folder / "trainer_state.json"))
+
+
 def main(out: Path) -> None:
     model = tiny_peft_model()
     model.save_pretrained(str(out / "at-init"))
@@ -61,6 +67,8 @@ def main(out: Path) -> None:
     model.save_pretrained(str(out / "healthy"))
     plant(out / "healthy", out / "broken-nan", "nan")
     plant(out / "healthy", out / "broken-no-op", "zero")
+    for name in ("healthy", "broken-nan", "broken-no-op"):
+        record_steps(out / name, 20)
     for folder in out.iterdir():
         (folder / "README.md").unlink(missing_ok=True)
 

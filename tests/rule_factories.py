@@ -22,6 +22,7 @@ from loracheck.model import (
     LayerRecord,
     LoraSpec,
     Stage,
+    StageSource,
     TensorRef,
 )
 from loracheck.settings import Settings
@@ -148,7 +149,8 @@ def adapter(
     ad = Adapter(
         path=ROOT, format=fmt, files=files, spec=the_spec, layers=the_layers,
         n_tensors=2 * len(the_layers), n_bytes=1000, dtypes={"F32": 2 * len(the_layers)},
-        init=InitInference(scheme, declared, "test"), stage=stage, stage_forced=forced,
+        init=InitInference(scheme, declared, "test"), stage=stage,
+        stage_source=StageSource.COMMAND_LINE if forced else StageSource.WEIGHTS,
         has_weights=has_weights,
     )
     for key, value in fields.items():

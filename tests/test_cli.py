@@ -58,7 +58,8 @@ def test_exit_zero_and_fail_on(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["check", str(EXAMPLES / "broken-nan"), "--exit-zero"], capsys)[0] == 0
     code, out, _ = run(["check", str(EXAMPLES / "broken-no-op"), "--fail-on", "warning"], capsys)
     assert code == 1 and "LC207" in out
-    assert run(["check", str(EXAMPLES / "broken-no-op")], capsys)[0] == 0
+    assert run(["check", str(EXAMPLES / "broken-no-op"), "--fail-on", "info", "--exit-zero"],
+               capsys)[0] == 0
 
 
 def test_usage_errors_exit_two_with_one_line(

@@ -326,7 +326,6 @@ WEIGHT_CASES: dict[str, WeightCase] = {
     "LC206-dead-module": WeightCase("LC206", "trained", "auto", _dead_module, ERROR),
     "LC206-dead-module-at-init": WeightCase("LC206", "fresh", "init", _dead_module, ERROR),
     "LC207-no-op-trained": WeightCase("LC207", "trained", "trained", _zero_all_b, ERROR),
-    "LC207-no-op-auto": WeightCase("LC207", "trained", "auto", _zero_all_b, WARNING),
     "LC208-some-B-zero": WeightCase("LC208", "trained", "auto", _zero_some_b, WARNING),
     "LC209-B-times-1000": WeightCase("LC209", "trained", "auto", _b_times_1000, WARNING),
     "LC210-rank-one-B": WeightCase("LC210", "trained", "auto", _rank_one_b, WARNING),

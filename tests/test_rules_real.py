@@ -60,10 +60,9 @@ def test_healthy_peft_adapters_pass(
         assert serious(check_adapter(load_one(folder, "trained"), Settings(), base)) == []
 
 
-def test_fresh_adapter_under_auto_is_a_no_op_warning(tmp_path: Path) -> None:
+def test_fresh_adapter_under_auto_is_clean(tmp_path: Path) -> None:
     adapter = load_one(peft_adapter(tmp_path / "a"))
-    diags = check_adapter(adapter, Settings())
-    assert [(d.code, d.severity) for d in diags] == [("LC207", Severity.WARNING)]
+    assert check_adapter(adapter, Settings()) == []
     assert [d.code for d in check_adapter(load_one(tmp_path / "a", "trained"), Settings())] \
         == ["LC207"]
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from loracheck.model import InitScheme, LoraSpec, Severity, Stage
+from loracheck.model import InitScheme, LoraSpec, Severity, Stage, StageSource
 from loracheck.rules.weights import std_band
 from loracheck.settings import Settings, load_profile
 from rule_factories import (
@@ -162,8 +162,16 @@ def test_lc206_dead_module() -> None:
 def test_lc207_no_op() -> None:
     zero = layers(b_zero=True)
     only(adapter(zero, forced=True), "LC207", Severity.ERROR)
-    only(adapter(zero, stage=Stage.INIT), "LC207", Severity.WARNING)
+    # Inferred init from the weights, nothing saying it trained: a fresh adapter, no finding.
+    assert codes(adapter(zero, stage=Stage.INIT)) == set()
     assert codes(adapter(zero, stage=Stage.INIT, forced=True)) == set()
+    evidence = adapter(zero, stage=Stage.TRAINED, stage_source=StageSource.TRAINING_EVIDENCE,
+                       stage_evidence="checkpoint-500/trainer_state.json: global_step 500")
+    (diag,) = only(evidence, "LC207", Severity.ERROR)
+    assert "although training took steps (checkpoint-500/trainer_state.json: global_step " \
+        "500)" in diag.message
+    # No step-0 signature to judge by: said as a warning.
+    only(adapter(zero, stage=Stage.UNKNOWN), "LC207", Severity.WARNING)
 
 
 def test_lc208_some_modules_never_trained() -> None:

@@ -69,6 +69,17 @@ def file_ignored(
     return False
 
 
+def stage_setting(paths: Sequence[str], settings: Settings) -> str:
+    """The stage loracheck's settings set for a unit with files ``paths``: the first
+    ``per-file-stage`` glob that matches one of them, else ``stage`` ("auto" by default)."""
+    if settings.per_file_stage:
+        forms = [form for path in paths for form in _path_forms(path, settings.root)]
+        for glob, stage in settings.per_file_stage:
+            if any(fnmatch(form, glob) for form in forms):
+                return stage
+    return settings.stage
+
+
 def _suppressed(adapter: Adapter, diag: Diagnostic) -> bool:
     spec = adapter.spec
     if spec is None or diag.line is None or not spec.suppressions:

@@ -26,6 +26,7 @@ from loracheck.model import (
     LoraSpec,
     MethodKind,
     Stage,
+    StageSource,
     TensorRef,
 )
 from loracheck.scaling import (
@@ -134,6 +135,8 @@ class LoadOptions:
     """How to load: stage override ("auto" | "init" | "trained") and whether to measure."""
 
     stage: str = "auto"
+    # Who set a stage other than "auto": the command line or loracheck's settings.
+    stage_source: StageSource = StageSource.COMMAND_LINE
     measure: bool = True
     # time.monotonic() by which the unit must be done (--timeout), None for no limit.
     deadline: float | None = None
@@ -743,9 +746,29 @@ def _load_weights(
         adapter.stage = infer_stage(adapter.layers, adapter.init.scheme)
         if adapter.variant in ("loha", "lokr"):
             adapter.stage = _lycoris_stage(adapter.layers)
+        _stage_from_evidence(adapter, unit)
     if opts.stage in ("init", "trained"):
         adapter.stage = Stage(opts.stage)
-        adapter.stage_forced = True
+        adapter.stage_source = opts.stage_source
+        adapter.stage_evidence = None
+
+
+def _stage_from_evidence(adapter: Adapter, unit: Unit) -> None:
+    """Weights still at a step-0 signature are a fresh adapter, unless the trainer's files say
+    steps were taken: then the run never moved them, and the stage is ``trained``."""
+    from loracheck.training_evidence import find_training_evidence
+
+    scheme = adapter.init.scheme.value if adapter.init is not None else "unknown"
+    if adapter.stage is Stage.TRAINED:
+        adapter.stage_evidence = f"the weights moved from the {scheme} init"
+        return
+    evidence = find_training_evidence(unit.weights, adapter.metadata)
+    if evidence is not None:
+        adapter.stage = Stage.TRAINED
+        adapter.stage_source = StageSource.TRAINING_EVIDENCE
+        adapter.stage_evidence = evidence.describe()
+    elif adapter.stage is Stage.INIT:
+        adapter.stage_evidence = f"the weights are exactly the {scheme} init at step 0"
 
 
 def load_paths(

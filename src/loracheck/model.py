@@ -44,6 +44,19 @@ class Stage(str, Enum):
     UNKNOWN = "unknown"
 
 
+class StageSource(str, Enum):
+    """Where the stage in force came from."""
+
+    # --stage on the command line.
+    COMMAND_LINE = "command-line"
+    # `stage` or `per-file-stage` in loracheck's settings (pyproject.toml, loracheck.toml).
+    SETTINGS = "settings"
+    # The weights against the init scheme's step-0 signature (B = 0 exactly, ...).
+    WEIGHTS = "weights"
+    # A trainer's record of steps taken (trainer_state.json, checkpoint-N, kohya ss_steps).
+    TRAINING_EVIDENCE = "training-evidence"
+
+
 class MethodKind(str, Enum):
     """What kind of fine-tuning a config or adapter describes; only LORA gets the LoRA rules.
 
@@ -394,12 +407,19 @@ class Adapter:
     dtypes: dict[str, int] = field(default_factory=dict)
     init: InitInference | None = None
     stage: Stage = Stage.UNKNOWN
-    stage_forced: bool = False
+    stage_source: StageSource = StageSource.WEIGHTS
+    # What the stage rests on, in words ("checkpoint-500/trainer_state.json: global_step 500").
+    stage_evidence: str | None = None
     has_weights: bool = True
     # Configuration read alongside weights (kohya ss_* metadata parsed as a spec, for LC212).
     metadata_spec: LoraSpec | None = None
     faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def stage_forced(self) -> bool:
+        """The stage was set by the user (command line or settings), not inferred."""
+        return self.stage_source in (StageSource.COMMAND_LINE, StageSource.SETTINGS)
 
     @property
     def method(self) -> MethodKind:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from loracheck.discover import Unit, discover
 from loracheck.errors import DeadlineExceeded
-from loracheck.model import Adapter, Diagnostic, Fault, Report, Severity
+from loracheck.model import Adapter, Diagnostic, Fault, Report, Severity, StageSource
 
 if TYPE_CHECKING:
     from loracheck.basemodel import BaseModelInfo
@@ -46,17 +46,29 @@ class RunOptions:
 
 def _load_one(
     unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None,
-    deadline: float | None = None,
+    deadline: float | None = None, stage_source: StageSource = StageSource.COMMAND_LINE,
 ) -> Adapter | None:
     from loracheck.load import LoadOptions, load_unit
 
-    return load_unit(unit, LoadOptions(stage=stage, deadline=deadline), progress=layer_progress)
+    options = LoadOptions(stage=stage, stage_source=stage_source, deadline=deadline)
+    return load_unit(unit, options, progress=layer_progress)
+
+
+def _unit_stage(unit: Unit, job: UnitJob) -> tuple[str, StageSource]:
+    """--stage beats the settings (``per-file-stage``, then ``stage``)."""
+    if job.stage != "auto":
+        return job.stage, StageSource.COMMAND_LINE
+    from loracheck.engine import stage_setting
+
+    files = [unit.path, *(str(p) for p in (unit.weights, unit.config) if p is not None)]
+    return stage_setting(files, job.settings), StageSource.SETTINGS
 
 
 @dataclass(frozen=True)
 class UnitJob:
     """What every unit of one run is read and judged with (sent once to each worker)."""
 
+    # --stage: "auto" leaves it to the settings, then to the evidence.
     stage: str
     settings: Settings
     base: BaseModelInfo | None = None
@@ -116,8 +128,9 @@ def _process_whole(
     layer_progress: Callable[[int, int], None] | None = None,
 ) -> Judged | None:
     deadline = time.monotonic() + timeout if timeout < _NO_LIMIT_S else None
+    stage, stage_source = _unit_stage(unit, job)
     try:
-        adapter = _load_one(unit, job.stage, layer_progress, deadline)
+        adapter = _load_one(unit, stage, layer_progress, deadline, stage_source)
     except _Deadline:
         raise
     except DeadlineExceeded as err:  # a step that no timer could interrupt, refused up front
@@ -330,7 +343,8 @@ def run(
 
 def _summary_only(adapter: Adapter) -> Adapter:
     return Adapter(path=adapter.path, format=adapter.format, files=adapter.files, spec=None,
-                   has_weights=adapter.has_weights, stage=adapter.stage)
+                   has_weights=adapter.has_weights, stage=adapter.stage,
+                   stage_source=adapter.stage_source, stage_evidence=adapter.stage_evidence)
 
 
 def failing(report: Report, fail_on: Severity) -> bool:

@@ -89,6 +89,10 @@ class Settings:
     # code or prefix -> severity; the longest matching prefix wins.
     severity: Mapping[str, Severity] = field(default_factory=dict)
     fail_on: Severity = Severity.ERROR
+    # "auto" (inferred from the weights and the trainer's files), "init" or "trained"; and
+    # (glob, stage) pairs that set it per path, the first matching glob winning.
+    stage: str = "auto"
+    per_file_stage: tuple[tuple[str, str], ...] = ()
     # The folder of the configuration file (per-file-ignores are relative to it).
     root: Path | None = None
     config_file: Path | None = None
@@ -313,8 +317,15 @@ def _severity(where: str, key: str, value: object) -> Severity:
 
 _SETTINGS_KEYS = (
     "profile", "select", "extend-select", "ignore", "extend-ignore", "per-file-ignores",
-    "severity", "fail-on", "thresholds",
+    "severity", "fail-on", "thresholds", "stage", "per-file-stage",
 )
+STAGES = ("auto", "init", "trained")
+
+
+def _stage(where: str, key: str, value: object) -> str:
+    if isinstance(value, str) and value in STAGES:
+        return value
+    raise UsageError(f"{where}: `{key}` must be one of {', '.join(STAGES)}, not {value!r}")
 
 
 def _apply_table(where: str, table: Mapping[str, Any], settings: Settings) -> Settings:
@@ -351,6 +362,15 @@ def _apply_table(where: str, table: Mapping[str, Any], settings: Settings) -> Se
         settings = replace(settings, severity=merged)
     if "fail-on" in table:
         settings = replace(settings, fail_on=_severity(where, "fail-on", table["fail-on"]))
+    if "stage" in table:
+        settings = replace(settings, stage=_stage(where, "stage", table["stage"]))
+    if "per-file-stage" in table:
+        pfs = table["per-file-stage"]
+        if not isinstance(pfs, dict):
+            raise UsageError(f"{where}: `per-file-stage` must be a table of glob = stage")
+        pairs_stage = tuple((glob, _stage(where, f"per-file-stage.{glob}", value))
+                            for glob, value in pfs.items())
+        settings = replace(settings, per_file_stage=settings.per_file_stage + pairs_stage)
     if "thresholds" in table:
         profile = settings.profile
         th = _thresholds(where, table["thresholds"], profile.thresholds)

@@ -259,6 +259,8 @@ def adapter_to_dict(adapter: Adapter, *, all_layers: bool = True) -> dict[str, A
         "has_weights": adapter.has_weights,
         "stage": adapter.stage.value,
         "stage_forced": adapter.stage_forced,
+        "stage_source": adapter.stage_source.value,
+        "stage_evidence": adapter.stage_evidence,
         "init_scheme": _init(adapter.init),
         "spec": spec_to_dict(adapter.spec, adapter) if adapter.spec is not None else None,
         "metadata_spec": (

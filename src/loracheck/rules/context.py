@@ -66,11 +66,6 @@ class RuleContext:
         return self.profile.thresholds
 
     @property
-    def stage_mode(self) -> str:
-        """``init`` or ``trained`` when the user forced it with ``--stage``, else ``auto``."""
-        return self.adapter.stage.value if self.adapter.stage_forced else "auto"
-
-    @property
     def stage(self) -> Stage:
         """The stage in force: the forced one, else the one inferred by the loader."""
         return self.adapter.stage

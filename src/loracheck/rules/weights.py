@@ -7,7 +7,7 @@ import math
 import statistics
 from collections.abc import Iterator
 
-from loracheck.model import InitScheme, LayerRecord, LoraSpec, Severity, Stage
+from loracheck.model import InitScheme, LayerRecord, LoraSpec, Severity, Stage, StageSource
 from loracheck.rules.context import (
     LORA_AND_OTHER,
     Finding,
@@ -434,8 +434,12 @@ def _live(ctx: RuleContext) -> list[LayerRecord]:
 def no_op_adapter(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports an adapter whose update ΔW = s·B·A is exactly zero in every module (B = 0, A = 0 or
-    ‖ΔW‖ = 0). An error at stage ``trained``; a warning when the stage is ``auto``; not checked
-    at stage ``init``, where a zero update is what a fresh LoRA should have.
+    ‖ΔW‖ = 0) although it was trained: the stage is ``trained`` because ``--stage trained`` or
+    the ``stage`` setting says so, or because the trainer's own files say steps were taken (a
+    ``trainer_state.json`` with ``global_step`` > 0 beside or above the adapter, a
+    ``checkpoint-N`` / ``step-N`` / ``epoch_N`` folder, kohya's ``ss_steps`` or ``ss_epoch``, an
+    mlx-lm ``0000100_adapters.safetensors``). A zero update with no such sign is what a fresh
+    adapter holds (stage ``init``, inferred from the weights) and is not reported.
 
     ## Why is this bad?
     Applying it changes nothing: the "fine-tuned" model is the base model. It is the signature
@@ -445,28 +449,42 @@ def no_op_adapter(ctx: RuleContext) -> Iterator[Finding]:
 
     ## Example
     ```text
-    all 64 lora_B.weight tensors are exactly zero, stage trained
+    checkpoint-500/adapter_model.safetensors: all 64 lora_B.weight tensors are exactly zero,
+    and checkpoint-500/trainer_state.json says global_step 500
     ```
 
     ## Use instead
     Check that ``model.print_trainable_parameters()`` shows the LoRA parameters and that the
-    loss moves, then save again. Pass ``--stage init`` when checking a fresh, untrained adapter.
+    loss moves, then save again.
     """
-    if ctx.stage_mode == "init":
+    if ctx.stage is not Stage.TRAINED and ctx.stage is not Stage.UNKNOWN:
         return
     live = _live(ctx)
     if not live or not all(delta_is_zero(layer) for layer in live):
         return
-    if ctx.stage_mode == "trained":
+    zero = f"ΔW is zero in all {plural(len(live), 'module')}"
+    adapter = ctx.adapter
+    if adapter.stage_source is StageSource.TRAINING_EVIDENCE:
         yield ctx.weight_finding(
-            f"ΔW is zero in all {plural(len(live), 'module')}: training never updated this "
-            "adapter", live[0].name,
+            f"{zero} although training took steps ({adapter.stage_evidence}): training never "
+            "updated this adapter", live[0].name,
         )
-    else:
+    elif adapter.stage_forced:
         yield ctx.weight_finding(
-            f"ΔW is zero in all {plural(len(live), 'module')}: if this adapter was trained, "
-            "training never updated it (pass --stage init for a fresh adapter)",
-            live[0].name, severity=Severity.WARNING,
+            f"{zero}: training never updated this adapter (stage trained, set by "
+            f"{'--stage' if adapter.stage_source is StageSource.COMMAND_LINE else 'settings'})",
+            live[0].name,
+        )
+    elif ctx.stage is Stage.TRAINED:
+        yield ctx.weight_finding(
+            f"{zero} although {adapter.stage_evidence or 'the factors moved'}: the update "
+            "this adapter applies is nothing", live[0].name,
+        )
+    else:  # no step-0 signature to go by and no record of training
+        yield ctx.weight_finding(
+            f"{zero}: if this adapter was trained, training never updated it "
+            "(set the stage to init for a fresh adapter)", live[0].name,
+            severity=Severity.WARNING,
         )
 
 
