@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from loracheck.model import ExtraTensor, Report, Stage
+from loracheck.model import ExtraTensor, Report, Stage, StageSource
 from loracheck.render import render_inspect_text
 from loracheck.render.inspect_text import (
+    LEGEND,
     MISSING_ALPHA,
     alpha_text,
     rank_text,
@@ -32,8 +33,8 @@ def test_exact_output_of_a_healthy_adapter() -> None:
         "  alpha    8",
         "  scaling  alpha/r = 2",
         "  dropout  0.05",
-        "  targets  q_proj, v_proj × 2 layers = 4 modules",
-        "  init     kaiming-uniform: A std 0.0720 vs kaiming 0.0722 at in=64",
+        "  targets  q_proj, v_proj (2 module types × 2 layers = 4 modules)",
+        "  init     kaiming-uniform (inferred; A std 0.072 vs 0.0722 expected)",
         "  stage    trained",
         "  tensors  9",
         "  bytes    40.0 KiB (40,960 B)",
@@ -52,6 +53,7 @@ def test_exact_output_of_a_healthy_adapter() -> None:
         "      1.98          0",
         "  model.layers.1.self_attn.v_proj     4   64→64      2  0.072   0.01     1   0.8"
         "      1.98          0",
+        *(f"  {line}" for line in LEGEND),
     ]
 
 
@@ -101,12 +103,12 @@ def test_rank_pattern_missing_alpha_and_forced_stage() -> None:
     layers = [layer(0, rank=4, alpha=None, alpha_source="missing"),
               layer(1, rank=16, alpha=None, alpha_source="missing")]
     a = adapter(layers, spec=peft_spec(alpha=None, rank_pattern={"layers.1": 16}),
-                stage=Stage.INIT, stage_forced=True)
+                stage=Stage.INIT, stage_source=StageSource.COMMAND_LINE)
     assert rank_text(a) == "4–16 (rank_pattern)"
     assert alpha_text(a) == MISSING_ALPHA == "missing — PEFT assumes 8, kohya/diffusers scale 1"
     assert scaling_text(a) == "alpha-missing"
     lines = _render(Report(adapters=[a]))
-    assert "  stage    init (forced)" in lines
+    assert "  stage    init (set by --stage)" in lines
     assert f"  alpha    {MISSING_ALPHA}" in lines
 
 
@@ -116,7 +118,7 @@ def test_alpha_and_scaling_variants() -> None:
     assert alpha_text(kohya) == "2–4 (per-module .alpha)"
     assert scaling_text(kohya) == "kohya-per-module = 0.5–1"
     assert rank_text(kohya) == "4"
-    assert targets_text(kohya) == "q_proj × 2 layers = 2 modules"
+    assert targets_text(kohya) == "q_proj (1 module type × 2 layers = 2 modules)"
     mlx = adapter([layer(0, alpha=None, alpha_source="mlx-scale")],
                   spec=peft_spec(source_format="mlx", alpha=None, scale=20.0))
     mlx.layers[0].scaling = 20.0
@@ -125,7 +127,7 @@ def test_alpha_and_scaling_variants() -> None:
     rs = adapter([layer(0)], spec=peft_spec(use_rslora=True, rank=4, alpha=8.0))
     rs.layers[0].scaling = 4.0
     assert scaling_text(rs) == "alpha/sqrt(r) = 4"
-    assert targets_text(rs) == "q_proj, v_proj = 1 module"
+    assert targets_text(rs) == "q_proj (1 module type × 1 layer = 1 module)"
     config_only = adapter([], spec=peft_spec(), has_weights=False)
     assert scaling_text(config_only) == "alpha/r = 2"
     assert rank_text(config_only) == "4"

@@ -38,7 +38,7 @@ def test_summary_singular_and_info() -> None:
                           location=None)],
     )
     lines = render_text(report, color=False, root=ROOT).splitlines()
-    assert lines[-1] == "Found 1 problem (1 info) in 1 file."
+    assert lines[-1] == "All checks passed (1 file); 1 info."
 
 
 def test_location_not_repeated_when_message_names_it() -> None:

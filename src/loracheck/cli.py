@@ -22,9 +22,53 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from loracheck import __version__
 from loracheck.errors import LoracheckError, UsageError
+
+
+class _Argument(typer.core.TyperArgument):
+    """An argument shown by its metavar alone: ``PATH...`` in the usage line and the help
+    table, with no internal type label (``<list[str]>``) or braces (``{paths}``)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None if self.metavar else super().display_type_rich(ctx)
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or (self.name or "arg").upper()
+        return name if self.required else f"[{name}]"
+
+
+def _plain_help(command: Any) -> None:
+    """Arguments shown by their metavars (:class:`_Argument`)."""
+    for param in command.params:
+        if type(param) is typer.core.TyperArgument:
+            param.__class__ = _Argument
+
+
+def _quiet_help_option(option: Any) -> Any:
+    """``--help`` without a ``<bool>`` type label."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows metavars, not typer's internal type labels."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_help_option(super().get_help_option(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _quiet_help_option(super().get_help_option(ctx))
+
 
 app = typer.Typer(
     name="loracheck",
@@ -32,6 +76,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -160,14 +205,30 @@ class _ProgressBar:
             self._progress.stop()
 
 
-PathsArg = Annotated[list[str], typer.Argument(help="Adapter folders, weights or config files.")]
-StageOpt = Annotated[StageChoice, typer.Option(help="Override the inferred stage.")]
+PathsArg = Annotated[list[str], typer.Argument(
+    help="Adapter folders, weights or config files.", metavar="PATH...")]
+StageOpt = Annotated[StageChoice, typer.Option(help="Override the inferred stage.",
+                                               metavar="auto|init|trained")]
 ProfileOpt = Annotated[
-    str | None, typer.Option(help="Profile: default, llmbook, or a TOML file path.")
+    str | None, typer.Option(help="Profile: default, llmbook, or a TOML file path.",
+                             metavar="NAME|FILE")
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Base model folder (config.json + safetensors).")
+    str | None, typer.Option("--model", help="Base model folder (config.json + safetensors).",
+                             metavar="DIR")
 ]
+FormatOpt = Annotated[InspectFormat, typer.Option("--format", "-f", metavar="text|json")]
+CheckFormatOpt = Annotated[
+    CheckFormat, typer.Option("--format", "-f", metavar="text|json|sarif|github")
+]
+FailOnOpt = Annotated[FailOn | None, typer.Option(help="Lowest severity that fails.",
+                                                  metavar="error|warning|info")]
+SelectOpt = Annotated[list[str] | None, typer.Option(
+    help="Codes or prefixes to run (comma-separated, repeatable).", metavar="CODES")]
+ExtendSelectOpt = Annotated[list[str] | None, typer.Option(
+    help="Codes or prefixes to run besides the selected ones.", metavar="CODES")]
+IgnoreOpt = Annotated[list[str] | None, typer.Option(
+    help="Codes or prefixes to skip (comma-separated, repeatable).", metavar="CODES")]
 
 
 def _run(paths: list[str], options: Any, progress: bool) -> tuple[Any, Any]:
@@ -180,14 +241,18 @@ def _run(paths: list[str], options: Any, progress: bool) -> tuple[Any, Any]:
         bar.close()
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     paths: PathsArg,
-    format: Annotated[InspectFormat, typer.Option("--format", "-f")] = InspectFormat.text,
+    format: FormatOpt = InspectFormat.text,
     stage: StageOpt = StageChoice.auto,
     profile: ProfileOpt = None,
-    all_layers: Annotated[bool, typer.Option("--all", help="Show every layer.")] = False,
+    all_layers: Annotated[bool, typer.Option("--all", help="Show every layer.",
+                                             metavar="")] = False,
     model: ModelOpt = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the whole evidence for the init scheme.",
+        metavar="")] = False,
 ) -> int:
     """Show what adapters really hold: format, rank, alpha, scale, init, stage, per-layer stats."""
     from loracheck.runner import RunOptions
@@ -203,7 +268,7 @@ def inspect(
         from loracheck.render import render_inspect_text
 
         _write(render_inspect_text(report, color=_color(sys.stdout), all_layers=all_layers,
-                                   root=root), None)
+                                   root=root, verbose=verbose), None)
     return 1 if any(d.severity.value == "error" for d in report.diagnostics) else 0
 
 
@@ -224,21 +289,26 @@ def _render_report(report: Any, format: CheckFormat, *, color: bool) -> str:
     return render.render_text(report, color=color, root=root)
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     paths: PathsArg,
-    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
-    fail_on: Annotated[FailOn | None, typer.Option(help="Lowest severity that fails.")] = None,
+    format: CheckFormatOpt = CheckFormat.text,
+    fail_on: FailOnOpt = None,
     stage: StageOpt = StageChoice.auto,
     profile: ProfileOpt = None,
     model: ModelOpt = None,
-    select: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to run.")] = None,
-    extend_select: Annotated[list[str] | None, typer.Option()] = None,
-    ignore: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to skip.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
-    exit_zero: Annotated[bool, typer.Option(help="Exit 0 even when findings fail.")] = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1)] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per file.", min=0.1)] = 600.0,
+    select: SelectOpt = None,
+    extend_select: ExtendSelectOpt = None,
+    ignore: IgnoreOpt = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the report to this file.", metavar="FILE")] = None,
+    exit_zero: Annotated[bool, typer.Option(help="Exit 0 even when findings fail.",
+                                            metavar="")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Worker processes (default: one per CPU).",
+        metavar="N")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per file.", min=0.1,
+                                           metavar="SECONDS")] = 600.0,
 ) -> int:
     """Lint adapters and configs: findings with codes, for pre-commit and CI."""
     from loracheck.model import Severity
@@ -263,11 +333,71 @@ def check(
     return 1 if failing(report, threshold) else 0
 
 
-@app.command()
+# Rules whose findings do not all carry the rule's declared severity (``RuleMeta.severity``):
+# each sets ``Finding(severity=...)`` by case. Read from the rules' source (rules/*.py); RuleMeta
+# has no field for it yet, and tests/test_first_screen.py checks this table against the source.
+# code -> (every severity its findings can carry, when each applies)
+SEVERITY_CASES: dict[str, tuple[tuple[str, ...], str]] = {
+    "LC102": (("warning", "error"),
+              "error when alpha or scale (in the config, an alpha_pattern entry or an .alpha "
+              "tensor) is not a positive finite number; warning when the effective scale is "
+              "outside the profile's band"),
+    "LC103": (("warning", "error"),
+              "error when dropout is outside [0, 1) or not a number; warning when it is above "
+              "the profile's maximum"),
+    "LC105": (("warning", "error"),
+              "error for init_lora_weights=False in a training config; warning in a saved "
+              "adapter or a script, and for an init name PEFT does not know"),
+    "LC114": (("warning", "error"),
+              "error where PEFT fails on the value; warning where it silently does something "
+              "else"),
+    "LC207": (("warning", "error"),
+              "error when the adapter is known to be trained (--stage trained, the stage "
+              "setting, a trainer's record of steps, factors that moved); warning when nothing "
+              "tells"),
+}
+
+
+def _severity_text(meta: Any) -> str:
+    """The severities a rule's findings carry: ``error``, or ``warning/error`` for a rule that
+    chooses by case."""
+    cases = SEVERITY_CASES.get(meta.code)
+    return "/".join(cases[0]) if cases else str(meta.severity.value)
+
+
+def _rule_page(meta: Any, *, color: bool) -> str:
+    """``loracheck rule CODE`` as terminal text: the Markdown explanation without its markup."""
+    from loracheck.render._common import markdown_to_terminal
+    from loracheck.render.ansi import BOLD, paint
+
+    severity = _severity_text(meta)
+    cases = SEVERITY_CASES.get(meta.code)
+    if cases:
+        severity += f" — {cases[1]}"
+    lines = [paint(f"{meta.code} {meta.name}", BOLD, color), "",
+             f"Severity: {severity}", f"Status: {meta.status}", ""]
+    lines += markdown_to_terminal(meta.explanation.strip(), color=color)
+    return "\n".join(lines) + "\n"
+
+
+def _rule_list(rules: Sequence[Any]) -> str:
+    """``loracheck rule --all``: one line per rule, with the severities it fires at."""
+    from loracheck.render._common import plain_inline
+
+    width = max(len(r.name) for r in rules)
+    sev_width = max(len(_severity_text(r)) for r in rules)
+    return "\n".join(
+        f"{r.code}  {r.name:<{width}}  {_severity_text(r):<{sev_width}}  "
+        f"{plain_inline(r.summary)}" for r in rules)
+
+
+@app.command(cls=_Command)
 def rule(
-    code: Annotated[str | None, typer.Argument(help="A rule code, e.g. LC204.")] = None,
-    all_rules_: Annotated[bool, typer.Option("--all", help="List every rule.")] = False,
-    format: Annotated[InspectFormat, typer.Option("--format", "-f")] = InspectFormat.text,
+    code: Annotated[str | None, typer.Argument(help="A rule code, e.g. LC204.",
+                                               metavar="CODE")] = None,
+    all_rules_: Annotated[bool, typer.Option("--all", help="List every rule.",
+                                             metavar="")] = False,
+    format: FormatOpt = InspectFormat.text,
 ) -> int:
     """Explain one rule, or list them all."""
     import json
@@ -279,9 +409,7 @@ def rule(
         if format is InspectFormat.json:
             _write(json.dumps([_rule_dict(r) for r in rules], indent=2), None)
         else:
-            width = max(len(r.name) for r in rules)
-            _write("\n".join(f"{r.code}  {r.name:<{width}}  {r.severity.value:<7}  {r.summary}"
-                             for r in rules), None)
+            _write(_rule_list(rules), None)
         return 0
     meta = get_rule(code.upper())
     if meta is None:
@@ -289,8 +417,7 @@ def rule(
     if format is InspectFormat.json:
         _write(json.dumps(_rule_dict(meta), indent=2), None)
     else:
-        _write(f"# {meta.code} {meta.name}\n\nDefault severity: {meta.severity.value}"
-               f" · status: {meta.status}\n\n{meta.explanation.strip()}\n", None)
+        _write(_rule_page(meta, color=_color(sys.stdout)), None)
     return 0
 
 
@@ -299,33 +426,50 @@ def _rule_dict(meta: Any) -> dict[str, str]:
             "status": meta.status, "summary": meta.summary, "explanation": meta.explanation}
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
-    model: Annotated[str, typer.Option(help="builtin, or a transformers folder.")] = "builtin",
-    adapter: Annotated[str | None, typer.Option(help="An adapter to load and verify.")] = None,
-    config: Annotated[str | None, typer.Option(help="A config file with LoRA settings.")] = None,
-    profile: Annotated[str, typer.Option(help="Profile when no config is given.")] = "llmbook",
+    model: Annotated[str, typer.Option(help="builtin, or a transformers folder.",
+                                       metavar="builtin|DIR")] = "builtin",
+    adapter: Annotated[str | None, typer.Option(help="An adapter to load and verify.",
+                                                metavar="PATH")] = None,
+    config: Annotated[str | None, typer.Option(help="A config file with LoRA settings.",
+                                               metavar="FILE")] = None,
+    profile: Annotated[str, typer.Option(help="Profile when no config is given.",
+                                         metavar="NAME|FILE")] = "llmbook",
     init: Annotated[str | None, typer.Option(help="Init scheme override: normal, kaiming, "
-                                             "gaussian, pissa, zeros, random.")] = None,
-    probe_steps: Annotated[int, typer.Option(min=1)] = 20,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    seq_len: Annotated[int, typer.Option(min=2)] = 64,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
-    data: Annotated[str | None, typer.Option(help="A text file for the probe.")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="Use torch.compile.")] = False,
-    device_map: Annotated[str | None, typer.Option(help="auto: shard through accelerate.")] = None,
-    save_adapter: Annotated[str | None, typer.Option(help="Write the probed adapter here.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Let --save-adapter replace a folder.")] = False,
+                                             "gaussian, pissa, zeros, random.",
+                                             metavar="SCHEME")] = None,
+    probe_steps: Annotated[int, typer.Option(min=1, help="Training steps of the probe.",
+                                             metavar="N")] = 20,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the probe.",
+                                      metavar="RATE")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per probe step.",
+                                            metavar="N")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per sequence.",
+                                         metavar="N")] = 64,
+    seed: Annotated[int, typer.Option(metavar="N")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.",
+                                        metavar="DEVICE")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.",
+                                       metavar="DTYPE")] = "float32",
+    data: Annotated[str | None, typer.Option(help="A text file for the probe.",
+                                             metavar="FILE")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Use torch.compile.",
+                                          metavar="")] = False,
+    device_map: Annotated[str | None, typer.Option(help="auto: shard through accelerate.",
+                                                   metavar="auto")] = None,
+    save_adapter: Annotated[str | None, typer.Option(help="Write the probed adapter here.",
+                                                     metavar="DIR")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Let --save-adapter replace a folder.",
+                                            metavar="")] = False,
     keep_going: Annotated[bool, typer.Option(
-        help="Probe even when `check` finds errors in --config or --adapter.")] = False,
-    format: Annotated[CheckFormat, typer.Option("--format", "-f")] = CheckFormat.text,
-    fail_on: Annotated[FailOn | None, typer.Option(help="Lowest severity that fails.")] = None,
-    select: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to run.")] = None,
-    extend_select: Annotated[list[str] | None, typer.Option()] = None,
-    ignore: Annotated[list[str] | None, typer.Option(help="Codes or prefixes to skip.")] = None,
+        help="Probe even when `check` finds errors in --config or --adapter.",
+        metavar="")] = False,
+    format: CheckFormatOpt = CheckFormat.text,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    extend_select: ExtendSelectOpt = None,
+    ignore: IgnoreOpt = None,
 ) -> int:
     """Probe a live model: identity at step 0, only adapters learn, loss falls, merge/reload."""
     try:
@@ -425,7 +569,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.",
+                           metavar="")
     ] = False,
 ) -> None:
     """loracheck: find what is wrong with a LoRA adapter before a long job or a release."""

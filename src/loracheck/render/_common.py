@@ -290,3 +290,44 @@ def clean_line(line: str, *, color: bool = False, limit: int = MAX_LINE) -> str:
 def clean_lines(lines: Iterable[str], *, color: bool = False) -> list[str]:
     """Every line through :func:`clean_line`."""
     return [clean_line(line, color=color) for line in lines]
+
+
+# --- rule pages as terminal text -------------------------------------------------------------
+
+_DOUBLE_BACKTICKS = re.compile(r"``(.+?)``")
+_BACKTICKS = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+_EMPHASIS = re.compile(r"(?<![\w*])\*(\w(?:[^*\n]*?\w)?)\*(?![\w*])")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+CODE_INDENT = "    "
+
+
+def plain_inline(text: str) -> str:
+    """``text`` without inline markup: RST/Markdown code spans (````x````, ```x```) and
+    ``*emphasis*`` become their plain content."""
+    text = _DOUBLE_BACKTICKS.sub(r"\1", text)
+    text = _BACKTICKS.sub(r"\1", text)
+    return _EMPHASIS.sub(r"\1", text)
+
+
+def markdown_to_terminal(text: str, *, color: bool = False) -> list[str]:
+    """A rule's Markdown explanation as terminal lines: ``#``/``##`` headings become plain
+    (bold with ``color``) heading lines, fenced code blocks become blocks indented by four
+    spaces (the fences dropped, their content untouched), and inline markup is removed."""
+    from loracheck.render.ansi import BOLD, paint
+
+    out: list[str] = []
+    in_code = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append((CODE_INDENT + line).rstrip())
+            continue
+        stripped = line.lstrip()
+        if stripped.startswith("#"):
+            heading = stripped.lstrip("#").strip()
+            out.append(paint(plain_inline(heading), BOLD, color))
+            continue
+        out.append(plain_inline(line))
+    return out

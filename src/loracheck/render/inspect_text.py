@@ -2,18 +2,29 @@
 
 Plain aligned text; ANSI colour only when asked. The table groups layers by module type and
 shows the outliers first (non-finite, then farthest from the type's median ‖ΔW‖), at most
-five rows per type unless ``all_layers``.
+five rows per type unless ``all_layers``; a legend under it spells out the abbreviated column
+headers.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from loracheck.initscheme import scheme_label
-from loracheck.model import Adapter, Diagnostic, LayerRecord, MethodKind, Report, ValueOrigin
+from loracheck.model import (
+    Adapter,
+    Diagnostic,
+    InitInference,
+    InitScheme,
+    LayerRecord,
+    MethodKind,
+    Report,
+    StageSource,
+    ValueOrigin,
+)
 from loracheck.render._common import (
-    block_index,
     clean_lines,
     diagnostics_for,
     display_path,
@@ -33,11 +44,31 @@ from loracheck.render.text import format_diagnostic
 MISSING_ALPHA = "missing — PEFT assumes 8, kohya/diffusers scale 1"
 COLUMNS = ("name", "rank", "in→out", "scale", "A std", "B std", "‖ΔW‖", "σmax", "eff.rank",
            "nonfinite")
+# Printed under the table: what each abbreviated column header means.
+LEGEND = (
+    "in→out: in/out features · scale: s in ΔW = s·B·A · A std, B std: std of the factors' "
+    "entries",
+    "‖ΔW‖: Frobenius norm of ΔW · σmax: largest singular value of ΔW · nonfinite: NaN/Inf "
+    "entries",
+    "eff.rank: entropy effective rank, exp of the entropy of the normalised singular values "
+    "(1 to r)",
+)
 _LEFT_ALIGNED = frozenset({0})
 _INDENT = "  "
 
 
 # --- summary fields --------------------------------------------------------------------------
+
+
+def stage_text(adapter: Adapter) -> str:
+    """The stage and where it came from: ``trained (trainer_state.json: global_step 500)``."""
+    if adapter.stage_source is StageSource.COMMAND_LINE:
+        return f"{adapter.stage.value} (set by --stage)"
+    if adapter.stage_source is StageSource.SETTINGS:
+        return f"{adapter.stage.value} (set by the stage setting)"
+    if adapter.stage_evidence:
+        return f"{adapter.stage.value} ({adapter.stage_evidence})"
+    return adapter.stage.value
 
 
 def _span(values: Sequence[float]) -> str:
@@ -117,36 +148,170 @@ def _dropout_text(adapter: Adapter) -> str:
     return fmt_num(spec.dropout)
 
 
-def targets_text(adapter: Adapter) -> str:
-    """``q_proj, v_proj × 32 layers = 64 modules``."""
-    spec = adapter.spec
-    targets: str
-    if spec is not None and spec.target_modules is not None:
-        tm = spec.target_modules
-        targets = tm if isinstance(tm, str) else (", ".join(tm) if tm else "(empty)")
+# Leaf module names in the order a transformer block runs them: the targets line lists module
+# types in this order (attention before MLP), others after them in file order.
+_LEAF_ORDER = (
+    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "out_proj",
+    "query", "key", "value", "query_key_value", "Wqkv", "wq", "wk", "wv", "wo",
+    "to_q", "to_k", "to_v", "to_out",
+    "c_attn", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "c_fc", "c_proj",
+    "w1", "w3", "w2", "fc1", "fc2", "dense", "dense_h_to_4h", "dense_4h_to_h",
+)
+_ATTENTION_PARENTS = ("attn", "attention")
+_MAX_TYPES_SHOWN = 8
+
+
+def _type_and_block(name: str) -> tuple[str, str | None]:
+    """A module's type (its path after the last block index: ``self_attn.q_proj``,
+    ``attn.c_proj``; for kohya's flattened names the part after the last index) and its block
+    (the path up to that index: ``model.layers.3``; None for a module outside any block)."""
+    name = short_name(name)
+    if "." not in name and "/" not in name:  # kohya/LyCORIS: lora_unet_…_blocks_0_attn1_to_q
+        tokens = name.split("_")
+        digits = [i for i, t in enumerate(tokens) if t.isdigit()]
+        if digits and digits[-1] == len(tokens) - 1:
+            digits.pop()  # a trailing index belongs to the module itself (to_out_0)
+        if not digits:
+            return ("_".join(tokens[2:]) or name) if name.startswith("lora_") else name, None
+        return "_".join(tokens[digits[-1] + 1:]) or name, "_".join(tokens[: digits[-1] + 1])
+    parts = [p for p in name.replace("/", ".").split(".") if p]
+    indices = [i for i, p in enumerate(parts) if p.isdigit()]
+    if indices and indices[-1] == len(parts) - 1:
+        indices.pop()  # to_out.0: the index names the module, not a block
+    if not indices:
+        return (parts[-1] if parts else name), None
+    cut = indices[-1] + 1
+    return ".".join(parts[cut:]), ".".join(parts[:cut])
+
+
+def _leaf(module_type: str) -> str:
+    """A type's last segment, with its own index (``q_proj``, ``to_out.0``)."""
+    parts = module_type.split(".")
+    if len(parts) > 1 and parts[-1].isdigit():
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def _type_labels(types: Sequence[str]) -> dict[str, str]:
+    """Each type's shortest name: its last segment, or its whole path where two types share a
+    last segment (GPT-2's ``attn.c_proj`` and ``mlp.c_proj``)."""
+    counts: dict[str, int] = {}
+    for t in types:
+        counts[_leaf(t)] = counts.get(_leaf(t), 0) + 1
+    return {t: _leaf(t) if counts[_leaf(t)] == 1 else t for t in types}
+
+
+def _type_order(types: Sequence[str], blockless: set[str]) -> list[str]:
+    """Modules inside the blocks first (attention, then the rest), those outside them (lm_head)
+    last; within each the order of :data:`_LEAF_ORDER`, then first appearance."""
+    def key(item: tuple[int, str]) -> tuple[bool, int, int, int]:
+        index, t = item
+        leaf = _leaf(t).split(".")[0]
+        parent = (t[: -len(_leaf(t))] if "." in t else t).lower()
+        attention = any(word in parent for word in _ATTENTION_PARENTS)
+        rank = _LEAF_ORDER.index(leaf) if leaf in _LEAF_ORDER else len(_LEAF_ORDER)
+        return (t in blockless, 0 if attention else 1, rank, index)
+
+    return [t for _, t in sorted(enumerate(types), key=key)]
+
+
+def module_count_text(names: Sequence[str]) -> str:
+    """``q_proj, v_proj (2 module types × 32 layers = 64 modules)``: the module types of
+    ``names`` and how many modules they make; ``… (8 module types in 2 layers, 15 modules)``
+    when the count is not types × layers (a module outside the blocks, a type in some blocks
+    only)."""
+    seen: dict[str, None] = {}
+    pairs: set[tuple[str, str | None]] = set()
+    blocks: set[str] = set()
+    blockless: set[str] = set()
+    for name in names:
+        module_type, block = _type_and_block(name)
+        seen.setdefault(module_type, None)
+        pairs.add((module_type, block))
+        if block is None:
+            blockless.add(module_type)
+        else:
+            blocks.add(block)
+    ordered = _type_order(list(seen), blockless)
+    labels = _type_labels(ordered)
+    shown = [labels[t] for t in ordered[:_MAX_TYPES_SHOWN]]
+    if len(ordered) > _MAX_TYPES_SHOWN:
+        shown.append(f"… {len(ordered) - _MAX_TYPES_SHOWN} more")
+    n_types, n_blocks, n_modules = len(ordered), len(blocks), len(names)
+    kinds = plural(n_types, "module type")
+    modules = plural(n_modules, "module")
+    if not blocks:
+        count = f"{kinds}, {modules}" if n_types != n_modules else modules
+    elif not blockless and len(pairs) == n_modules == n_types * n_blocks:
+        count = f"{kinds} × {plural(n_blocks, 'layer')} = {modules}"
     else:
-        seen: dict[str, None] = {}
-        for layer in adapter.layers:
-            seen.setdefault(layer.module_type, None)
-        targets = ", ".join(seen) if seen else "-"
-    if not adapter.layers:
-        return targets
-    blocks = {block_index(layer.name) for layer in adapter.layers}
-    blocks.discard(())
-    modules = plural(len(adapter.layers), "module")
-    if len(blocks) > 1:
-        return f"{targets} × {len(blocks)} layers = {modules}"
-    return f"{targets} = {modules}"
+        count = f"{kinds} in {plural(n_blocks, 'layer')}, {modules}"
+    return f"{', '.join(shown)} ({count})"
+
+
+def targets_text(adapter: Adapter) -> str:
+    """The module types the adapter holds and how many modules: ``q_proj, v_proj (2 module
+    types × 32 layers = 64 modules)``. From the weights when there are any (a target string
+    such as ``all-linear`` is named first), else from the config's ``target_modules``."""
+    spec = adapter.spec
+    declared = spec.target_modules if spec is not None else None
+    if adapter.layers:
+        text = module_count_text([layer.name for layer in adapter.layers])
+        return f"{declared} → {text}" if isinstance(declared, str) and declared else text
+    if declared is None:
+        return "-"
+    if isinstance(declared, str):
+        return declared
+    if not declared:
+        return "(empty)"
+    if any("." in name for name in declared):
+        return module_count_text(declared)  # full module paths (PEFT's all-linear, resolved)
+    return ", ".join(declared)
+
+
+# The measured A std in an init inference's evidence: "A std 0.0747 vs kaiming-uniform 0.0722".
+_MEASURED_A_STD = re.compile(r"\bA std ([-+0-9.eE]+|nan|inf) vs ")
+
+
+def _init_source(init: InitInference) -> str:
+    """How the scheme is known: ``declared``, ``<format> default`` or ``inferred``."""
+    first = init.evidence.split(";", 1)[0].strip()
+    if first.startswith("the ") and first.endswith(" default"):
+        return first[len("the "):]
+    return "declared" if init.declared else "inferred"
 
 
 def init_text(adapter: Adapter) -> str:
+    """The scheme, how it is known and one number against its expectation:
+    ``kaiming-uniform (declared; A std 0.0735 vs 0.0722 expected)``. The whole evidence is
+    :func:`init_evidence_text` (``inspect -v``)."""
     init = adapter.init
     if init is None:
         return "-"
-    if init.evidence:
-        # The evidence says how the scheme was found: declared (and by what) or inferred.
-        return f"{scheme_label(init)}: {init.evidence}"
-    return f"{scheme_label(init)} ({'declared' if init.declared else 'inferred'})"
+    label = scheme_label(init)
+    source = _init_source(init)
+    match = _MEASURED_A_STD.search(init.evidence)
+    if match is not None and init.expected_std:
+        try:
+            measured: float | None = float(match.group(1))
+        except ValueError:  # "e" or "." alone: no number to show
+            measured = None
+        if measured is not None:
+            return (f"{label} ({source}; A std {fmt_num(measured, 3)} vs "
+                    f"{fmt_num(init.expected_std, 3)} expected)")
+    if init.scheme is InitScheme.UNKNOWN:
+        if init.evidence.startswith("inferred from"):
+            return f"{label} (inferred; no one scheme fits most layers)"
+        return f"{label} ({init.evidence or source})"
+    if init.scheme is InitScheme.EMBEDDING and not init.declared:
+        return f"{label} (inferred; embedding layers only)"
+    return f"{label} ({source})"
+
+
+def init_evidence_text(adapter: Adapter) -> str | None:
+    """Everything the init inference measured, as it said it (``inspect -v``)."""
+    init = adapter.init
+    return init.evidence if init is not None and init.evidence else None
 
 
 def _dtypes_text(adapter: Adapter) -> str:
@@ -194,8 +359,9 @@ def with_origin(adapter: Adapter, field_name: str, text: str) -> str:
     return text
 
 
-def summary_fields(adapter: Adapter, root: Path) -> list[tuple[str, str]]:
-    """The (label, value) pairs of an adapter's summary block, in display order."""
+def summary_fields(adapter: Adapter, root: Path, *, verbose: bool = False) -> list[tuple[str, str]]:
+    """The (label, value) pairs of an adapter's summary block, in display order; ``verbose``
+    adds the init inference's whole evidence."""
     spec = adapter.spec
     fields: list[tuple[str, str]] = [("format", adapter.format)]
     if adapter.has_weights:
@@ -214,7 +380,12 @@ def summary_fields(adapter: Adapter, root: Path) -> list[tuple[str, str]]:
             ("dropout", with_origin(adapter, "dropout", _dropout_text(adapter))),
             ("targets", with_origin(adapter, "target_modules", targets_text(adapter))),
             ("init", init_text(adapter)),
-            ("stage", adapter.stage.value + (" (forced)" if adapter.stage_forced else "")),
+        ]
+        evidence = init_evidence_text(adapter) if verbose else None
+        if evidence is not None:
+            fields.append(("evidence", evidence))
+        fields += [
+            ("stage", stage_text(adapter)),
         ]
     if adapter.has_weights:
         fields += [
@@ -282,6 +453,7 @@ def layer_table(adapter: Adapter, *, all_layers: bool, color: bool) -> list[str]
             out.append(_INDENT + (paint(line, RED, color) if layer.nonfinite else line))
         if omitted:
             out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))
+    out += [_INDENT + paint(line, DIM, color) for line in LEGEND]
     return out
 
 
@@ -295,9 +467,10 @@ def render_adapter(
     color: bool,
     all_layers: bool,
     root: Path,
+    verbose: bool = False,
 ) -> list[str]:
     lines = [paint(display_path(adapter.path, root), BOLD, color)]
-    fields = summary_fields(adapter, root)
+    fields = summary_fields(adapter, root, verbose=verbose)
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
         lines.append(f"{_INDENT}{paint(label.ljust(width), DIM, color)}  {value}")
@@ -311,16 +484,20 @@ def render_adapter(
     return lines
 
 
-def render_inspect_text(report: Report, *, color: bool, all_layers: bool, root: Path) -> str:
+def render_inspect_text(
+    report: Report, *, color: bool, all_layers: bool, root: Path, verbose: bool = False
+) -> str:
     """Every adapter's summary and table, separated by blank lines; findings that belong to no
-    adapter (unreadable paths) close the output."""
+    adapter (unreadable paths) close the output. ``verbose`` adds each init inference's whole
+    evidence under its init line."""
     diagnostics = sorted_diagnostics(report.diagnostics)
     claimed: set[int] = set()
     blocks: list[list[str]] = []
     for adapter in report.adapters:
         own = diagnostics_for(adapter, diagnostics)
         claimed.update(id(d) for d in own)
-        blocks.append(render_adapter(adapter, own, color=color, all_layers=all_layers, root=root))
+        blocks.append(render_adapter(adapter, own, color=color, all_layers=all_layers, root=root,
+                                     verbose=verbose))
     rest = [d for d in diagnostics if id(d) not in claimed]
     if rest:
         blocks.append([format_diagnostic(d, root=root, color=color) for d in rest])

@@ -39,20 +39,28 @@ def format_diagnostic(d: Diagnostic, *, root: Path, color: bool = False) -> str:
 
 
 def summary_line(report: Report, *, color: bool = False) -> str:
-    """``Found 3 problems (1 error, 2 warnings) in 2 files.`` or ``All checks passed (N files).``"""
+    """``Found 3 problems (1 error, 2 warnings) in 2 files.``; infos are not problems:
+    ``Found 1 problem (1 warning) and 2 infos in 1 file.``, ``All checks passed (2 files);
+    1 info.``, ``All checks passed (N files).``. A report whose verdict is already known to be
+    a failure (``passed`` False: an info reaching ``--fail-on info``) never says passed."""
     diagnostics = report.diagnostics
-    if not diagnostics:
-        text = f"All checks passed ({plural(len(report.adapters), 'file')})."
-        return paint(text, GREEN, color)
     counts = severity_counts(diagnostics)
-    words = ((Severity.ERROR, "error"), (Severity.WARNING, "warning"), (Severity.INFO, "info"))
-    shown = [plural(counts[s], word) for s, word in words if counts[s]]
+    infos = plural(counts[Severity.INFO], "info")
+    n_problems = counts[Severity.ERROR] + counts[Severity.WARNING]
+    if not n_problems and (report.passed is not False or not diagnostics):
+        text = f"All checks passed ({plural(len(report.adapters), 'file')})"
+        text += f"; {infos}." if counts[Severity.INFO] else "."
+        return paint(text, GREEN, color)
     n_paths = len({d.path for d in diagnostics})
-    text = (
-        f"Found {plural(len(diagnostics), 'problem')} ({', '.join(shown)}) "
-        f"in {plural(n_paths, 'file')}."
-    )
-    return paint(text, BOLD, color)
+    where = f"in {plural(n_paths, 'file')}."
+    if not n_problems:
+        return paint(f"Found {infos} {where}", BOLD, color)
+    words = ((Severity.ERROR, "error"), (Severity.WARNING, "warning"))
+    shown = [plural(counts[s], word) for s, word in words if counts[s]]
+    text = f"Found {plural(n_problems, 'problem')} ({', '.join(shown)})"
+    if counts[Severity.INFO]:
+        text += f" and {infos}"
+    return paint(f"{text} {where}", BOLD, color)
 
 
 def render_text(report: Report, *, color: bool, root: Path) -> str:
