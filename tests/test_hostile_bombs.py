@@ -58,6 +58,30 @@ def deflated_record(root: Path) -> Path:
 
     The pickle is torch.save's own for an A of 123 elements, with that count rewritten to 2²⁶
     (storage size, shape and stride: the index stays consistent with the record)."""
+    return _zip_bomb(root, lie=False)
+
+
+def lying_directory(root: Path) -> Path:
+    """The same 128 MiB deflated record, but the zip's central directory says it inflates to
+    256 bytes, which is all the (1, 123) float16 A it backs needs: the size check passes and
+    only the bytes read are bounded."""
+    return _zip_bomb(root, lie=True)
+
+
+def _patch_central_size(path: Path, name: str, size: int) -> None:
+    data = bytearray(path.read_bytes())
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        n = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46 : at + 46 + n] == name.encode():
+            struct.pack_into("<I", data, at + 24, size)
+            path.write_bytes(bytes(data))
+            return
+        at += 4
+    raise AssertionError(f"no central directory entry for {name}")
+
+
+def _zip_bomb(root: Path, *, lie: bool) -> Path:
     import torch
 
     buffer = io.BytesIO()
@@ -70,8 +94,9 @@ def deflated_record(root: Path) -> Path:
         b_bytes = src.read(b_record)
     big = 2**26
     assert data_pkl.count(b"K{") >= 2  # BININT1 123: storage size, shape, stride
-    data_pkl = data_pkl.replace(b"K{", b"J" + struct.pack("<i", big))
-    folder = _peft_folder(root, "zipbomb")
+    if not lie:
+        data_pkl = data_pkl.replace(b"K{", b"J" + struct.pack("<i", big))
+    folder = _peft_folder(root, "lying" if lie else "zipbomb")
     path = folder / "adapter_model.bin"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", data_pkl)
@@ -80,12 +105,26 @@ def deflated_record(root: Path) -> Path:
         info = zipfile.ZipInfo("archive/data/0")
         info.compress_type = zipfile.ZIP_DEFLATED
         # Streamed through the compressor: the test never holds the 128 MiB.
-        with archive.open(info, "w", force_zip64=True) as member:
+        with archive.open(info, "w", force_zip64=not lie) as member:
             chunk = bytes(2**22)
             for _ in range(2 * big // len(chunk)):
                 member.write(chunk)
+    if lie:
+        _patch_central_size(path, "archive/data/0", 256)
     assert path.stat().st_size < 2 * 2**20
     return path
+
+
+def broadcast_view(root: Path) -> Path:
+    """A of shape (8, 2²⁶) whose strides are (0, 0): one stored float standing for 2 GiB."""
+    rec = io.BytesIO()
+    folder = _peft_folder(root, "broadcast")
+    import torch
+
+    a = torch.zeros(1, 1).expand(8, 2**26)  # torch.save keeps the zero strides
+    torch.save({A_KEY: a, B_KEY: torch.zeros(16, 8)}, rec)
+    (folder / "adapter_model.bin").write_bytes(rec.getvalue())
+    return folder / "adapter_model.bin"
 
 
 def yaml_recursive(root: Path) -> Path:
@@ -160,6 +199,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     # name: (builder, message fragment, prelude)
     "pickle-dag": (pickle_dag, "a second time (a shared memo reference)", ""),
     "deflated-record": (deflated_record, "would inflate", ""),
+    "lying-zip-directory": (lying_directory, "Bad CRC-32", ""),
+    "broadcast-view": (broadcast_view, "zero or overlapping strides", ""),
     "yaml-recursive": (yaml_recursive, "YAML nested deeper than 64 levels", ""),
     "yaml-laughs": (yaml_laughs, "YAML", ""),
     "truncated-while-read": (_truncated, "truncated while being read", TRUNCATE_AFTER_OPEN),
@@ -258,3 +299,22 @@ def test_the_zip_bomb_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
         assert ckpt.entries[A_KEY].shape == (1, 2**26)
         with pytest.raises(ArtifactError, match="would inflate"):
             ckpt.read(A_KEY)
+
+
+def test_a_record_is_never_inflated_past_its_stated_size(tmp_path: Path) -> None:
+    """The lying directory: the read stops after the stated 256 bytes (+1) and the CRC check
+    refuses the record, with a few MB of peak memory instead of the 128 MiB stream."""
+    import tracemalloc
+
+    from loracheck.errors import ArtifactError
+    from loracheck.pickle_io import TorchCheckpoint
+
+    path = lying_directory(tmp_path)
+    tracemalloc.start()
+    try:
+        with TorchCheckpoint.open(path) as ckpt, pytest.raises(ArtifactError, match="CRC"):
+            ckpt.read(A_KEY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak

@@ -51,6 +51,10 @@ MAX_ENTRIES = 1_000_000
 # more than MAX_INFLATION times its stored size is refused before it is inflated (a zip bomb).
 INFLATE_FREE_BYTES = 64 * 2**20
 MAX_INFLATION = 100
+# A strided view may repeat its storage (an expand()ed tensor): up to this many times its
+# stored bytes, or this size whatever the storage, is materialised; beyond, it is refused.
+VIEW_FREE_BYTES = 64 * 2**20
+MAX_VIEW_GROWTH = 16
 _MAX_INT = 2**63 - 1
 
 # torch's legacy storage classes -> safetensors dtype names.
@@ -371,6 +375,16 @@ class TorchCheckpoint:
             )
         if entry.numel == 0:
             return decode_array(np.zeros(0, dtype=raw_dt), entry.dtype).reshape(entry.shape)
+        assert self._zip is not None
+        stored = self._zip.getinfo(entry.storage).file_size
+        wanted = entry.numel * raw_dt.itemsize
+        if wanted > max(VIEW_FREE_BYTES, MAX_VIEW_GROWTH * stored):
+            # Zero strides let a few stored bytes stand for a tensor of any size (torch saves
+            # an expand()ed tensor that way): it would be materialised whole.
+            raise ArtifactError(
+                self.path, f"tensor {key!r} spans {wanted} bytes over a {stored}-byte storage "
+                f"(zero or overlapping strides); more than {MAX_VIEW_GROWTH}× is refused",
+                location=key)
         blob = self._record(entry.storage, key)
         elements = np.frombuffer(blob, dtype=raw_dt, count=len(blob) // raw_dt.itemsize)
         spans = zip(entry.shape, entry.stride, strict=True)
@@ -463,7 +477,10 @@ def _read_member(path: str, archive: zipfile.ZipFile, name: str, limit: int) -> 
             "uncompressed)")
     try:
         with archive.open(name) as member:
-            blob = member.read(limit + 1)
+            # Never more than the record says it holds: read(n) hands n to the decompressor as
+            # its output bound, so a record whose directory entry understates its size would
+            # otherwise inflate whole before the CRC check fails.
+            blob = member.read(min(limit, info.file_size) + 1)
     except Exception as e:  # zipfile, zlib, bz2 and lzma errors have no common base
         detail = f"{type(e).__name__}: {str(e)[:80]}"
         raise ArtifactError(path, f"cannot read archive record {name!r} ({detail})") from None
