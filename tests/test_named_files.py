@@ -106,3 +106,39 @@ def test_lora_settings_in_an_unremarkable_name_are_still_checked(
                     "lora_dropout: 1.5\n")
     assert main(["check", str(path)]) == 1
     assert "LC103" in capsys.readouterr().out
+
+
+def test_check_with_no_path_checks_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _broken_adapter(tmp_path / "ad")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "ad/adapter_config.json" in out and "LC203" in out
+
+
+def test_verbose_names_the_skipped_files(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / "README.md").write_text("# x\n")
+    assert main(["check", str(tmp_path / "package.json"), str(tmp_path / "README.md"),
+                 "-v"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"loracheck: skipped {tmp_path / name}: no LoRA settings or weights"
+                   for name in ("package.json", "README.md")]
+    assert main(["check", str(tmp_path / "package.json")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_verdict_line_and_the_exit_code_agree_under_fail_on_info(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only an info finding: `--fail-on info` fails, and the summary does not say passed."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "llmbook_lora.py"
+    main(["check", str(path), "--format", "json"])
+    infos = json.loads(capsys.readouterr().out)["diagnostics"]
+    assert infos and all(d["severity"] == "info" for d in infos), infos
+    assert main(["check", str(path), "--fail-on", "info"]) == 1
+    assert "All checks passed" not in capsys.readouterr().out
+    assert main(["check", str(path)]) == 0
+    assert "All checks passed" in capsys.readouterr().out

@@ -291,7 +291,9 @@ def _render_report(report: Any, format: CheckFormat, *, color: bool) -> str:
 
 @app.command(cls=_Command)
 def check(
-    paths: PathsArg,
+    paths: Annotated[list[str] | None, typer.Argument(
+        help="Adapter folders, weights or config files (default: the current folder).",
+        metavar="PATH...", show_default=False)] = None,
     format: CheckFormatOpt = CheckFormat.text,
     fail_on: FailOnOpt = None,
     stage: StageOpt = StageChoice.auto,
@@ -309,11 +311,15 @@ def check(
         metavar="N")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per file.", min=0.1,
                                            metavar="SECONDS")] = 600.0,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Name the files skipped as holding no LoRA content (stderr).",
+        metavar="")] = False,
 ) -> int:
     """Lint adapters and configs: findings with codes, for pre-commit and CI."""
     from loracheck.model import Severity
     from loracheck.runner import RunOptions, failing
 
+    paths = paths or ["."]
     options = RunOptions(
         stage=stage.value, profile=profile, select=_split(select),
         extend_select=_split(extend_select), ignore=_split(ignore),
@@ -326,11 +332,18 @@ def check(
     )
     _refuse_input_as_output(output, paths)
     report, settings = _run(paths, options, progress=format is CheckFormat.text)
-    _write(_render_report(report, format, color=output is None and _color(sys.stdout)), output)
     threshold: Severity = settings.fail_on
+    report.passed = not failing(report, threshold)
+    if verbose:
+        from loracheck.render._common import clean_line
+
+        for path in report.skipped:
+            print(clean_line(f"loracheck: skipped {path}: no LoRA settings or weights"),
+                  file=sys.stderr)
+    _write(_render_report(report, format, color=output is None and _color(sys.stdout)), output)
     if exit_zero:
         return 0
-    return 1 if failing(report, threshold) else 0
+    return 0 if report.passed else 1
 
 
 # Rules whose findings do not all carry the rule's declared severity (``RuleMeta.severity``):

@@ -255,8 +255,9 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
             unit = _file_unit(path, explicit=explicit)
             if unit is not None and unit.kind in ("peft", "mlx"):
                 unit = replace(unit, named=frozenset({path}))
-            add(unit or (Unit(_display(path), "unknown", None, None, explicit=True)
-                         if explicit else None))
+            # A named file of no known kind is a unit too: LC002 when it looks like a LoRA
+            # artifact, else skipped (and listed by `check -v`).
+            add(unit or Unit(_display(path), "unknown", None, None, explicit=explicit))
     # A config met while walking that a weights unit already carries (litgpt's
     # hyperparameters.yaml beside lit_model.pth.lora) is checked with those weights, once.
     paired = {u.config for u in units if u.weights is not None and u.config is not None}

@@ -465,6 +465,8 @@ class Report:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     probe: ProbeRecord | None = None
     passed: bool | None = None
+    # Files looked at and left out: no LoRA content, and not named as a LoRA artifact.
+    skipped: list[str] = field(default_factory=list)
 
     def count(self, severity: Severity) -> int:
         return sum(1 for d in self.diagnostics if d.severity == severity)

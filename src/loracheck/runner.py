@@ -228,11 +228,12 @@ def _process_in_worker(unit: Unit, timeout: float) -> Judged | None:
 def iter_units(
     units: Sequence[Unit], job: UnitJob, jobs: int, timeout: float,
     progress: Progress | None = None,
-) -> Iterator[Judged]:
+) -> Iterator[tuple[Unit, Judged | None]]:
     """Read and judge units, in parallel worker processes when there is more than one weights
     file.
 
-    Results come out in input order whatever the scheduling, one at a time, so that a caller
+    Results come out in input order whatever the scheduling, one at a time (None for a file
+    skipped because it holds no LoRA content and was not named), so that a caller
     that keeps only findings keeps memory flat in the number of files. A unit that exceeds
     ``timeout`` (reading, measuring and rules together) becomes an LC001 diagnostic instead of
     stalling the others.
@@ -248,8 +249,7 @@ def iter_units(
             result = _process_with_deadline(unit, job, timeout, per_layer)
             if progress is not None and len(units) > 1:
                 progress(unit.path, i + 1, len(units))
-            if result is not None:
-                yield result
+            yield unit, result
         return
     executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)),
                                    initializer=_start_worker, initargs=(job,))
@@ -277,8 +277,7 @@ def iter_units(
                 result = Judged(failed, _judge(failed, job))
             if progress is not None:
                 progress(unit.path, i + 1, len(units))
-            if result is not None:
-                yield result
+            yield unit, result
     except BaseException:  # interrupted (SIGINT, SIGTERM): no worker outlives the run
         stuck = True
         raise
@@ -335,10 +334,14 @@ def run(
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
     adapters: list[Adapter] = []
     diagnostics: list[Diagnostic] = []
-    for judged in iter_units(units, job, jobs, options.timeout, progress):
+    skipped: list[str] = []
+    for unit, judged in iter_units(units, job, jobs, options.timeout, progress):
+        if judged is None:
+            skipped.append(unit.path)
+            continue
         adapters.append(judged.adapter)
         diagnostics.extend(judged.diagnostics)
-    return Report(adapters=adapters, diagnostics=diagnostics), settings
+    return Report(adapters=adapters, diagnostics=diagnostics, skipped=skipped), settings
 
 
 def _summary_only(adapter: Adapter) -> Adapter:

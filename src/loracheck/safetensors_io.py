@@ -510,9 +510,10 @@ def _validate_entries(
         if begin > end:
             fail(f"{where}: data_offsets begin {begin} > end {end}", key)
         if end > data_size:
+            # The common cause: a download or a save that stopped early.
             fail(
-                f"{where}: data_offsets [{begin}, {end}] out of range of the "
-                f"{data_size}-byte data section",
+                f"file is truncated (or its header is wrong): {where} ends at byte {end} of "
+                f"the data section, which holds only {data_size} bytes",
                 key,
             )
         nbits = numel * DTYPE_BITS[dtype]
