@@ -47,11 +47,30 @@ jobs:
 """
 
 
+EXAMPLE = ROOT / "examples" / "ci" / "pre-commit-config.yaml"
+
+
 def _hook_config() -> str:
+    """The README's pre-commit config (examples/ci/pre-commit-config.yaml), as shipped: a local
+    hook running the installed loracheck, matching .pre-commit-hooks.yaml's hook."""
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "loracheck" and hook["entry"].startswith("loracheck")
-    local = {**hook, "language": "system"}
-    return yaml.safe_dump({"repos": [{"repo": "local", "hooks": [local]}]}, sort_keys=False)
+    text = EXAMPLE.read_text()
+    ((local,),) = [r["hooks"] for r in yaml.safe_load(text)["repos"] if r["repo"] == "local"]
+    for key in ("id", "entry", "files"):
+        assert local[key] == hook[key], key
+    assert local["language"] == "system"
+    return text
+
+
+def test_the_workflow_example_installs_from_the_repository() -> None:
+    text = (ROOT / "examples" / "ci" / "loracheck-sarif.yml").read_text()
+    steps = yaml.safe_load(text)["jobs"]["loracheck"]["steps"]
+    installs = [s["run"] for s in steps if "pip install" in s.get("run", "")]
+    assert installs and all("git+https://github.com/${{ vars.LORACHECK_REPO }}" in run
+                            for run in installs), installs
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install loracheck" not in readme and "rev: v0.1.0" not in readme
 
 
 class Repo:
