@@ -25,6 +25,8 @@ def rule_page(meta: RuleMeta) -> str:
         f"# {meta.code} {meta.name}",
         "",
         f"Default severity: **{meta.severity.value}** · Status: {meta.status}",
+        *(["", f"Severities: {'/'.join(s.value for s in meta.severities)}: {meta.when}."]
+          if meta.also is not None else []),
         "",
         meta.explanation.strip(),
         "",

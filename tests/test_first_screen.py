@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from builders import peft_adapter, write_safetensors
-from loracheck.cli import SEVERITY_CASES, main
+from loracheck.cli import main
 from loracheck.model import Report, Severity
 from loracheck.render.inspect_text import COLUMNS, LEGEND, module_count_text
 from loracheck.render.text import summary_line
@@ -307,7 +307,10 @@ def test_severity_table_matches_the_rule_sources() -> None:
     assert set(emitted) == {m.code for m in all_rules() if m.status == "stable"}
     by_case = {code: sorted({default} | found, key=lambda s: Severity(s).rank)
                for code, (default, found) in emitted.items() if found - {default}}
-    assert {code: list(levels) for code, (levels, _) in SEVERITY_CASES.items()} == by_case
+    declared = {m.code: [level.value for level in m.severities] for m in all_rules()
+                if m.also is not None}
+    assert declared == by_case
+    assert all(m.when for m in all_rules() if m.also is not None)
 
 
 # --- 5. rule pages as terminal text ----------------------------------------------------------

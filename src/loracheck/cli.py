@@ -346,36 +346,10 @@ def check(
     return 0 if report.passed else 1
 
 
-# Rules whose findings do not all carry the rule's declared severity (``RuleMeta.severity``):
-# each sets ``Finding(severity=...)`` by case. Read from the rules' source (rules/*.py); RuleMeta
-# has no field for it yet, and tests/test_first_screen.py checks this table against the source.
-# code -> (every severity its findings can carry, when each applies)
-SEVERITY_CASES: dict[str, tuple[tuple[str, ...], str]] = {
-    "LC102": (("warning", "error"),
-              "error when alpha or scale (in the config, an alpha_pattern entry or an .alpha "
-              "tensor) is not a positive finite number; warning when the effective scale is "
-              "outside the profile's band"),
-    "LC103": (("warning", "error"),
-              "error when dropout is outside [0, 1) or not a number; warning when it is above "
-              "the profile's maximum"),
-    "LC105": (("warning", "error"),
-              "error for init_lora_weights=False in a training config; warning in a saved "
-              "adapter or a script, and for an init name PEFT does not know"),
-    "LC114": (("warning", "error"),
-              "error where PEFT fails on the value; warning where it silently does something "
-              "else"),
-    "LC207": (("warning", "error"),
-              "error when the adapter is known to be trained (--stage trained, the stage "
-              "setting, a trainer's record of steps, factors that moved); warning when nothing "
-              "tells"),
-}
-
-
 def _severity_text(meta: Any) -> str:
     """The severities a rule's findings carry: ``error``, or ``warning/error`` for a rule that
     chooses by case."""
-    cases = SEVERITY_CASES.get(meta.code)
-    return "/".join(cases[0]) if cases else str(meta.severity.value)
+    return "/".join(level.value for level in meta.severities)
 
 
 def _rule_page(meta: Any, *, color: bool) -> str:
@@ -384,9 +358,8 @@ def _rule_page(meta: Any, *, color: bool) -> str:
     from loracheck.render.ansi import BOLD, paint
 
     severity = _severity_text(meta)
-    cases = SEVERITY_CASES.get(meta.code)
-    if cases:
-        severity += f" — {cases[1]}"
+    if meta.when:
+        severity += f" — {meta.when}"
     lines = [paint(f"{meta.code} {meta.name}", BOLD, color), "",
              f"Severity: {severity}", f"Status: {meta.status}", ""]
     lines += markdown_to_terminal(meta.explanation.strip(), color=color)

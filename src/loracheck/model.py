@@ -374,7 +374,7 @@ class RuleMeta:
 
     ``explanation`` is the rule's docstring: Markdown with the fixed sections What it does /
     Why is this bad? / Example / Use instead. ``status`` is "stable" or "removed" (retired codes
-    stay listed).
+    stay listed). ``also``/``when``: the other severity some findings carry, and the cases.
     """
 
     code: str
@@ -383,6 +383,16 @@ class RuleMeta:
     summary: str
     explanation: str
     status: str = "stable"
+    # A rule whose findings carry another severity by case: that severity, and when each
+    # applies ("error when …; warning when …").
+    also: Severity | None = None
+    when: str = ""
+
+    @property
+    def severities(self) -> tuple[Severity, ...]:
+        """Every severity the rule's findings can carry, mildest first."""
+        found = {self.severity} | ({self.also} if self.also is not None else set())
+        return tuple(sorted(found, key=lambda s: s.rank))
 
 
 @dataclass

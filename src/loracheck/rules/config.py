@@ -137,7 +137,10 @@ def _scale_text(spec: LoraSpec, rank: int, alpha: float) -> str:
     return f"α/r = {fmt_num(alpha)}/{rank}"
 
 
-@rule("LC102", "scale-out-of-band", Severity.WARNING)
+@rule("LC102", "scale-out-of-band", Severity.WARNING, also=Severity.ERROR, when=(
+    "error when alpha or scale (in the config, an alpha_pattern entry or an .alpha tensor) is "
+    "not a positive finite number; warning when the effective scale is outside the profile's "
+    "band"))
 def scale_out_of_band(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Computes the effective scale s that multiplies B·A in the forward pass (α/r, α/√r with
@@ -278,7 +281,9 @@ def _tensor_scales(ctx: RuleContext) -> Iterator[Finding]:
 # --- LC103 --------------------------------------------------------------------------------------
 
 
-@rule("LC103", "dropout-out-of-range", Severity.WARNING)
+@rule("LC103", "dropout-out-of-range", Severity.WARNING, also=Severity.ERROR, when=(
+    "error when dropout is outside [0, 1) or not a number; warning when it is above the "
+    "profile's maximum"))
 def dropout_out_of_range(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Checks ``lora_dropout``: outside [0, 1) or not a number is an error; above the profile's
@@ -401,7 +406,9 @@ def known_init(value: str) -> bool:
     return value.lower() in ("gaussian", "olora", "mica") or value in _EXACT_INITS
 
 
-@rule("LC105", "identity-breaking-init", Severity.ERROR)
+@rule("LC105", "identity-breaking-init", Severity.ERROR, also=Severity.WARNING, when=(
+    "error for init_lora_weights=False in a training config; warning in a saved adapter or a "
+    "script, and for an init name PEFT does not know"))
 def identity_breaking_init(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a declared init that makes the adapted model differ from the base model at step 0
@@ -983,7 +990,8 @@ _TYPE_NAMES = {
 }
 
 
-@rule("LC114", "wrong-field-type", Severity.ERROR)
+@rule("LC114", "wrong-field-type", Severity.ERROR, also=Severity.WARNING, when=(
+    "error where PEFT fails on the value; warning where it silently does something else"))
 def wrong_field_type(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a LoRA setting whose value has the wrong type (a string where a boolean belongs,

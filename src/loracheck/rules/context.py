@@ -149,14 +149,15 @@ def summary_of(doc: str) -> str:
 
 def rule(
     code: str, name: str, severity: Severity, methods: frozenset[MethodKind] = LORA_ONLY,
-    *, probe: bool = False,
+    *, probe: bool = False, also: Severity | None = None, when: str = "",
 ) -> Callable[[CheckFn], Rule]:
     """Attach a code, a kebab-case name, a default severity, the methods it judges and whether
-    it judges a probe record."""
+    it judges a probe record; ``also`` names the other severity some of its findings carry and
+    ``when`` says which."""
 
     def wrap(fn: CheckFn) -> Rule:
         doc = _dedent(fn.__doc__ or "")
-        meta = RuleMeta(code, name, severity, summary_of(doc), doc)
+        meta = RuleMeta(code, name, severity, summary_of(doc), doc, also=also, when=when)
         return Rule(meta, fn, methods, probe)
 
     return wrap

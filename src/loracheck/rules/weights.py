@@ -430,7 +430,9 @@ def _live(ctx: RuleContext) -> list[LayerRecord]:
     return [layer for layer in _lora_layers(ctx) if measured(layer) and not _dead(layer)]
 
 
-@rule("LC207", "zero-update-adapter", Severity.ERROR)
+@rule("LC207", "zero-update-adapter", Severity.ERROR, also=Severity.WARNING, when=(
+    "error when the adapter is known to be trained (--stage trained, the stage setting, a "
+    "trainer's record of steps, factors that moved); warning when nothing tells"))
 def no_op_adapter(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports an adapter whose update ΔW = s·B·A is exactly zero in every module (B = 0, A = 0 or
