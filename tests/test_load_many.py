@@ -87,3 +87,32 @@ def test_many_units_give_one_deterministic_report(
     assert {"LC001", "LC103", "LC203"} <= codes
     assert sum(len(f["layers"]) for f in doc["files"]) > 300
     assert _report(root, "2", "sarif", capsys) == _report(root, "1", "sarif", capsys)
+
+
+def test_small_runs_stay_in_process_unless_jobs_is_given(tmp_path: Path) -> None:
+    """Issue 12, point 6: a pool pays only past start-up and round trips. Without --jobs a run
+    of small files is read in this process; --jobs N is honoured; batches keep input order."""
+    from loracheck.discover import discover
+    from loracheck.runner import BATCH_UNITS, POOL_MIN_UNITS, _batches, worth_a_pool
+
+    root = make_tree(tmp_path / "tree")
+    units = discover([str(root)])
+    heavy = [u for u in units if u.weights is not None]
+    assert 1 < len(heavy) < POOL_MIN_UNITS
+    assert worth_a_pool(units, None) == 1
+    assert worth_a_pool(units, 2) == 2
+    assert worth_a_pool(heavy[:1], 8) == 1  # one weights file: nothing to share out
+    batches = _batches(units, 2)
+    assert [u for batch in batches for u in batch] == list(units)
+    assert all(1 <= len(batch) <= BATCH_UNITS for batch in batches)
+    assert len(batches) >= 8  # at least four a worker, so the work balances
+    # A run with enough bytes to pay for the pool gets one worker per CPU.
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(2):
+        builders.write_safetensors(big / f"lora{i}.safetensors", {
+            "lora_unet_x.lora_down.weight": np.zeros((8, 2**21), np.float32),
+            "lora_unet_x.lora_up.weight": np.zeros((8, 8), np.float32)})
+    import os
+
+    assert worth_a_pool(discover([str(big)]), None) == min(os.cpu_count() or 1, 2)

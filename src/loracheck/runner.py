@@ -221,16 +221,69 @@ def _start_worker(job: UnitJob) -> None:
     _WORKER_JOB[:] = [job]
 
 
-def _process_in_worker(unit: Unit, timeout: float) -> Judged | None:
-    return _process_with_deadline(unit, _WORKER_JOB[0], timeout)
+def _process_batch_in_worker(batch: Sequence[Unit], timeout: float) -> list[Judged | None]:
+    return [_process_with_deadline(unit, _WORKER_JOB[0], timeout) for unit in batch]
+
+
+# A run whose weights files hold less than this in all, and are fewer than POOL_MIN_UNITS, is
+# read in this process when --jobs is not given: a pool costs more than it saves (start-up,
+# and shipping each result back).
+POOL_MIN_BYTES = 64 * 2**20
+POOL_MIN_UNITS = 400
+# Units are sent to workers in batches of up to this many (one process round trip per batch),
+# a weights file of BATCH_ALONE_BYTES or more alone.
+BATCH_UNITS = 32
+BATCH_ALONE_BYTES = 8 * 2**20
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return os.stat(path).st_size if path is not None else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
+    """The number of worker processes for ``units``: 1 (this process) for a single weights
+    file, and for a small run when ``jobs`` was not given."""
+    heavy = [u for u in units if u.weights is not None]
+    if len(heavy) <= 1:
+        return 1
+    if jobs is not None:
+        return max(1, min(jobs, len(heavy)))
+    total = sum(_size(u.weights) for u in heavy)
+    if total < POOL_MIN_BYTES and len(heavy) < POOL_MIN_UNITS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(heavy)))
+
+
+def _batches(units: Sequence[Unit], workers: int) -> list[list[Unit]]:
+    """Consecutive units in batches: a few per worker at least, so that the work balances."""
+    most = max(1, min(BATCH_UNITS, -(-len(units) // (4 * workers))))
+    batches: list[list[Unit]] = []
+    current: list[Unit] = []
+    for unit in units:
+        if _size(unit.weights) >= BATCH_ALONE_BYTES:
+            if current:
+                batches.append(current)
+                current = []
+            batches.append([unit])
+            continue
+        current.append(unit)
+        if len(current) >= most:
+            batches.append(current)
+            current = []
+    if current:
+        batches.append(current)
+    return batches
 
 
 def iter_units(
-    units: Sequence[Unit], job: UnitJob, jobs: int, timeout: float,
+    units: Sequence[Unit], job: UnitJob, workers: int, timeout: float,
     progress: Progress | None = None,
 ) -> Iterator[tuple[Unit, Judged | None]]:
-    """Read and judge units, in parallel worker processes when there is more than one weights
-    file.
+    """Read and judge units, in ``workers`` worker processes when more than one (see
+    :func:`worth_a_pool`).
 
     Results come out in input order whatever the scheduling, one at a time (None for a file
     skipped because it holds no LoRA content and was not named), so that a caller
@@ -239,8 +292,7 @@ def iter_units(
     stalling the others.
     """
     timeout = min(timeout, _NO_LIMIT_S)
-    heavy = [u for u in units if u.weights is not None]
-    if jobs <= 1 or len(heavy) <= 1:
+    if workers <= 1:
         for i, unit in enumerate(units):
             # One unit: the bar follows its layers; several: it follows the units.
             per_layer = None
@@ -251,33 +303,41 @@ def iter_units(
                 progress(unit.path, i + 1, len(units))
             yield unit, result
         return
-    executor = ProcessPoolExecutor(max_workers=min(jobs, len(heavy)),
-                                   initializer=_start_worker, initargs=(job,))
+    executor = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                                   initargs=(job,))
+    batches = _batches(units, workers)
     # Each worker enforces the limit on its own unit (its interval timer starts when the unit
     # does); the wait here is only a backstop for a worker stuck where the timer cannot reach
-    # (inside C code), long enough to cover a unit queued behind another one.
-    futures: list[Future[Judged | None] | None] = [
-        executor.submit(_process_in_worker, unit, timeout) for unit in units
+    # (inside C code), long enough to cover the batch and one queued before it.
+    futures: list[Future[list[Judged | None]] | None] = [
+        executor.submit(_process_batch_in_worker, batch, timeout) for batch in batches
     ]
-    backstop = 2 * timeout + _GRACE_S
     stuck = False
+    done = 0
     try:
-        for i, unit in enumerate(units):
-            fut = futures[i]
-            futures[i] = None  # a consumed result is not kept alive by its future
+        for b, batch in enumerate(batches):
+            fut = futures[b]
+            futures[b] = None  # a consumed result is not kept alive by its future
             assert fut is not None
+            results: list[Judged | None]
             try:
-                result = fut.result(timeout=backstop)
+                results = fut.result(timeout=(2 * timeout + _GRACE_S) * len(batch))
             except TimeoutError:
                 stuck = True
-                late = _timed_out(unit, timeout)
-                result = Judged(late, _judge(late, job))
+                results = []
+                for unit in batch:
+                    late = _timed_out(unit, timeout)
+                    results.append(Judged(late, _judge(late, job)))
             except Exception as err:  # a crashed worker must not take the other files down
-                failed = _crashed(unit, err, "reading")
-                result = Judged(failed, _judge(failed, job))
-            if progress is not None:
-                progress(unit.path, i + 1, len(units))
-            yield unit, result
+                results = []
+                for unit in batch:
+                    failed = _crashed(unit, err, "reading")
+                    results.append(Judged(failed, _judge(failed, job)))
+            for unit, result in zip(batch, results, strict=True):
+                done += 1
+                if progress is not None:
+                    progress(unit.path, done, len(units))
+                yield unit, result
     except BaseException:  # interrupted (SIGINT, SIGTERM): no worker outlives the run
         stuck = True
         raise
@@ -331,11 +391,11 @@ def run(
     )
     job = UnitJob(stage=options.stage, settings=settings, base=_base_model(options.model),
                   keep_details=options.keep_details)
-    jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
+    workers = worth_a_pool(units, options.jobs)
     adapters: list[Adapter] = []
     diagnostics: list[Diagnostic] = []
     skipped: list[str] = []
-    for unit, judged in iter_units(units, job, jobs, options.timeout, progress):
+    for unit, judged in iter_units(units, job, workers, options.timeout, progress):
         if judged is None:
             skipped.append(unit.path)
             continue
