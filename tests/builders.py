@@ -165,8 +165,10 @@ def kohya_file(
     trained: bool = True,
     seed: int = 0,
     metadata: Mapping[str, str] | None = None,
+    nan: bool = False,
 ) -> Path:
-    """A kohya sd-scripts LoRA: ``lora_unet_*.lora_down/.lora_up/.alpha`` + ``ss_*`` metadata."""
+    """A kohya sd-scripts LoRA: ``lora_unet_*.lora_down/.lora_up/.alpha`` + ``ss_*`` metadata;
+    ``nan`` plants a NaN in the first ``lora_up`` (an LC203 witness)."""
     rng = np.random.default_rng(seed)
     mods = {
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": (64, 64),
@@ -179,6 +181,8 @@ def kohya_file(
         up = rng.normal(0, 0.01, size=(out_f, r)) if trained else np.zeros((out_f, r))
         tensors[f"{name}.lora_up.weight"] = up.astype(np.float32)
         tensors[f"{name}.alpha"] = np.array(alpha, dtype=np.float32)
+    if nan:
+        tensors[next(k for k in tensors if k.endswith("lora_up.weight"))][0, 0] = np.nan
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(r),

@@ -218,13 +218,7 @@ def _digest(paths: list[Path]) -> dict[Path, str]:
 
 def _witnesses(root: Path) -> tuple[Path, Path]:
     healthy = kohya_file(root / "healthy.safetensors")
-    nan = kohya_file(root / "nan.safetensors", seed=1)
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(nan))
-    key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key][0, 0] = np.nan
-    save_file(tensors, str(nan), {"ss_network_module": "networks.lora"})
+    nan = kohya_file(root / "nan.safetensors", seed=1, nan=True)
     return healthy, nan
 
 

@@ -29,13 +29,7 @@ def test_a_reader_exception_is_that_units_lc001(jobs: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     broken = _three_d_mlx(tmp_path / "mlx")
     healthy = kohya_file(tmp_path / "ok.safetensors")
-    nan = kohya_file(tmp_path / "nan.safetensors")
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(nan))
-    key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key][0, 0] = np.nan
-    save_file(tensors, str(nan), {"ss_network_module": "networks.lora"})
+    nan = kohya_file(tmp_path / "nan.safetensors", nan=True)
     code = main(["check", str(broken), str(healthy), str(nan), "--jobs", jobs])
     out = capsys.readouterr().out
     assert code == 1
@@ -148,13 +142,7 @@ def test_the_deadline_covers_the_rules(jobs: str, tmp_path: Path,
     monkeypatch.setattr(registry, "RULES", tuple(
         slow if r is weights.non_finite_values else r for r in registry.RULES))
     late = kohya_file(tmp_path / "stuck.safetensors")
-    nan = kohya_file(tmp_path / "nan.safetensors")
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(nan))
-    key = next(k for k in tensors if k.endswith("lora_up.weight"))
-    tensors[key][0, 0] = np.nan
-    save_file(tensors, str(nan), {"ss_network_module": "networks.lora"})
+    nan = kohya_file(tmp_path / "nan.safetensors", nan=True)
     start = time.perf_counter()
     code = main(["check", str(late), str(nan), "--jobs", jobs, "--timeout", "0.5"])
     out = capsys.readouterr().out
