@@ -1,13 +1,29 @@
 """Reading a config file safely into a :class:`Doc`: its parsed value plus the line of each key.
 
 Every failure is an :class:`~loracheck.errors.ArtifactError` (LC001). Parsers are imported
-lazily, only for the format being read. YAML goes through ``yaml.SafeLoader`` only: the node
-graph is composed first (node count capped while composing) and alias expansion is measured
-before anything is constructed, so a "billion laughs" document is refused in milliseconds.
+lazily, only for the format being read.
+
+YAML is only ever constructed by PyYAML's ``SafeConstructor``. Its events come from libyaml's C
+parser when PyYAML was built with it (the parser of ``yaml.CSafeLoader``, several times faster),
+else from the pure-Python ``yaml.SafeLoader``; either way PyYAML's Python composer builds the
+nodes, counting them as it goes (no more than MAX_YAML_NODES are ever built, alias references
+included), bounded by the interpreter's recursion limit. (libyaml's own composer is not used:
+it would build every node of a 2 MB document before one could be counted, and it recurses in C
+without that guard, so deep nesting overflows a small thread stack.) The node graph is then
+walked iteratively, key lines taken and alias expansion and nesting measured, before anything
+is constructed, so a "billion laughs" document or a recursive anchor is refused in
+milliseconds.
+
+When the C parser meets an error, the pure-Python parser reads the text again and gives the
+verdict; text that the two are known to read differently (control characters, tabs, byte order
+marks, tags, odd block scalar headers, "?" with a flow collection) goes to the pure-Python
+parser alone. So both loaders give the same values, key lines, limits, refusals and messages.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,11 +43,12 @@ if TYPE_CHECKING:
     import yaml
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
-# Pure-Python YAML scanning runs at roughly 1 MB/s; real LoRA configs are a few kB.
+# Pure-Python YAML scanning runs at roughly 1 MB/s (libyaml's several times that); real LoRA
+# configs are a few kB.
 MAX_YAML_BYTES = 2 * 1024 * 1024
 MAX_YAML_NODES = 10_000
-# Nodes visited when every alias is expanded: what yaml.safe_load would build.
 MAX_YAML_DEPTH = 64
+# Nodes visited when every alias is expanded: what yaml.safe_load would build.
 MAX_YAML_EXPANDED = 100_000
 
 _SUFFIX_KIND = {
@@ -122,13 +139,17 @@ def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
         raise ArtifactError(name, f"not UTF-8 text (byte {err.start})", line=line) from None
 
 
-def parse(path: Path, kind: str, text: str) -> Doc:
-    """Parse ``text`` of syntax ``kind`` (json, yaml, toml) into a Doc."""
+def parse(path: Path, kind: str, text: str, *, yaml_loader: str | None = None) -> Doc:
+    """Parse ``text`` of syntax ``kind`` (json, yaml, toml) into a Doc.
+
+    ``yaml_loader`` forces one of :func:`available_yaml_loaders` ("c": libyaml's parser, or
+    "python"; for tests and benchmarks); None is :func:`default_yaml_loader`.
+    """
     name = str(path)
     if kind == "json":
         doc = _parse_json(name, text)
     elif kind == "yaml":
-        doc = _parse_yaml(name, text)
+        doc = _parse_yaml(name, text, yaml_loader)
     elif kind == "toml":
         doc = _parse_toml(name, text)
     else:
@@ -179,11 +200,65 @@ class _NodeLimit(Exception):
     """Raised inside the composer when a YAML document has too many nodes."""
 
 
-def _yaml_loader(text: str) -> yaml.SafeLoader:
-    import yaml
+# Text that libyaml may read differently from the pure-Python parser (found by differential
+# fuzzing) goes to "python" alone: a character the Python reader refuses before parsing anything
+# (outside yaml.reader.Reader.NON_PRINTABLE's set: libyaml finds such characters only when it
+# reaches them); a tab (libyaml takes many as white space where PyYAML refuses them); a byte
+# order mark (libyaml skips one anywhere); a "!" that may start a tag ("!:x" and "!" alone are
+# tags to libyaml, errors or other tags to PyYAML; real configs carry none); a block scalar
+# header not followed by a space or a line break (">#" and "|-#" are headers to libyaml, errors
+# to PyYAML); "?" with a flow collection ("[0.25?]" is a plain scalar to libyaml, an error to
+# PyYAML). Checked with bytes.translate and str.find, not regexes: a regex over every character
+# would cost as much as libyaml's parse.
+_ASCII_OK = bytes([0x0A, 0x0D, *range(0x20, 0x7F)])
+_HIGH = bytes(range(0x80, 0x100))
+_NON_ASCII_REFUSED = re.compile("[\x80-\x84\x86-\x9f\ud800-\udfff\ufeff\ufffe\uffff]")
+_HEADER_END = re.compile(r"(?:[-+][1-9]?|[1-9][-+]?)?(?:[ \r\n\x85\u2028\u2029]|\Z)")
+_FLOW = frozenset("[]{},")
 
-    class CountingLoader(yaml.SafeLoader):
-        """SafeLoader that stops composing past MAX_YAML_NODES nodes."""
+
+def _c_reads_alike(text: str) -> bool:
+    """False for text where libyaml and the pure-Python parser are known to part ways."""
+    rest = text.encode("utf-8", "surrogatepass").translate(None, _ASCII_OK)
+    if rest:
+        if rest.translate(None, _HIGH):  # a control character or a tab
+            return False
+        if _NON_ASCII_REFUSED.search(rest.decode("utf-8", "surrogatepass")):
+            return False
+    i = text.find("!")
+    while i >= 0:
+        if i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_"):
+            return False
+        i = text.find("!", i + 1)
+    for indicator in "|>":
+        i = text.find(indicator)
+        while i >= 0:
+            before = text[i - 1] if i else " "
+            if (before.isspace() or before in _FLOW) and not _HEADER_END.match(text, i + 1):
+                return False
+            i = text.find(indicator, i + 1)
+    return "?" not in text or ("[" not in text and "{" not in text)
+
+
+def available_yaml_loaders() -> tuple[str, ...]:
+    """The YAML loaders this PyYAML offers, the default (fastest) first: ("c", "python") when
+    PyYAML was built with libyaml, else ("python",)."""
+    return tuple(_yaml_loader_classes())
+
+
+def default_yaml_loader() -> str:
+    """The loader :func:`parse` uses for YAML: "c" when PyYAML has libyaml, else "python"."""
+    return available_yaml_loaders()[0]
+
+
+@functools.cache
+def _yaml_loader_classes() -> dict[str, type[Any]]:
+    """Loader classes by name ("c" first when there), built once per process."""
+    import yaml
+    from yaml.composer import Composer
+
+    class Counting:
+        """Stops composing past MAX_YAML_NODES nodes (alias references count as one each)."""
 
         nodes = 0
 
@@ -191,16 +266,56 @@ def _yaml_loader(text: str) -> yaml.SafeLoader:
             self.nodes += 1
             if self.nodes > MAX_YAML_NODES:
                 raise _NodeLimit
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[misc]
 
-    return CountingLoader(text)
+    class PythonLoader(Counting, yaml.SafeLoader):
+        """yaml.SafeLoader, pure Python, counting nodes."""
+
+    classes: dict[str, type[Any]] = {}
+    if getattr(yaml, "__with_libyaml__", False) and hasattr(yaml, "CSafeLoader"):
+
+        class CLoader(Counting, Composer, yaml.CSafeLoader):
+            """libyaml's events, composed by PyYAML's Python composer (ahead of the C one in
+            the MRO, so that nodes are counted while composing), built by SafeConstructor."""
+
+            def __init__(self, stream: str) -> None:
+                yaml.CSafeLoader.__init__(self, stream)
+                Composer.__init__(self)
+
+        classes["c"] = CLoader
+    classes["python"] = PythonLoader
+    return classes
 
 
-def _parse_yaml(name: str, text: str) -> Doc:
+def _compose(cls: type[Any], text: str) -> tuple[Any, yaml.Node | None]:
+    """(loader, root node of the first document, None if there is none) from a fresh loader."""
     import yaml
 
+    loader = cls(text)
     try:
-        root, data, key_lines = _compose_and_construct(name, text)
+        try:
+            root = loader.get_single_node()
+        except yaml.composer.ComposerError as err:
+            if "expected a single document" not in str(err):
+                raise
+            # Several documents: the first one is the config.
+            loader.dispose()
+            loader = cls(text)
+            root = loader.get_node() if loader.check_node() else None
+    except BaseException:
+        loader.dispose()
+        raise
+    return loader, root
+
+
+def _parse_yaml(name: str, text: str, loader: str | None = None) -> Doc:
+    import yaml
+
+    if loader is not None and loader not in available_yaml_loaders():
+        raise ValueError(f"unknown or unavailable YAML loader {loader!r}; this PyYAML offers "
+                         f"{', '.join(available_yaml_loaders())}")
+    try:
+        root, data, key_lines = _compose_and_construct(name, text, loader)
     except _NodeLimit:
         raise ArtifactError(
             name, f"YAML document with more than {MAX_YAML_NODES} nodes refused"
@@ -218,32 +333,42 @@ def _parse_yaml(name: str, text: str) -> Doc:
     except (ValueError, TypeError, OverflowError) as err:
         # Constructor edge cases (bad timestamps, unhashable keys, ...).
         raise ArtifactError(name, f"invalid YAML: {err}") from None
+    except (LookupError, AttributeError):
+        # SafeConstructor on a value its explicit tag cannot hold (!!int "", !!bool x,
+        # !!timestamp x) fails with IndexError, KeyError or AttributeError.
+        raise ArtifactError(name, "invalid YAML: a value its tag (!!int, !!bool, ...) cannot "
+                            "hold") from None
     if root is None:
         return Doc(name, "yaml", None)
     return Doc(name, "yaml", data, key_lines)
 
 
-def _compose_and_construct(name: str, text: str) -> tuple[Any, Any, dict[KeyPath, int]]:
+def _compose_and_construct(
+    name: str, text: str, loader: str | None = None
+) -> tuple[Any, Any, dict[KeyPath, int]]:
     """(root node, constructed value, key lines) of the first document; (None, ...) if empty."""
     import yaml
 
-    loader = _yaml_loader(text)
-    try:
+    classes = _yaml_loader_classes()
+    composed = None
+    if (loader or default_yaml_loader()) == "c" and _c_reads_alike(text):
         try:
-            root = loader.get_single_node()
-        except yaml.composer.ComposerError as err:
-            if "expected a single document" not in str(err):
-                raise
-            # Several documents: the first one is the config.
-            loader.dispose()
-            loader = _yaml_loader(text)
-            root = loader.get_node() if loader.check_node() else None
+            composed = _compose(classes["c"], text)
+        except (yaml.YAMLError, RecursionError, ValueError):
+            # libyaml words its errors (and may place them) differently: the pure-Python
+            # parser reads the text again and gives the verdict. _NodeLimit is ours, the same
+            # in both (the same composer counts the same events), and is not read twice.
+            composed = None
+    if composed is None:
+        composed = _compose(classes["python"], text)
+    reader, root = composed
+    try:
         if root is None:
             return None, None, {}
         key_lines = _yaml_key_lines(name, root)
-        return root, loader.construct_document(root), key_lines
+        return root, reader.construct_document(root), key_lines
     finally:
-        loader.dispose()
+        reader.dispose()
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
