@@ -225,9 +225,9 @@ def _process_batch_in_worker(batch: Sequence[Unit], timeout: float) -> list[Judg
     return [_process_with_deadline(unit, _WORKER_JOB[0], timeout) for unit in batch]
 
 
-# A run whose weights files hold less than this in all, and are fewer than POOL_MIN_UNITS, is
-# read in this process when --jobs is not given: a pool costs more than it saves (start-up,
-# and shipping each result back).
+# A run whose weights files hold less than this in all, with fewer than POOL_MIN_UNITS units
+# (configs count: parsing and judging them is Python work too), is read in this process when
+# --jobs is not given: a pool costs more than it saves (start-up, shipping results back).
 POOL_MIN_BYTES = 64 * 2**20
 POOL_MIN_UNITS = 400
 # Units are sent to workers in batches of up to this many (one process round trip per batch),
@@ -244,17 +244,18 @@ def _size(path: Path | None) -> int:
 
 
 def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
-    """The number of worker processes for ``units``: 1 (this process) for a single weights
-    file, and for a small run when ``jobs`` was not given."""
+    """The number of worker processes for ``units``: 1 (this process) for a single unit or a
+    single weights file among a few configs, and for a small run when ``jobs`` was not
+    given."""
     heavy = [u for u in units if u.weights is not None]
-    if len(heavy) <= 1:
+    if len(units) <= 1 or (len(heavy) <= 1 and len(units) < POOL_MIN_UNITS):
         return 1
     if jobs is not None:
-        return max(1, min(jobs, len(heavy)))
+        return max(1, min(jobs, len(units)))
     total = sum(_size(u.weights) for u in heavy)
-    if total < POOL_MIN_BYTES and len(heavy) < POOL_MIN_UNITS:
+    if total < POOL_MIN_BYTES and len(units) < POOL_MIN_UNITS:
         return 1
-    return max(1, min(os.cpu_count() or 1, len(heavy)))
+    return max(1, min(os.cpu_count() or 1, len(units)))
 
 
 def _batches(units: Sequence[Unit], workers: int) -> list[list[Unit]]:
