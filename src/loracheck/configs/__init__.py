@@ -91,18 +91,22 @@ def read_spec_if_lora(path: Path) -> LoraSpec | None:
 
     Raises ArtifactError (LC001) when a file that looks like a LoRA config cannot be read.
     """
-    from loracheck.configs.documents import kind_of, read_doc
-    from loracheck.configs.sniff import head_text, keys_in, worth_parsing
+    from loracheck.configs.documents import config_cap, decode_text, kind_of, parse, read_doc
+    from loracheck.configs.sniff import SNIFF_BYTES, head_bytes, keys_in, worth_parsing
 
     path = Path(path)
     kind = kind_of(path)
     if kind not in ("json", "yaml"):
         return read_spec(path) if sniff_config(path) is not None else None
-    keys = keys_in(kind, head_text(path))
+    head = head_bytes(path)
+    keys = keys_in(kind, head[:SNIFF_BYTES].decode("utf-8", errors="replace"))
     if not worth_parsing(kind, keys):
         return None
     try:
-        doc = read_doc(path, kind)
+        # A file no longer than the head was read whole: parsed from those bytes, not again.
+        whole = len(head) <= SNIFF_BYTES and len(head) <= config_cap(kind)
+        doc = (parse(path, kind, decode_text(str(path), head, config_cap(kind))) if whole
+               else read_doc(path, kind))
     except ArtifactError:
         # Broken: reported only when its key names alone say it is a LoRA config.
         if classify_data(kind, dict.fromkeys(keys)) is None:

@@ -130,6 +130,11 @@ def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
             raw = handle.read(cap + 1)
     except OSError as err:
         raise ArtifactError(name, f"cannot read file: {err.strerror or err}") from None
+    return decode_text(name, raw, cap)
+
+
+def decode_text(name: str, raw: bytes, cap: int = MAX_CONFIG_BYTES) -> str:
+    """The text of a config file's bytes (all of them); the refusals of :func:`read_text`."""
     if len(raw) > cap:
         raise ArtifactError(name, f"config file larger than {cap // (1024 * 1024)} MB refused")
     try:
@@ -137,6 +142,10 @@ def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ArtifactError(name, f"not UTF-8 text (byte {err.start})", line=line) from None
+
+
+def config_cap(kind: str) -> int:
+    return MAX_YAML_BYTES if kind == "yaml" else MAX_CONFIG_BYTES
 
 
 def parse(path: Path, kind: str, text: str, *, yaml_loader: str | None = None) -> Doc:
@@ -161,8 +170,7 @@ def parse(path: Path, kind: str, text: str, *, yaml_loader: str | None = None) -
 
 def read_doc(path: Path, kind: str) -> Doc:
     """Read and parse a json/yaml/toml config file."""
-    cap = MAX_YAML_BYTES if kind == "yaml" else MAX_CONFIG_BYTES
-    return parse(path, kind, read_text(path, cap))
+    return parse(path, kind, read_text(path, config_cap(kind)))
 
 
 def _parse_json(name: str, text: str) -> Doc:

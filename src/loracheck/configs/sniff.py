@@ -212,12 +212,16 @@ def sniff_config(path: Path, text: str | None = None) -> str | None:
 
 def head_text(path: Path) -> str:
     """The first SNIFF_BYTES of a file as text (undecodable bytes replaced)."""
+    return head_bytes(path)[:SNIFF_BYTES].decode("utf-8", errors="replace")
+
+
+def head_bytes(path: Path) -> bytes:
+    """Up to SNIFF_BYTES + 1 bytes of a file: all of it when shorter than SNIFF_BYTES + 1."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(SNIFF_BYTES)
+            return handle.read(SNIFF_BYTES + 1)
     except OSError as err:
         raise ArtifactError(str(path), f"cannot read file: {err.strerror or err}") from None
-    return raw.decode("utf-8", errors="replace")
 
 
 def _sniff_safetensors(path: Path) -> str | None:
