@@ -303,11 +303,20 @@ def pk_dag(rng: random.Random) -> Case:
             # mostly the one shared child; sometimes a fresh copy beside it
             children[f"k{i}"] = node if i == 0 or rng.random() < 0.9 else cls(weight=level)
         node = children
-    root: dict[str, Any] = {"state_dict": node} if rng.random() < 0.5 else node
+    wrapped = rng.random() < 0.5
+    root: dict[str, Any] = {"state_dict": node} if wrapped else node
     pkl = dumps(root)
+    # loracheck walks a shared dict once per path to it and stops past 2^18 entries (or 8
+    # levels): a DAG that expands well past that is refused, one well below it is read.
+    expands = fanout**depth
+    too_deep = depth + wrapped > 8
+    verdict: dict[str, frozenset[str]] = {}
+    if too_deep or expands > 4 * 2**18:
+        verdict["must"] = frozenset({"LC001"})
+    elif expands < 2**18 // 4:
+        verdict["must_not"] = frozenset({"LC001"})
     return _pickle_case(rng, "dag", pkl, sd.records,
-                        f"fan-out {fanout} depth {depth} ({len(pkl)} B pickle)",
-                        must=frozenset({"LC001"}))
+                        f"fan-out {fanout} depth {depth} ({len(pkl)} B pickle)", **verdict)
 
 
 def pk_self(rng: random.Random) -> Case:

@@ -189,3 +189,31 @@ def test_a_layer_too_costly_for_the_time_left_is_refused_up_front(
     # With time enough, the same layer is measured.
     assert main(["check", str(folder), "--timeout", "60"]) in (0, 1)
     assert "LC001" not in capsys.readouterr().out
+
+
+def test_a_deadline_inside_a_reader_is_not_taken_for_a_corrupt_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The pickle reader turns any Exception from the unpickler into "malformed pickle": the
+    deadline must pass through it and be reported as the time limit it is."""
+    import time
+
+    import torch
+
+    from loracheck import pickle_io
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    base = "base_model.model.model.layers.0.self_attn.q_proj"
+    torch.save({f"{base}.lora_A.weight": torch.zeros(4, 16),
+                f"{base}.lora_B.weight": torch.zeros(16, 4)}, folder / "adapter_model.bin")
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
+
+    def slow_prescan(data: bytes) -> None:  # the unpickler's own work, made slow
+        time.sleep(60)
+
+    monkeypatch.setattr(pickle_io, "_prescan", slow_prescan)
+    assert main(["check", str(folder), "--timeout", "0.3", "--jobs", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "analysis did not finish within 0.3 s" in out and "malformed" not in out, out

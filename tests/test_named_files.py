@@ -142,3 +142,35 @@ def test_the_verdict_line_and_the_exit_code_agree_under_fail_on_info(
     assert "All checks passed" not in capsys.readouterr().out
     assert main(["check", str(path)]) == 0
     assert "All checks passed" in capsys.readouterr().out
+
+
+def test_a_named_bin_beside_a_safetensors_is_the_one_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both weights files in one folder: naming the .bin reads the .bin, and the config's own
+    findings stay with the config."""
+    import torch
+
+    _broken_adapter(tmp_path / "ad")
+    state = {f"{BASE}.lora_A.weight": torch.randn(4, 16) * 0.2,
+             f"{BASE}.lora_B.weight": torch.full((16, 4), float("inf"))}
+    torch.save(state, tmp_path / "ad" / "adapter_model.bin")
+    found = _findings(capsys, str(tmp_path / "ad" / "adapter_model.bin"))
+    assert {name for name, _, _ in found} == {"adapter_model.bin"}
+    assert "LC103" not in {code for _, code, _ in found}  # the config's, not named
+    assert "LC203" in {code for _, code, _ in found}, found  # the .bin's Inf, read
+
+
+def test_a_litgpt_pair_named_file_by_file_reports_each_finding_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    final = tmp_path / "final"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "writers" / "litgpt" / "qv" / "final",
+                    final)
+    hp = final / "hyperparameters.yaml"
+    hp.write_text(hp.read_text().replace("lora_dropout: 0.0", "lora_dropout: 1.5"))
+    both = _findings(capsys, str(hp), str(final / "lit_model.pth.lora"))
+    assert len(both) == len(set(both)), both
+    assert [code for _, code, _ in both].count("LC103") == 1
+    alone = _findings(capsys, str(hp)) + _findings(capsys, str(final / "lit_model.pth.lora"))
+    assert sorted(alone) == sorted(both)

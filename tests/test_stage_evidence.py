@@ -176,3 +176,20 @@ def test_a_bad_stage_setting_is_a_usage_error(tmp_path: Path,
     assert main(["check", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "loracheck.toml: `stage` must be one of auto, init, trained, not 'fresh'" in err
+
+
+def test_the_evidence_holds_for_the_current_folder(
+        fresh: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`cd checkpoint-500 && loracheck check .` (or no path): the folder still has its name."""
+    folder, _ = _evidence_case("litgpt-step-folder", fresh, tmp_path)
+    monkeypatch.chdir(folder)
+    for argv in (["check", "."], ["check"]):
+        code, doc = _json(capsys, *argv)
+        assert code == 1 and [d["code"] for d in doc["diagnostics"]] == ["LC207"], doc
+    above = tmp_path / "multi" / "checkpoint" / "other"
+    shutil.copytree(fresh, above)
+    _trainer_state(above.parent, 300)
+    monkeypatch.chdir(above)
+    code, doc = _json(capsys, "check", ".")
+    assert code == 1 and "global_step 300" in doc["diagnostics"][0]["message"]

@@ -145,7 +145,12 @@ def _folder_unit(folder: Path, explicit: bool) -> Unit | None:
 def _file_unit(path: Path, explicit: bool) -> Unit | None:
     name = path.name
     folder = path.parent
-    if name in (PEFT_CONFIG, MLX_WEIGHTS, *PEFT_WEIGHTS):
+    if name in PEFT_WEIGHTS:
+        # The weights file named, even where the folder holds the other one too.
+        config = folder / PEFT_CONFIG
+        return Unit(_display(folder), "peft", path, config if _is_file(config) else None,
+                    explicit)
+    if name in (PEFT_CONFIG, MLX_WEIGHTS):
         return _folder_unit(folder, explicit)
     if name in IGNORED_FILES:
         return None
@@ -253,7 +258,7 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
         else:
             explicit = not handed_over and lora_shaped(path)
             unit = _file_unit(path, explicit=explicit)
-            if unit is not None and unit.kind in ("peft", "mlx"):
+            if unit is not None and unit.weights is not None and unit.config is not None:
                 unit = replace(unit, named=frozenset({path}))
             # A named file of no known kind is a unit too: LC002 when it looks like a LoRA
             # artifact, else skipped (and listed by `check -v`).

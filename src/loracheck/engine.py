@@ -45,7 +45,7 @@ def severity_for(code: str, default: Severity, overrides: Mapping[str, Severity]
 
 def _path_forms(path: str, root: Path | None) -> list[str]:
     p = Path(path)
-    forms = [p.as_posix(), p.name]
+    forms = [p.as_posix(), p.name or p.absolute().name]  # "." is named by its folder
     try:
         absolute = p.resolve()
         forms.append(absolute.as_posix())

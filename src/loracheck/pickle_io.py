@@ -46,7 +46,7 @@ MAX_PICKLE_BYTES = 256 * 2**20
 MAX_NESTING = 8
 # Most tensors and other values one state dict may hold: a pickle whose dicts share children
 # (memo references) expands to far more entries than its bytes suggest.
-MAX_ENTRIES = 1_000_000
+MAX_ENTRIES = 2**18  # 262,144: a large MoE checkpoint holds tens of thousands
 # torch.save stores records uncompressed; a compressed record bigger than this that inflates
 # more than MAX_INFLATION times its stored size is refused before it is inflated (a zip bomb).
 INFLATE_FREE_BYTES = 64 * 2**20
@@ -526,7 +526,7 @@ def _read_index(
         fail(f"pickle holds a {type(root).__name__}, not a state dict")
     entries: dict[str, PickledTensor] = {}
     other: list[str] = []
-    _flatten(path, root, "", 0, entries, other, set())
+    _flatten(path, root, "", 0, entries, other, [0])
     return entries, other, big_endian
 
 
@@ -549,20 +549,19 @@ def _prescan(data: bytes) -> None:
 
 def _flatten(
     path: str, mapping: dict[Any, Any], prefix: str, depth: int,
-    entries: dict[str, PickledTensor], other: list[str], seen: set[int],
+    entries: dict[str, PickledTensor], other: list[str], seen: list[int],
 ) -> None:
-    """Collect the tensors of nested dicts under dotted keys; ``seen`` holds the ids of the
-    dicts walked so far, since one reached twice (through a memo reference) would be walked
-    once per path to it: 64 references a level, 9 levels deep, are 64⁹ entries."""
+    """Collect the tensors of nested dicts under dotted keys. ``seen`` counts the entries
+    walked: a dict reached through several memo references is walked once per path to it, so
+    64 references a level, 7 levels deep, would be 64⁷ entries; the walk stops at
+    MAX_ENTRIES. (A small dict saved twice, say ``vars(args)`` under two keys, is fine.)"""
     if depth > MAX_NESTING:
         raise ArtifactError(path, f"state dict nested more than {MAX_NESTING} levels deep")
-    if id(mapping) in seen:
+    seen[0] += len(mapping)
+    if seen[0] > MAX_ENTRIES:
         raise ArtifactError(
-            path, f"state dict reaches the mapping at {prefix.rstrip('.')[:80]!r} a second time "
-            "(a shared memo reference); a saved state dict holds each mapping once")
-    seen.add(id(mapping))
-    if len(entries) + len(other) + len(mapping) > MAX_ENTRIES:
-        raise ArtifactError(path, f"state dict holds more than {MAX_ENTRIES} entries")
+            path, f"state dict expands to more than {MAX_ENTRIES} entries (its mappings are "
+            "shared through memo references, or it is not a state dict)")
     for raw_key, value in mapping.items():
         if not isinstance(raw_key, (str, int)) or isinstance(raw_key, bool):
             raise ArtifactError(path, f"state dict key {str(raw_key)[:40]!r} is not a string")

@@ -88,8 +88,10 @@ class Judged:
 _GRACE_S = 5.0
 
 
-class _Deadline(Exception):
-    """Raised by the interval timer inside a unit that ran past --timeout."""
+class _Deadline(BaseException):
+    """Raised by the interval timer inside a unit that ran past --timeout. A BaseException, so
+    that the readers' own ``except Exception`` (a malformed pickle, a bad YAML) never takes it
+    for a fault of the file."""
 
 
 # After the deadline the timer keeps firing at this interval until the unit is abandoned: an
@@ -191,13 +193,16 @@ def _process_with_deadline(
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout, _RETRY_S)
     try:
-        return _process(unit, job, timeout, layer_progress)
+        try:
+            return _process(unit, job, timeout, layer_progress)
+        finally:
+            # The timer stops before anything else: an alarm landing here, before these two
+            # lines, raises _Deadline into the handler below; none can come after them.
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            live[0] = False
     except _Deadline:
-        live[0] = False
         late = _timed_out(unit, timeout)
     finally:
-        live[0] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return Judged(late, _judge(late, job))
 
@@ -217,7 +222,18 @@ def _timed_out(unit: Unit, seconds: float, why: str = "") -> Adapter:
 _WORKER_JOB: list[UnitJob] = []
 
 
+def _warm_up() -> None:
+    """Import what reading and judging need before any unit's timer starts: an import cut
+    short by the alarm would leave a half-initialised module (numpy) for every later unit."""
+    import numpy  # noqa: F401
+
+    import loracheck.engine
+    import loracheck.load
+    import loracheck.stats  # noqa: F401
+
+
 def _start_worker(job: UnitJob) -> None:
+    _warm_up()
     _WORKER_JOB[:] = [job]
 
 
@@ -294,6 +310,8 @@ def iter_units(
     """
     timeout = min(timeout, _NO_LIMIT_S)
     if workers <= 1:
+        if any(u.weights is not None for u in units):
+            _warm_up()
         for i, unit in enumerate(units):
             # One unit: the bar follows its layers; several: it follows the units.
             per_layer = None

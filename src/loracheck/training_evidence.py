@@ -96,6 +96,8 @@ def find_training_evidence(
     found = _metadata_steps(metadata)
     if found is not None or weights is None:
         return found
+    # Absolute, so that the folders of `loracheck check .` have their names.
+    weights = weights.absolute()
     match = _MLX_CHECKPOINT.match(weights.name)
     if match is not None and int(match.group(1)) > 0:
         return TrainingEvidence(weights.name, f"an mlx-lm checkpoint of iteration "
