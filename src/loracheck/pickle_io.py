@@ -53,7 +53,7 @@ INFLATE_FREE_BYTES = 64 * 2**20
 MAX_INFLATION = 100
 # A strided view may repeat its storage (an expand()ed tensor): up to this many times its
 # stored bytes, or this size whatever the storage, is materialised; beyond, it is refused.
-VIEW_FREE_BYTES = 64 * 2**20
+VIEW_FREE_BYTES = 16 * 2**20
 MAX_VIEW_GROWTH = 16
 _MAX_INT = 2**63 - 1
 
