@@ -167,3 +167,32 @@ def test_a_broken_unrelated_file_met_while_walking_is_skipped(tmp_path: Path) ->
     adapters = load_paths([str(tmp_path)])
     assert [Path(a.path).name for a in adapters] == ["lora.yaml"]  # broken LoRA: reported
     assert adapters[0].faults[0].code == "LC001"
+
+
+def test_lc114_in_an_mlx_config_names_mlx_lm(tmp_path: Path) -> None:
+    """mlx-lm, not PEFT, reads lora_parameters.keys: its `k in keys` fails on a number."""
+    text = ("model: x\nfine_tune_type: lora\nlora_parameters:\n  rank: 8\n  scale: 20.0\n"
+            "  dropout: 0.0\n  keys: 5\n")
+    diag = only(check_config(tmp_path, "lora_config.yaml", text), "LC114", Severity.ERROR)
+    assert "mlx-lm fails" in diag.message and "PEFT" not in diag.message  # type: ignore[attr-defined]
+
+
+def test_mlx_lm_really_fails_on_keys_that_are_a_number() -> None:
+    """The claim above, against mlx-lm itself (0.32 tuner/utils.py linear_to_lora_layers)."""
+    mlx_nn = pytest.importorskip("mlx.nn")
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    class Block(mlx_nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj = mlx_nn.Linear(8, 8)
+
+    class Model(mlx_nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = [Block(), Block()]
+
+    params = {"rank": 4, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(Model(), 2, {**params, "keys": ["q_proj"]})  # the control
+    with pytest.raises(TypeError, match="not iterable"):
+        linear_to_lora_layers(Model(), 2, {**params, "keys": 5})

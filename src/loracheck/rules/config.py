@@ -988,6 +988,12 @@ _TYPE_NAMES = {
     "layers_pattern": "a name or a list of names", "bias": "a string", "task_type": "a string",
     "network_args": "a JSON object or a list of key=value strings",
 }
+# Where the consumer is not PEFT: (source format, field) -> what that consumer does.
+_WRONG_TYPE_ELSEWHERE: dict[tuple[str, str], str] = {
+    # mlx-lm 0.32 tuner/utils.py linear_to_lora_layers: `k in keys` over the module names.
+    ("mlx", "target_modules"): "mlx-lm fails when it picks the modules to adapt (TypeError "
+                               "in linear_to_lora_layers)",
+}
 
 
 @rule("LC114", "wrong-field-type", Severity.ERROR, also=Severity.WARNING, when=(
@@ -1021,6 +1027,7 @@ def wrong_field_type(ctx: RuleContext) -> Iterator[Finding]:
                 continue
             key = spec.extras.get("source_keys", {}).get(field_name, field_name)
             wanted = _TYPE_NAMES[field_name]
+            effect = _WRONG_TYPE_ELSEWHERE.get((spec.source_format, field_name), effect)
             message = f"{key} = {spec.invalid[field_name]} is not {wanted}: {effect}"
             if spec is ctx.adapter.spec:
                 yield ctx.config_finding(message, field_name, severity=severity)
