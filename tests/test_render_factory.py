@@ -115,7 +115,8 @@ def adapter(layers: list[LayerRecord] | None = None, **overrides: object) -> Ada
         + 32768,
         dtypes={"F32": 2 * len(layers) + 1},
         init=InitInference(
-            InitScheme.KAIMING_UNIFORM, False, "A std 0.0720 vs kaiming 0.0722 at in=64", 0.0722
+            InitScheme.KAIMING_UNIFORM, False, "A std 0.0720 vs kaiming 0.0722 at in=64", 0.0722,
+            0.0720,
         ),
         stage=Stage.TRAINED,
     )

@@ -301,7 +301,7 @@ def infer_init(layers: Sequence[LayerRecord], spec: LoraSpec | None) -> InitInfe
         if linear:
             rep = _representative(linear)
             text, exp = _evidence(rep, declared, init_std)
-            return InitInference(declared, True, f"{source}; {text}", exp)
+            return InitInference(declared, True, f"{source}; {text}", exp, rep.a.std)
         return InitInference(declared, True, source, None)
     if not linear:
         emb = _judgeable(layers, ("embedding",))
@@ -321,7 +321,7 @@ def infer_init(layers: Sequence[LayerRecord], spec: LoraSpec | None) -> InitInfe
     text, exp = _evidence(rep, scheme, init_std)
     tally = ", ".join(f"{s.value} {n}" for s, n in votes.most_common())
     return InitInference(
-        scheme, False, f"inferred from {len(linear)} layers ({tally}); {text}", exp
+        scheme, False, f"inferred from {len(linear)} layers ({tally}); {text}", exp, rep.a.std
     )
 
 

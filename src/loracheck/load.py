@@ -640,9 +640,9 @@ def load_unit(
 
 
 # Floating-point operations per second assumed when deciding whether one layer's statistics
-# can finish before the deadline: about twice what numpy's float64 Gram products and eigh
-# reach on 2 cores (benchmarks/bench_inspect.py), so a layer is refused only when it would
-# not fit even on a faster machine; a slower one overruns by at most that factor.
+# can finish before the deadline, set above what stats.pair_stats reached on a 2-core machine
+# (1.0-1.2e11 under this cost model), so a layer is refused only when it would not fit even
+# on a faster one; a machine slower than this overruns by at most the ratio.
 ASSUMED_FLOPS = 2e11
 
 

@@ -333,8 +333,10 @@ class InitInference:
     scheme: InitScheme
     declared: bool
     evidence: str
-    # σ expected for A under the scheme at a representative fan-in (None when not std-based).
+    # σ expected for A under the scheme at a representative fan-in (None when not std-based),
+    # and the σ measured on that layer's A (None when no layer was judged).
     expected_std: float | None = None
+    measured_std: float | None = None
 
 
 @dataclass(frozen=True)

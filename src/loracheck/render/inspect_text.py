@@ -8,7 +8,6 @@ headers.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -269,10 +268,6 @@ def targets_text(adapter: Adapter) -> str:
     return ", ".join(declared)
 
 
-# The measured A std in an init inference's evidence: "A std 0.0747 vs kaiming-uniform 0.0722".
-_MEASURED_A_STD = re.compile(r"\bA std ([-+0-9.eE]+|nan|inf) vs ")
-
-
 def _init_source(init: InitInference) -> str:
     """How the scheme is known: ``declared``, ``<format> default`` or ``inferred``."""
     first = init.evidence.split(";", 1)[0].strip()
@@ -290,15 +285,9 @@ def init_text(adapter: Adapter) -> str:
         return "-"
     label = scheme_label(init)
     source = _init_source(init)
-    match = _MEASURED_A_STD.search(init.evidence)
-    if match is not None and init.expected_std:
-        try:
-            measured: float | None = float(match.group(1))
-        except ValueError:  # "e" or "." alone: no number to show
-            measured = None
-        if measured is not None:
-            return (f"{label} ({source}; A std {fmt_num(measured, 3)} vs "
-                    f"{fmt_num(init.expected_std, 3)} expected)")
+    if init.expected_std and init.measured_std is not None:
+        return (f"{label} ({source}; A std {fmt_num(init.measured_std, 3)} vs "
+                f"{fmt_num(init.expected_std, 3)} expected)")
     if init.scheme is InitScheme.UNKNOWN:
         if init.evidence.startswith("inferred from"):
             return f"{label} (inferred; no one scheme fits most layers)"
