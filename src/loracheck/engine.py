@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from loracheck.model import Adapter, Diagnostic, Severity
-from loracheck.rules.context import HELP_URL, Finding, Rule, RuleContext
+from loracheck.rules.context import HELP_URL, Finding, Rule, RuleContext, Subject
 from loracheck.rules.registry import select_rules
 
 if TYPE_CHECKING:
@@ -115,23 +115,23 @@ def check_adapter(
 ) -> list[Diagnostic]:
     """Every diagnostic the selected artifact rules give for ``adapter``, filtered and sorted."""
     ctx = RuleContext(adapter=adapter, profile=settings.profile, base=base)
-    return _judge(ctx, settings, probe=False)
+    return _judge(ctx, settings, Subject.ARTIFACT)
 
 
 def check_probe(probe: ProbeRecord, adapter: Adapter, settings: Settings) -> list[Diagnostic]:
     """Every diagnostic the selected probe rules (LC3xx) give for what ``verify`` measured;
     ``adapter`` names the subject (the model folder) and carries the spec that was probed."""
     ctx = RuleContext(adapter=adapter, profile=settings.profile, probe=probe)
-    return _judge(ctx, settings, probe=True)
+    return _judge(ctx, settings, Subject.PROBE)
 
 
-def _judge(ctx: RuleContext, settings: Settings, *, probe: bool) -> list[Diagnostic]:
+def _judge(ctx: RuleContext, settings: Settings, subject: Subject) -> list[Diagnostic]:
     adapter = ctx.adapter
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
     out: list[Diagnostic] = []
     method = adapter.method
     for rule in rules:
-        if rule.probe is not probe or method not in rule.methods:
+        if rule.subject is not subject or method not in rule.methods:
             continue
         for finding in rule(ctx):
             diag = _diagnostic(rule, finding, adapter, settings)

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,14 @@ class RuleContext:
 CheckFn = Callable[[RuleContext], Iterator[Finding]]
 
 
+class Subject(str, Enum):
+    """What a rule judges, and so which command runs it: the artifacts ``check`` and
+    ``inspect`` read, or the typed record one of the measuring commands fills."""
+
+    ARTIFACT = "artifact"  # check, inspect: the adapter (and --model's headers)
+    PROBE = "probe"  # verify: a ProbeRecord (LC3xx)
+
+
 # The methods a rule judges: LoRA rules judge the LoRA family only; input rules judge any file.
 LORA_ONLY = frozenset({MethodKind.LORA})
 ANY_METHOD = frozenset(MethodKind)
@@ -113,15 +122,14 @@ LORA_AND_OTHER = frozenset({MethodKind.LORA, MethodKind.OTHER})
 
 @dataclass(frozen=True)
 class Rule:
-    """A rule: its metadata, its check function and the methods it judges (``methods``: the
-    engine runs it only on adapters of those kinds). ``probe`` rules judge what ``verify``
-    measured and run only on a probe record; the others judge artifacts. Calling it runs the
-    check."""
+    """A rule: its metadata, its check function, the methods it judges (``methods``: the
+    engine runs it only on adapters of those kinds) and its :class:`Subject` (an artifact, or
+    the record a measuring command filled). Calling it runs the check."""
 
     meta: RuleMeta
     check: CheckFn
     methods: frozenset[MethodKind] = LORA_ONLY
-    probe: bool = False
+    subject: Subject = Subject.ARTIFACT
 
     @property
     def code(self) -> str:
@@ -149,16 +157,16 @@ def summary_of(doc: str) -> str:
 
 def rule(
     code: str, name: str, severity: Severity, methods: frozenset[MethodKind] = LORA_ONLY,
-    *, probe: bool = False, also: Severity | None = None, when: str = "",
+    *, subject: Subject = Subject.ARTIFACT, also: Severity | None = None, when: str = "",
 ) -> Callable[[CheckFn], Rule]:
-    """Attach a code, a kebab-case name, a default severity, the methods it judges and whether
-    it judges a probe record; ``also`` names the other severity some of its findings carry and
-    ``when`` says which."""
+    """Attach a code, a kebab-case name, a default severity, the methods it judges and its
+    subject; ``also`` names the other severity some of its findings carry and ``when`` says
+    which."""
 
     def wrap(fn: CheckFn) -> Rule:
         doc = _dedent(fn.__doc__ or "")
         meta = RuleMeta(code, name, severity, summary_of(doc), doc, also=also, when=when)
-        return Rule(meta, fn, methods, probe)
+        return Rule(meta, fn, methods, subject)
 
     return wrap
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from loracheck.model import Severity
 from loracheck.probe_record import IdentityMode, ProbeRecord
-from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, rule
+from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, Subject, rule
 
 
 def _record(ctx: RuleContext) -> ProbeRecord | None:
@@ -42,7 +42,7 @@ def root_cause(record: ProbeRecord) -> str | None:
     return None
 
 
-@rule("LC301", "probe-identity-broken", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC301", "probe-identity-broken", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Runs the model with and without the freshly injected adapter on a fixed batch, in train and
@@ -86,7 +86,7 @@ def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
         )
 
 
-@rule("LC302", "stalled-loss", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC302", "stalled-loss", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def stalled_loss(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Trains the adapter for ``--probe-steps`` steps on one fixed batch (memorisation: the same
@@ -133,7 +133,7 @@ def stalled_loss(ctx: RuleContext) -> Iterator[Finding]:
     yield Finding(f"{cause}: {symptom}" if cause else symptom)
 
 
-@rule("LC303", "base-weights-learn", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC303", "base-weights-learn", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def base_weights_learn(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a base (non-adapter) parameter that requires a gradient or that changed during the
@@ -167,7 +167,7 @@ def base_weights_learn(ctx: RuleContext) -> Iterator[Finding]:
                       f"{expected}")
 
 
-@rule("LC304", "gradient-free-factor", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC304", "gradient-free-factor", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def gradient_free_factor(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     After the first backward pass every B must have a non-zero gradient (A's is exactly zero then,
@@ -218,7 +218,7 @@ def gradient_free_factor(ctx: RuleContext) -> Iterator[Finding]:
         yield Finding(f"{where} {why}", where)
 
 
-@rule("LC305", "merge-changes-outputs", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC305", "merge-changes-outputs", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def merge_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Merges the trained adapter into the base weights (W ← W + s·B·A) and compares the logits with
@@ -249,7 +249,7 @@ def merge_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
         yield Finding(f"unmerge does not restore {name}.weight (max |ΔW| {err:.3g})", name)
 
 
-@rule("LC306", "reload-changes-outputs", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC306", "reload-changes-outputs", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def reload_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Saves the adapter in PEFT's format, loads it into a fresh copy of the model and compares the
@@ -282,7 +282,7 @@ def reload_changes_outputs(ctx: RuleContext) -> Iterator[Finding]:
                       diag.location)
 
 
-@rule("LC307", "probe-non-finite", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC307", "probe-non-finite", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def probe_non_finite(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports a non-finite loss, gradient or output (NaN or ±Inf) at any probe step.
@@ -306,7 +306,7 @@ def probe_non_finite(ctx: RuleContext) -> Iterator[Finding]:
         yield Finding(f"a non-finite {what} appeared during verify", what)
 
 
-@rule("LC308", "adapter-model-mismatch", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC308", "adapter-model-mismatch", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def adapter_model_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Loads ``--adapter`` onto ``--model`` and reports adapter modules the model does not have, and
@@ -334,7 +334,7 @@ def adapter_model_mismatch(ctx: RuleContext) -> Iterator[Finding]:
         yield Finding("the adapter holds no LoRA factor pairs that fit the model")
 
 
-@rule("LC309", "probe-unsupported-feature", Severity.ERROR, ANY_METHOD, probe=True)
+@rule("LC309", "probe-unsupported-feature", Severity.ERROR, ANY_METHOD, subject=Subject.PROBE)
 def probe_unsupported_feature(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Reports an adapter feature that the reference LoRA of ``verify`` does not reproduce (for
