@@ -15,7 +15,13 @@ from builders import ALL_LINEAR, peft_adapter
 from loracheck.keys import group_keys, to_canonical
 from loracheck.model import DeltaStats, FactorStats, LoraSpec
 from loracheck.scaling import effective_scale, resolve_rank_alpha
-from loracheck.stats import delta_stats, factor_stats, pair_stats
+from loracheck.stats import (
+    batch_delta_from_grams,
+    batch_side_stats,
+    delta_stats,
+    factor_stats,
+    pair_stats,
+)
 
 REL = 1e-4
 
@@ -256,3 +262,45 @@ def test_large_mean_small_spread_and_dtypes() -> None:
     assert kurt is not None and abs(kurt - 1.8) < 0.02
     gauss = factor_stats(rng.normal(size=200_000), kurtosis=True).kurtosis
     assert gauss is not None and abs(gauss - 3.0) < 0.05
+
+
+@pytest.mark.parametrize(("r", "n_in", "n_out"), [(16, 256, 320), (64, 256, 384), (256, 512, 768)])
+def test_batched_pairs_match_an_svd_on_adversarial_spectra(r: int, n_in: int, n_out: int) -> None:
+    """One batch of pairs of one shape (as the loader solves them): spectra spanning 1e-6,
+    clustered singular values, a rank-deficient A (a singular Gram: no Cholesky), a zero B and
+    a NaN, each against the float64 SVD of its materialised ΔW and the pair-at-a-time path."""
+    rng = np.random.default_rng(r)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    pairs.append((_spectrum(rng, n_in, r, np.logspace(0, -6, r)).T,
+                  _spectrum(rng, n_out, r, np.logspace(0, -3, r))))
+    clustered = np.concatenate([np.full(r // 2, 1.0), np.full(r - r // 2, 1.0 - 1e-9)])
+    pairs.append((_spectrum(rng, n_in, r, clustered).T, _spectrum(rng, n_out, r, clustered)))
+    deficient = _spectrum(rng, n_in, r, np.logspace(0, -2, r)).T
+    deficient[r // 3] = 0.0  # A has a zero row: G_A is singular
+    pairs.append((deficient, rng.normal(0, 0.02, (n_out, r))))
+    pairs.append((rng.uniform(-0.1, 0.1, (r, n_in)), np.zeros((n_out, r))))
+    broken = rng.normal(0, 0.02, (n_out, r))
+    broken[0, 0] = np.nan
+    pairs.append((rng.uniform(-0.1, 0.1, (r, n_in)), broken))
+    a64 = np.stack([a for a, _ in pairs]).astype(np.float64)
+    b64 = np.stack([b for _, b in pairs]).astype(np.float64)
+    scales = [0.5, 2.0, 1.0, 1.0, 1.0]
+    a_stats, g_a = batch_side_stats(a64, "A", kurtosis=True)
+    b_stats, g_b = batch_side_stats(b64, "B")
+    deltas = batch_delta_from_grams(g_a, g_b, scales)
+    for (a, b), s, a_st, b_st, d in zip(pairs, scales, a_stats, b_stats, deltas, strict=True):
+        alone = pair_stats(a, b, s)
+        same(a_st, alone[0])
+        same(b_st, alone[1])
+        check_factor(a_st, a)
+        if np.isfinite(b).all():
+            check_factor(b_st, b.T, kurt=False)
+            check_delta(d, a, b, s)
+            same(d, alone[2])
+        else:
+            assert b_st.nonfinite == 1 and math.isnan(d.frobenius) and d.singular_values == ()
+    ref = ref_delta(*pairs[0], 0.5)
+    wide = ref["sigma"] >= 1e-3 * ref["sigma_max"]
+    np.testing.assert_allclose(np.array(deltas[0].singular_values)[wide], ref["sigma"][wide],
+                               rtol=1e-4)
+    assert deltas[3] == DeltaStats(0.0, (0.0,) * r, 0.0, 0.0, 0.0, 0.0)

@@ -29,6 +29,7 @@ from loracheck.model import (
     StageSource,
     TensorRef,
 )
+from loracheck.pair_batch import PairBatch
 from loracheck.scaling import (
     PEFT_DEFAULT_ALPHA,
     effective_scale,
@@ -325,12 +326,16 @@ def _measure(
     pair: PairKeys,
     source: TensorSource,
     sink: FactorSink | None,
+    batch: PairBatch,
 ) -> None:
-    """Fill the record's statistics from one (A, B) pair, then let the arrays go."""
+    """Fill the record's statistics from one (A, B) pair, then let the arrays go. What
+    ``batch`` defers (a small pair's statistics, ΔW's from the Grams) is filled when it is
+    flushed."""
     import numpy as np
 
     from loracheck.keys import canonical_factor
-    from loracheck.stats import delta_from_grams, factor_stats, side_stats
+    from loracheck.pair_batch import SMALL_PAIR_NUMEL
+    from loracheck.stats import factor_stats, side_stats
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
@@ -363,15 +368,22 @@ def _measure(
         _measure_wide(record, pair, source, sink)
         return
     numel = math.prod(record.a.shape) + math.prod(record.b.shape)
+    scaling = record.scaling if record.scaling is not None else 1.0
+    if mid_key is None and pair.a_rows is None and pair.b_rows is None and (
+            numel <= SMALL_PAIR_NUMEL):
+        a = canonical_factor(pair, source.read(a_key, float64=True))
+        b = canonical_factor(pair, source.read(b_key, float64=True))
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"factors must be 2-D, not A {a.shape} and B {b.shape}")
+        batch.add_factors(record, a, b, scaling)
+        return
     future = None
     if source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
         future = _SIDE_WORKER.submit(lambda: side(b_key, "B"))
     a, record.a_stats, g_a = side(a_key, "A")
     b, record.b_stats, g_b = future.result() if future is not None else side(b_key, "B")
     if g_a.shape == g_b.shape:
-        scaling = record.scaling if record.scaling is not None else 1.0
-        record.delta = delta_from_grams(g_a, g_b, scaling)
-        record.delta_from = "low-rank"
+        batch.add_grams(record, g_a, g_b, scaling)
     # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
     if sink is not None:
         sink(record, a, b)
@@ -728,6 +740,7 @@ def _load_weights(
     # Without a config, the metadata embedded in the weights (kohya ss_*) sets rank and alpha.
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)
+    batch = PairBatch(sink)
     for index, (record, pair) in enumerate(
         _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
     ):
@@ -735,12 +748,13 @@ def _load_weights(
             if opts.deadline is not None:
                 _check_time_left(record, opts.deadline)
             try:
-                _measure(record, pair, source, sink)
+                _measure(record, pair, source, sink, batch)
             except ArtifactError as err:
                 _fault(adapter, err)
         adapter.layers.append(record)
         if progress is not None:
             progress(index + 1, total)
+    batch.flush()
     # A zero-size factor is met twice (above, and as a pair in _layers): keep each key once.
     adapter.empty_tensors = list({ref.key: ref for ref in adapter.empty_tensors}.values())
     if opts.measure:

@@ -1,0 +1,105 @@
+"""Pairs measured in batches: the loader hands each LoRA pair here, and the statistics of many
+pairs are computed by one numpy call per statistic instead of one per pair.
+
+Two kinds of work are deferred until a batch is full (or the adapter ends):
+- a small pair (A and B together at most :data:`SMALL_PAIR_NUMEL` elements) keeps its float64
+  factors; pairs of one shape are measured together (:func:`stats.batch_side_stats`);
+- a larger pair has its factor statistics measured at once, as it is streamed, and keeps only
+  its two r×r Grams; the Grams of one rank are solved together
+  (:func:`stats.batch_delta_from_grams`: one batched Cholesky and eigvalsh).
+
+Memory held is bounded by :data:`MAX_PAIRS` pairs and :data:`MAX_BYTES` per group, so it stays
+flat in the layer count. Records are complete once :meth:`PairBatch.flush` has run; the
+loader flushes before anything reads them (init and stage inference, the rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from loracheck.model import LayerRecord
+
+    Sink = Callable[[LayerRecord, np.ndarray, np.ndarray], None]
+
+SMALL_PAIR_NUMEL = 1 << 14  # 128 KiB of float64: Python per call costs more than the numbers
+MAX_PAIRS = 32
+MAX_BYTES = 8 << 20
+
+
+class PairBatch:
+    """Deferred statistics of one adapter's pairs (see the module docstring). ``sink``
+    receives each small pair's canonical factors when they are measured."""
+
+    def __init__(self, sink: Sink | None) -> None:
+        self._sink = sink
+        # (A shape, B shape) -> pending small pairs: (record, A (r, in), B (out, r), scale)
+        self._small: dict[tuple[tuple[int, ...], tuple[int, ...]],
+                          list[tuple[LayerRecord, np.ndarray, np.ndarray, float]]] = {}
+        # rank -> pending Grams: (record, G_A, G_B, scale)
+        self._grams: dict[int, list[tuple[LayerRecord, np.ndarray, np.ndarray, float]]] = {}
+
+    def add_factors(self, record: LayerRecord, a: np.ndarray, b: np.ndarray,
+                    scaling: float) -> None:
+        """A small pair: A (r, in) and B (out, r), any float dtype; everything about it is
+        deferred."""
+        group = self._small.setdefault((a.shape, b.shape), [])
+        group.append((record, a, b, scaling))
+        if len(group) >= MAX_PAIRS or len(group) * (a.nbytes + b.nbytes) >= MAX_BYTES:
+            self._flush_small(a.shape, b.shape)
+
+    def add_grams(self, record: LayerRecord, g_a: np.ndarray, g_b: np.ndarray,
+                  scaling: float) -> None:
+        """A pair whose factors were measured: only ΔW's statistics, from its Grams, wait."""
+        r = g_a.shape[0]
+        group = self._grams.setdefault(r, [])
+        group.append((record, g_a, g_b, scaling))
+        if len(group) >= MAX_PAIRS or len(group) * 2 * g_a.nbytes >= MAX_BYTES:
+            self._flush_grams(r)
+
+    def flush(self) -> None:
+        """Measure everything pending."""
+        for shapes in list(self._small):
+            self._flush_small(*shapes)
+        for r in list(self._grams):
+            self._flush_grams(r)
+
+    def _flush_small(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
+        import numpy as np
+
+        from loracheck.stats import batch_side_stats
+
+        group = self._small.pop((a_shape, b_shape), [])
+        if not group:
+            return
+        # Every source's factors are computed in float64 (a pickle's come as float32).
+        a64 = np.stack([a for _, a, _, _ in group], dtype=np.float64)
+        b64 = np.stack([b for _, _, b, _ in group], dtype=np.float64)
+        a_stats, g_a = batch_side_stats(a64, "A", kurtosis=True)
+        b_stats, g_b = batch_side_stats(b64, "B")
+        chained = a_shape[0] == b_shape[1]
+        for i, (record, a, b, scaling) in enumerate(group):
+            record.a_stats, record.b_stats = a_stats[i], b_stats[i]
+            if chained:
+                self.add_grams(record, g_a[i], g_b[i], scaling)
+            # else the inner dimensions disagree (LC202): no product to measure
+            if self._sink is not None:
+                self._sink(record, a, b)
+
+    def _flush_grams(self, r: int) -> None:
+        import numpy as np
+
+        from loracheck.stats import batch_delta_from_grams
+
+        group = self._grams.pop(r, [])
+        if not group:
+            return
+        deltas = batch_delta_from_grams(np.stack([g for _, g, _, _ in group]),
+                                        np.stack([g for _, _, g, _ in group]),
+                                        [s for _, _, _, s in group])
+        for (record, _, _, _), delta in zip(group, deltas, strict=True):
+            record.delta = delta
+            record.delta_from = "low-rank"
