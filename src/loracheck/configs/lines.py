@@ -62,10 +62,13 @@ def json_key_lines(text: str) -> dict[KeyPath, int]:
             pending = (string, line)
             continue
         if punct == ":" and pending is not None and stack and stack[-1][0] == "o":
-            try:
-                key = json.loads(pending[0])
-            except ValueError:
-                key = pending[0][1:-1]
+            raw = pending[0]
+            key = raw[1:-1]
+            if "\\" in key:  # only an escape needs the JSON decoder
+                try:
+                    key = json.loads(raw)
+                except ValueError:
+                    pass
             stack[-1][1] = key
             path = tuple(f[1] for f in stack)
             lines[path] = pending[1]  # type: ignore[index]
