@@ -336,27 +336,43 @@ def probe_to_dict(report: Report) -> dict[str, Any]:
     return body
 
 
+def _one_line(layer: Any) -> str:
+    """One per-layer object, compact. :func:`layer_to_dict` builds plain JSON data already,
+    so the C encoder takes it as is; anything it refuses (a NaN, a set) is cleaned first,
+    which gives the same text a cleaned object would."""
+    try:
+        return json.dumps(layer, ensure_ascii=True, allow_nan=False, separators=(", ", ": "))
+    except (TypeError, ValueError):
+        return json.dumps(clean(layer), ensure_ascii=True, allow_nan=False,
+                          separators=(", ", ": "))
+
+
 def dumps(data: Any) -> str:
     """Deterministic, strict ASCII JSON (no NaN tokens), two-space indent, trailing newline.
 
     Each per-layer object is written on one line: a 7B adapter has hundreds of layers, and
     json's indenting encoder is pure Python (about 10x slower than the compact C encoder).
+    The layers are set aside before the rest is cleaned (see :func:`_one_line`).
     """
     import secrets
 
-    data = clean(data)
     nonce = secrets.token_hex(8)
     compact: dict[str, str] = {}
-    for entry in data.get("files", []) if isinstance(data, dict) else []:
-        layers = entry.get("layers") if isinstance(entry, dict) else None
-        if not isinstance(layers, list):
-            continue
-        for i, layer in enumerate(layers):
-            token = f"@@{nonce}-{len(compact)}@@"
-            compact[json.dumps(token)] = json.dumps(
-                layer, ensure_ascii=True, allow_nan=False, separators=(", ", ": ")
-            )
-            layers[i] = token
+    files = data.get("files") if isinstance(data, dict) else None
+    if isinstance(files, list):
+        entries = []
+        for entry in files:
+            layers = entry.get("layers") if isinstance(entry, dict) else None
+            if isinstance(layers, list):
+                tokens = []
+                for layer in layers:
+                    token = f"@@{nonce}-{len(compact)}@@"
+                    compact[json.dumps(token)] = _one_line(layer)
+                    tokens.append(token)
+                entry = {**entry, "layers": tokens}
+            entries.append(entry)
+        data = {**data, "files": entries}
+    data = clean(data)
     text = json.dumps(data, indent=2, ensure_ascii=True, allow_nan=False)
     if compact:
         import re
