@@ -156,3 +156,21 @@ def test_every_emitted_key_is_documented() -> None:
     _keys(report_to_dict(report), keys)
     documented = set(re.findall(r"`([a-z_$][a-z0-9_.]*)`", DOC.read_text(encoding="utf-8")))
     assert sorted(keys - documented) == []
+
+
+def test_layers_that_need_cleaning_give_the_bytes_a_cleaned_report_gives() -> None:
+    """Per-layer objects skip the cleaning pass when they are plain JSON data; one that is not
+    (a NaN, a tuple, a set, an enum) must still come out exactly as if it had been cleaned."""
+    from loracheck.model import Severity
+    from loracheck.render.json_out import clean, dumps
+
+    data = report_to_dict(mixed_report())
+    first = data["files"][0]["layers"][0]
+    first.update({"a_std": math.nan, "extra_tuple": (1, 2), "extra_set": {"b", "a"},
+                  "extra_enum": Severity.ERROR, "extra_inf": -math.inf})
+    assert dumps(data) == dumps(clean(data))
+    parsed = json.loads(dumps(data))
+    row = parsed["files"][0]["layers"][0]
+    assert row["a_std"] is None and row["extra_inf"] is None
+    assert row["extra_tuple"] == [1, 2] and row["extra_set"] == ["a", "b"]
+    assert row["extra_enum"] == "error"
