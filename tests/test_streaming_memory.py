@@ -46,3 +46,41 @@ def test_released_pages_leave_the_resident_set(tmp_path: Path) -> None:
     adapter = load_unit(unit)
     assert adapter is not None and len(adapter.layers) == 48
     assert _rss_file_kib() - before < 8 * 1024
+
+
+def _big_adapter(path: Path, layers: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(layers):  # 2 x 0.5 MiB of float32 a pair: past the threads' threshold
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
+            size=(16, 8192)).astype(np.float32)
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
+            0, 1e-3, size=(8192, 16)).astype(np.float32)
+    return write_safetensors(path, tensors)
+
+
+def test_pairs_in_flight_give_the_same_records_in_bounded_memory(tmp_path: Path) -> None:
+    """Several large pairs measured at once on threads: every record equals the one-thread
+    record exactly, and the memory traced while reading does not grow with the layer count
+    (threads + 1 pairs in flight, one Gram batch)."""
+    import tracemalloc
+
+    from loracheck.load import LoadOptions
+
+    small = _big_adapter(tmp_path / "l16.safetensors", 16)
+    large = _big_adapter(tmp_path / "l64.safetensors", 64)
+    peaks = {}
+    for path in (small, large):
+        (unit,) = discover([path])
+        one = load_unit(unit, LoadOptions(threads=1))
+        tracemalloc.start()
+        many = load_unit(unit, LoadOptions(threads=4))
+        peaks[path] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert one is not None and many is not None
+        assert [layer.name for layer in one.layers] == [layer.name for layer in many.layers]
+        assert one.layers == many.layers
+        assert all(layer.delta is not None and layer.delta.frobenius > 0 for layer in many.layers)
+    pair_bytes = 2 * 16 * 8192 * 8  # one pair in float64
+    assert peaks[large] <= peaks[small] + 2 * pair_bytes, peaks
+    assert peaks[large] <= 12 * pair_bytes, peaks

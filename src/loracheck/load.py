@@ -11,9 +11,9 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError
@@ -141,6 +141,9 @@ class LoadOptions:
     measure: bool = True
     # time.monotonic() by which the unit must be done (--timeout), None for no limit.
     deadline: float | None = None
+    # Threads that measure large pairs side by side: one per CPU when this process reads
+    # alone, 1 in a worker of a pool (the pool already uses every CPU).
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 def _fault(adapter: Adapter, err: ArtifactError) -> None:
@@ -289,36 +292,56 @@ def _layers(
         yield record, pair
 
 
-# A pair this large (elements of A and B together) has its two sides measured on two threads.
+# A pair this large (elements of A and B together) is measured on a worker thread when the
+# unit has several threads: numpy and BLAS release the GIL in the decode, the Grams and the
+# reductions, so pairs run on several cores while the caller reads the next.
 _PARALLEL_PAIR_NUMEL = 1 << 16
 
 
-class _SideWorker:
-    """One helper thread that measures a pair's B while the caller measures its A.
+@dataclass(frozen=True)
+class _Measured:
+    """One large pair, measured: its canonical factors (for the sink), stats and Grams."""
 
-    Only one pair is in memory at a time: the two threads share it. numpy releases the GIL in
-    the decode, the Gram product and the reductions, so the sides run on two cores. The thread
-    is made per process (a worker forked from a process that had one must not reuse it).
-    """
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._pool: Any = None
-
-    def submit(self, fn: Callable[[], _Side]) -> Future[_Side] | None:
-        if (os.cpu_count() or 1) < 2:
-            return None
-        if self._pid != os.getpid():
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loracheck-side")
-            self._pid = os.getpid()
-        future: Future[_Side] = self._pool.submit(fn)
-        return future
+    a: np.ndarray
+    b: np.ndarray
+    a_stats: FactorStats
+    b_stats: FactorStats
+    g_a: np.ndarray
+    g_b: np.ndarray
 
 
-_SIDE_WORKER = _SideWorker()
-_Side = tuple["np.ndarray", FactorStats, "np.ndarray"]
+class _PairThreads:
+    """Large pairs measured on ``threads`` worker threads, at most ``threads + 1`` in flight
+    (so memory is bounded by that many pairs), and completed in file order on the caller's
+    thread, which alone touches the records and the batch."""
+
+    def __init__(self, threads: int) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loracheck-pair")
+        self._limit = threads + 1
+        self._pending: deque[tuple[LayerRecord, Future[_Measured]]] = deque()
+
+    def submit(self, record: LayerRecord, fn: Callable[[], _Measured]
+               ) -> list[tuple[LayerRecord, Future[_Measured]]]:
+        """Queue one pair; returns the pairs that must be completed now to stay in bounds."""
+        self._pending.append((record, self._pool.submit(fn)))
+        done = []
+        while len(self._pending) > self._limit:
+            done.append(self._pending.popleft())
+        return done
+
+    def drain(self) -> list[tuple[LayerRecord, Future[_Measured]]]:
+        done = list(self._pending)
+        self._pending.clear()
+        return done
+
+    def close(self) -> None:
+        """Stop: queued pairs are dropped, a pair being measured finishes in the background
+        (a deadline or an error ends the unit without waiting for it)."""
+        self._pending.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _measure(
@@ -327,68 +350,87 @@ def _measure(
     source: TensorSource,
     sink: FactorSink | None,
     batch: PairBatch,
-) -> None:
+    threads: _PairThreads | None,
+) -> list[tuple[LayerRecord, Future[_Measured]]]:
     """Fill the record's statistics from one (A, B) pair, then let the arrays go. What
     ``batch`` defers (a small pair's statistics, ΔW's from the Grams) is filled when it is
-    flushed."""
-    import numpy as np
-
+    flushed; a large pair goes to ``threads`` when given, and the pairs returned are the ones
+    to complete now (:func:`_complete`)."""
     from loracheck.keys import canonical_factor
     from loracheck.pair_batch import SMALL_PAIR_NUMEL
-    from loracheck.stats import factor_stats, side_stats
+    from loracheck.stats import factor_stats
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
         record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
     if pair.kind in ("loha", "lokr"):
         _measure_lycoris(record, pair, source)
-        return
+        return []
     if record.rank is None or record.a is None or record.b is None:
-        return
-    a_key, b_key = record.a.key, record.b.key
-    mid_key = pair.mid_key
-
-    def side(key: str, which: str) -> _Side:
-        # Read straight into float64, the precision the statistics are computed in.
-        x = canonical_factor(pair, source.read(key, float64=True))
-        rows = pair.a_rows if which == "A" else pair.b_rows
-        if rows is not None:
-            x = x[rows[0] : rows[1]]
-        if which == "A" and mid_key is not None:
-            # Tucker: fold the core into A, C[p, (i, h, w)] = Σ_q mid[p, q, h, w]·down[q, i]
-            # (r × in·kh·kw, the size of a plain conv LoRA's A); ΔW = s·up·C exactly.
-            mid = source.read(mid_key, float64=True)
-            x = np.einsum("pqhw,qi->pihw", mid, x.reshape(x.shape[0], -1)).reshape(
-                mid.shape[0], -1)
-            source.release(mid_key)
-        stats, gram = side_stats(x, which, kurtosis=which == "A")
-        return x, stats, gram
-
+        return []
     small = min(record.in_features or 0, record.out_features or 0)
-    if mid_key is None and pair.a_rows is None and 0 < small < record.rank:
+    if pair.mid_key is None and pair.a_rows is None and 0 < small < record.rank:
         _measure_wide(record, pair, source, sink)
-        return
+        return []
     numel = math.prod(record.a.shape) + math.prod(record.b.shape)
-    scaling = record.scaling if record.scaling is not None else 1.0
-    if mid_key is None and pair.a_rows is None and pair.b_rows is None and (
+    if pair.mid_key is None and pair.a_rows is None and pair.b_rows is None and (
             numel <= SMALL_PAIR_NUMEL):
-        a = canonical_factor(pair, source.read(a_key, float64=True))
-        b = canonical_factor(pair, source.read(b_key, float64=True))
+        a = canonical_factor(pair, source.read(record.a.key, float64=True))
+        b = canonical_factor(pair, source.read(record.b.key, float64=True))
         if a.ndim != 2 or b.ndim != 2:
             raise ValueError(f"factors must be 2-D, not A {a.shape} and B {b.shape}")
+        scaling = record.scaling if record.scaling is not None else 1.0
         batch.add_factors(record, a, b, scaling)
-        return
-    future = None
-    if source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
-        future = _SIDE_WORKER.submit(lambda: side(b_key, "B"))
-    a, record.a_stats, g_a = side(a_key, "A")
-    b, record.b_stats, g_b = future.result() if future is not None else side(b_key, "B")
-    if g_a.shape == g_b.shape:
-        batch.add_grams(record, g_a, g_b, scaling)
+        return []
+    a_key, b_key = record.a.key, record.b.key
+
+    def measure() -> _Measured:
+        a, a_stats, g_a = _side(pair, source, a_key, "A")
+        b, b_stats, g_b = _side(pair, source, b_key, "B")
+        return _Measured(a, b, a_stats, b_stats, g_a, g_b)
+
+    if threads is not None and source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
+        return threads.submit(record, measure)
+    _finish(record, measure(), source, sink, batch)
+    return []
+
+
+def _side(pair: PairKeys, source: TensorSource, key: str, which: str
+          ) -> tuple[np.ndarray, FactorStats, np.ndarray]:
+    """One factor of a pair in canonical float64 form, its statistics and its Gram."""
+    import numpy as np
+
+    from loracheck.keys import canonical_factor
+    from loracheck.stats import side_stats
+
+    # Read straight into float64, the precision the statistics are computed in.
+    x = canonical_factor(pair, source.read(key, float64=True))
+    rows = pair.a_rows if which == "A" else pair.b_rows
+    if rows is not None:
+        x = x[rows[0] : rows[1]]
+    if which == "A" and pair.mid_key is not None:
+        # Tucker: fold the core into A, C[p, (i, h, w)] = Σ_q mid[p, q, h, w]·down[q, i]
+        # (r × in·kh·kw, the size of a plain conv LoRA's A); ΔW = s·up·C exactly.
+        mid = source.read(pair.mid_key, float64=True)
+        x = np.einsum("pqhw,qi->pihw", mid, x.reshape(x.shape[0], -1)).reshape(
+            mid.shape[0], -1)
+        source.release(pair.mid_key)
+    stats, gram = side_stats(x, which, kurtosis=which == "A")
+    return x, stats, gram
+
+
+def _finish(record: LayerRecord, measured: _Measured, source: TensorSource,
+            sink: FactorSink | None, batch: PairBatch) -> None:
+    """A large pair's results into its record (on the caller's thread), then its pages go."""
+    record.a_stats, record.b_stats = measured.a_stats, measured.b_stats
+    if measured.g_a.shape == measured.g_b.shape:
+        scaling = record.scaling if record.scaling is not None else 1.0
+        batch.add_grams(record, measured.g_a, measured.g_b, scaling)
     # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
     if sink is not None:
-        sink(record, a, b)
-    source.release(a_key)
-    source.release(b_key)
+        sink(record, measured.a, measured.b)
+    assert record.a is not None and record.b is not None
+    source.release(record.a.key)
+    source.release(record.b.key)
 
 
 def _litgpt_groups(spec: LoraSpec | None, folder: Path) -> list[tuple[str, int]] | None:
@@ -741,19 +783,34 @@ def _load_weights(
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)
     batch = PairBatch(sink)
-    for index, (record, pair) in enumerate(
-        _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
-    ):
-        if opts.measure:
-            if opts.deadline is not None:
-                _check_time_left(record, opts.deadline)
+    threads = _PairThreads(opts.threads) if opts.measure and opts.threads > 1 else None
+
+    def complete(ready: list[tuple[LayerRecord, Future[_Measured]]]) -> None:
+        for record, future in ready:
             try:
-                _measure(record, pair, source, sink, batch)
+                _finish(record, future.result(), source, sink, batch)
             except ArtifactError as err:
                 _fault(adapter, err)
-        adapter.layers.append(record)
-        if progress is not None:
-            progress(index + 1, total)
+
+    try:
+        for index, (record, pair) in enumerate(
+            _layers(grouping, refs, spec_for_scale, adapter.metadata_spec, source, adapter)
+        ):
+            if opts.measure:
+                if opts.deadline is not None:
+                    _check_time_left(record, opts.deadline)
+                try:
+                    complete(_measure(record, pair, source, sink, batch, threads))
+                except ArtifactError as err:
+                    _fault(adapter, err)
+            adapter.layers.append(record)
+            if progress is not None:
+                progress(index + 1, total)
+        if threads is not None:
+            complete(threads.drain())
+    finally:
+        if threads is not None:
+            threads.close()
     batch.flush()
     # A zero-size factor is met twice (above, and as a pair in _layers): keep each key once.
     adapter.empty_tensors = list({ref.key: ref for ref in adapter.empty_tensors}.values())

@@ -5,6 +5,7 @@ No printing here and no typer/rich: the CLI renders the Report this returns.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -47,10 +48,12 @@ class RunOptions:
 def _load_one(
     unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None,
     deadline: float | None = None, stage_source: StageSource = StageSource.COMMAND_LINE,
+    threads: int | None = None,
 ) -> Adapter | None:
     from loracheck.load import LoadOptions, load_unit
 
-    options = LoadOptions(stage=stage, stage_source=stage_source, deadline=deadline)
+    options = LoadOptions(stage=stage, stage_source=stage_source, deadline=deadline,
+                          threads=threads or os.cpu_count() or 1)
     return load_unit(unit, options, progress=layer_progress)
 
 
@@ -74,6 +77,9 @@ class UnitJob:
     base: BaseModelInfo | None = None
     # False when only the findings will be rendered: measurements are dropped once judged.
     keep_details: bool = True
+    # Threads per unit for its large pairs: None for one per CPU (this process reads alone),
+    # 1 in the workers of a pool.
+    pair_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ def _process_whole(
     deadline = time.monotonic() + timeout if timeout < _NO_LIMIT_S else None
     stage, stage_source = _unit_stage(unit, job)
     try:
-        adapter = _load_one(unit, stage, layer_progress, deadline, stage_source)
+        adapter = _load_one(unit, stage, layer_progress, deadline, stage_source,
+                            job.pair_threads)
     except _Deadline:
         raise
     except DeadlineExceeded as err:  # a step that no timer could interrupt, refused up front
@@ -323,7 +330,7 @@ def iter_units(
             yield unit, result
         return
     executor = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
-                                   initargs=(job,))
+                                   initargs=(dataclasses.replace(job, pair_threads=1),))
     batches = _batches(units, workers)
     # Each worker enforces the limit on its own unit (its interval timer starts when the unit
     # does); the wait here is only a backstop for a worker stuck where the timer cannot reach
