@@ -192,35 +192,35 @@ def _deltas(g_a: np.ndarray, g_b: np.ndarray, scalings: Sequence[float]) -> list
     solve = np.flatnonzero(finite & (cross > 0.0) & (s > 0.0)) if r else np.zeros(0, int)
     sig = np.zeros((k, r))
     if solve.size:
-        root = _root_factors(g_a[solve])
-        core = np.matmul(np.matmul(root.transpose(0, 2, 1), g_b[solve]), root)
+        every = solve.size == k  # the usual case: no copies of the Grams
+        root = _root_factors(g_a if every else g_a[solve])
+        core = np.matmul(np.matmul(root.transpose(0, 2, 1), g_b if every else g_b[solve]), root)
         lam = np.linalg.eigvalsh((core + core.transpose(0, 2, 1)) * 0.5)
         sig[solve] = np.sqrt(np.maximum(lam[:, ::-1], 0.0)) * s[solve, None]
-    fro = s * np.sqrt(cross)
-    sigma_max = sig[:, 0] if r else np.zeros(k)
-    total = sig.sum(axis=1)
-    p = sig / np.where(total > 0.0, total, 1.0)[:, None]
-    entropy = -np.einsum("ki,ki->k", p, np.log(np.where(p > 0.0, p, 1.0)))
-    eff = np.where(total > 0.0, np.exp(entropy), 0.0)
-    stable = np.where(sigma_max > 0.0, fro * fro / np.where(sigma_max > 0.0, sigma_max, 1.0) ** 2,
-                      0.0)
-    both = (tr_a > 0.0) & (tr_b > 0.0)
-    align = np.where(both, np.minimum(np.sqrt(cross / np.where(both, tr_a * tr_b, 1.0)), 1.0),
-                     0.0)
     solved = np.zeros(k, bool)
     solved[solve] = True
     out: list[DeltaStats] = []
-    rows = zip(finite.tolist(), solved.tolist(), fro.tolist(), sig.tolist(), sigma_max.tolist(),
-               eff.tolist(), stable.tolist(), align.tolist(), strict=True)
-    for ok, was_solved, fro_i, sig_i, smax_i, eff_i, stable_i, align_i in rows:
+    # The rest is a few scalars per pair: Python floats cost less than numpy calls on k values.
+    rows = zip(finite.tolist(), solved.tolist(), s.tolist(), cross.tolist(), tr_a.tolist(),
+               tr_b.tolist(), sig.tolist(), strict=True)
+    for ok, was_solved, s_i, cross_i, ta, tb, sig_i in rows:
         if not ok:
             out.append(_NAN_DELTA)
-        elif not was_solved:
+            continue
+        if not was_solved:
             out.append(_zero_delta(r))
-        else:
-            out.append(DeltaStats(frobenius=fro_i, singular_values=tuple(sig_i),
-                                  sigma_max=smax_i, effective_rank=eff_i, stable_rank=stable_i,
-                                  alignment=align_i))
+            continue
+        fro = s_i * math.sqrt(cross_i)
+        sigma_max = sig_i[0]
+        total = math.fsum(sig_i)
+        entropy = -sum(x / total * math.log(x / total) for x in sig_i if x > 0.0) if (
+            total > 0.0) else 0.0
+        out.append(DeltaStats(
+            frobenius=fro, singular_values=tuple(sig_i), sigma_max=sigma_max,
+            effective_rank=math.exp(entropy) if total > 0.0 else 0.0,
+            stable_rank=fro * fro / (sigma_max * sigma_max) if sigma_max > 0.0 else 0.0,
+            alignment=min(math.sqrt(cross_i / (ta * tb)), 1.0) if ta > 0.0 and tb > 0.0 else 0.0,
+        ))
     return out
 
 
