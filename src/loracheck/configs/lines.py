@@ -7,6 +7,7 @@ and sequence indices (int); lines are 1-based.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -65,10 +66,8 @@ def json_key_lines(text: str) -> dict[KeyPath, int]:
             raw = pending[0]
             key = raw[1:-1]
             if "\\" in key:  # only an escape needs the JSON decoder
-                try:
+                with contextlib.suppress(ValueError):
                     key = json.loads(raw)
-                except ValueError:
-                    pass
             stack[-1][1] = key
             path = tuple(f[1] for f in stack)
             lines[path] = pending[1]  # type: ignore[index]
