@@ -124,3 +124,11 @@ def test_deterministic_bytes() -> None:
                        tool_version="0.1.0")
     assert one == two
     assert one.isascii() and one.endswith("\n")
+
+
+def test_every_code_range_has_its_own_category() -> None:
+    from loracheck.render.sarif import rule_category
+
+    assert [rule_category(c) for c in ("LC001", "LC101", "LC203", "LC250", "LC301", "LC401",
+                                       "LC410", "LC999", "X1")] == [
+        "input", "config", "weights", "base-model", "probe", "merged", "diff", "other", "other"]

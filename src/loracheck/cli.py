@@ -514,6 +514,106 @@ def verify(
     return 0 if report.passed else 1
 
 
+@app.command(cls=_Command)
+def merged(
+    merged_path: Annotated[str, typer.Argument(
+        help="The merged model: a folder (sharded with model.safetensors.index.json, or one "
+        ".safetensors) or a .safetensors file.", metavar="MERGED")],
+    base: Annotated[str, typer.Option(help="The base model the adapter was merged into.",
+                                      metavar="DIR")],
+    adapter: Annotated[str, typer.Option(help="The adapter that was merged (anything "
+                                         "`inspect` reads).", metavar="PATH")],
+    format: CheckFormatOpt = CheckFormat.text,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    extend_select: ExtendSelectOpt = None,
+    ignore: IgnoreOpt = None,
+    all_modules: Annotated[bool, typer.Option("--all", help="Show every module's row.",
+                                              metavar="")] = False,
+) -> int:
+    """Verify a merged checkpoint: MERGED = BASE + s·B·A per module, within rounding."""
+    from loracheck.engine import check_merged
+    from loracheck.merge_measure import measure_merge
+    from loracheck.model import Adapter, Report
+    from loracheck.runner import failing
+    from loracheck.settings import load_settings
+
+    settings = load_settings([Path(merged_path)], select=_split(select),
+                             extend_select=_split(extend_select), ignore=_split(ignore),
+                             fail_on=fail_on.value if fail_on is not None else None)
+    bar = _ProgressBar(format is CheckFormat.text)
+    try:
+        loaded, record = measure_merge(merged_path, base, adapter, progress=bar)
+    finally:
+        bar.close()
+    subject = Adapter(path=record.merged, format="merged", files=[], spec=None)
+    report = Report(adapters=[loaded], diagnostics=check_merged(record, subject, settings),
+                    merged=record)
+    report.passed = not failing(report, settings.fail_on)
+    color = _color(sys.stdout)
+    if format is CheckFormat.text:
+        from loracheck.render import render_merged_text
+
+        _write(render_merged_text(report, color=color, root=Path.cwd(),
+                                  all_modules=all_modules), None)
+    else:
+        _write(_render_report(report, format, color=color), None)
+    return 0 if report.passed else 1
+
+
+@app.command(cls=_Command)
+def diff(
+    a: Annotated[str, typer.Argument(help="The reference adapter (anything `inspect` reads).",
+                                     metavar="A")],
+    b: Annotated[str, typer.Argument(help="The adapter compared with it.", metavar="B")],
+    tolerance: Annotated[float | None, typer.Option(
+        help="Largest ‖ΔW_A − ΔW_B‖ / ‖ΔW_A‖ allowed per module (default: what rounding the "
+        "factors to their dtypes explains).", metavar="T")] = None,
+    format: CheckFormatOpt = CheckFormat.text,
+    fail_on: FailOnOpt = None,
+    select: SelectOpt = None,
+    extend_select: ExtendSelectOpt = None,
+    ignore: IgnoreOpt = None,
+    all_modules: Annotated[bool, typer.Option("--all", help="Show every module's row.",
+                                              metavar="")] = False,
+) -> int:
+    """Compare two adapters module by module: is B the same update as A (conversions,
+    re-saves, checkpoints)?"""
+    from loracheck.adapter_diff import diff_paths
+    from loracheck.engine import check_adapter, check_diff
+    from loracheck.model import Report
+    from loracheck.runner import failing
+    from loracheck.settings import load_settings
+
+    settings = load_settings([Path(b)], select=_split(select),
+                             extend_select=_split(extend_select), ignore=_split(ignore),
+                             fail_on=fail_on.value if fail_on is not None else None)
+    bar = _ProgressBar(format is CheckFormat.text)
+    try:
+        adapter_a, adapter_b, record = diff_paths(a, b, tolerance=tolerance, progress=bar)
+    finally:
+        bar.close()
+    # A side that cannot be read is reported as `check` reports it (LC001, LC002, ...).
+    diagnostics = [d for side in (adapter_a, adapter_b) for d in check_adapter(side, settings)
+                   if d.code in {f.code for f in side.faults}]
+    if record is None and not diagnostics:
+        empty = a if not adapter_a.layers else b
+        raise UsageError(f"{empty}: no LoRA factor pairs to compare")
+    if record is not None:
+        diagnostics += check_diff(record, adapter_b, settings)
+    report = Report(adapters=[adapter_a, adapter_b], diagnostics=diagnostics, diff=record)
+    report.passed = record is not None and not failing(report, settings.fail_on)
+    color = _color(sys.stdout)
+    if format is CheckFormat.text:
+        from loracheck.render import render_diff_text
+
+        _write(render_diff_text(report, color=color, root=Path.cwd(), all_layers=all_modules),
+               None)
+    else:
+        _write(_render_report(report, format, color=color), None)
+    return 0 if report.passed else 1
+
+
 def _render_verify(report: Any, format: CheckFormat, *, color: bool) -> str:
     if format is CheckFormat.text:
         from loracheck.render import render_verify_text

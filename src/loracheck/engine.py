@@ -19,6 +19,8 @@ from loracheck.rules.registry import select_rules
 
 if TYPE_CHECKING:
     from loracheck.basemodel import BaseModelInfo
+    from loracheck.diff_record import DiffRecord
+    from loracheck.merge_record import MergeRecord
     from loracheck.probe_record import ProbeRecord
     from loracheck.settings import Settings
 
@@ -123,6 +125,20 @@ def check_probe(probe: ProbeRecord, adapter: Adapter, settings: Settings) -> lis
     ``adapter`` names the subject (the model folder) and carries the spec that was probed."""
     ctx = RuleContext(adapter=adapter, profile=settings.profile, probe=probe)
     return _judge(ctx, settings, Subject.PROBE)
+
+
+def check_diff(record: DiffRecord, adapter: Adapter, settings: Settings) -> list[Diagnostic]:
+    """Every diagnostic the selected diff rules (LC41x) give for what ``diff`` measured;
+    ``adapter`` names the subject (B, the adapter judged against A)."""
+    ctx = RuleContext(adapter=adapter, profile=settings.profile, diff=record)
+    return _judge(ctx, settings, Subject.DIFF)
+
+
+def check_merged(record: MergeRecord, adapter: Adapter, settings: Settings) -> list[Diagnostic]:
+    """Every diagnostic the selected merge rules (LC40x) give for what ``merged`` measured;
+    ``adapter`` names the subject (the MERGED folder)."""
+    ctx = RuleContext(adapter=adapter, profile=settings.profile, merged=record)
+    return _judge(ctx, settings, Subject.MERGED)
 
 
 def _judge(ctx: RuleContext, settings: Settings, subject: Subject) -> list[Diagnostic]:

@@ -488,3 +488,45 @@ def canonical_factor(pair: PairKeys, x: np.ndarray) -> np.ndarray:
         transposed: np.ndarray = x.T
         return transposed
     return x.reshape(x.shape[0], -1) if x.ndim != 2 and x.ndim >= 1 else x
+
+
+# kohya's flattened prefixes and the diffusers pipeline component each stands for (sd-scripts
+# networks/lora.py: LORA_PREFIX_UNET "lora_unet", LORA_PREFIX_TEXT_ENCODER "lora_te", SDXL's
+# "lora_te1"/"lora_te2"; diffusers' _convert_non_diffusers_lora_to_diffusers maps them so).
+_KOHYA_COMPONENTS = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"),
+                     ("lora_te2_", "text_encoder_2"), ("lora_te3_", "text_encoder_3"),
+                     ("lora_te_", "text_encoder"), ("lora_transformer_", "transformer"))
+
+
+@dataclass(frozen=True)
+class ModulePath:
+    """A module's name with the wrappers of its key grammar taken apart: the pipeline
+    component it lies in (diffusers' ``unet.``, kohya's ``lora_unet_``; None for a bare model)
+    and its path inside that component. ``flattened``: kohya's names, whose dots became
+    underscores and are never restored; :attr:`flat` flattens a dotted path the same way, so
+    the two are compared in kohya's spelling."""
+
+    component: str | None
+    path: str
+    flattened: bool
+
+    @property
+    def flat(self) -> str:
+        return self.path.replace(".", "_")
+
+
+def module_path(name: str) -> ModulePath:
+    """The canonical path of a module named ``name`` by any grammar loracheck reads (a
+    :class:`~loracheck.model.LayerRecord` name): PEFT's ``base_model.model.`` wrapper
+    removed, a diffusers component prefix or a kohya prefix split off as the component."""
+    from loracheck.scaling import _strip_peft_prefix
+
+    name = _strip_peft_prefix(name)
+    if "." not in name:
+        for prefix, component in _KOHYA_COMPONENTS:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return ModulePath(component, name[len(prefix):], True)
+    for prefix in _DIFFUSERS_COMPONENTS:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return ModulePath(prefix[:-1], _strip_peft_prefix(name[len(prefix):]), False)
+    return ModulePath(None, name, False)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from loracheck.diff_record import DiffRecord
+    from loracheck.merge_record import MergeRecord
     from loracheck.probe_record import ProbeRecord
 
 
@@ -476,6 +478,10 @@ class Report:
     adapters: list[Adapter] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     probe: ProbeRecord | None = None
+    # A ``diff`` run: the two adapters (``adapters``: A, then B) compared module by module.
+    diff: DiffRecord | None = None
+    # A ``merged`` run: MERGED measured against BASE + the adapter, module by module.
+    merged: MergeRecord | None = None
     passed: bool | None = None
     # Files looked at and left out: no LoRA content, and not named as a LoRA artifact.
     skipped: list[str] = field(default_factory=list)

@@ -333,6 +333,14 @@ class SafetensorsFile:
         ArtifactError for a dtype that has no numpy form (F4, F6_*).
         """
         entry = self.entries[key]
+        return decode_array(self.read_raw(key), entry.dtype, float64=float64).reshape(entry.shape)
+
+    def read_raw(self, key: str) -> npt.NDArray[Any]:
+        """The tensor ``key`` undecoded, as the flat read-only view of its bytes that
+        :data:`RAW_DTYPES` names (BF16 as uint16, F32 as float32, ...): for callers that decode
+        a big tensor block by block (:func:`decode_array` on each slice) or compare raw bits.
+        Same errors as :meth:`read`."""
+        entry = self.entries[key]
         if self._closed or self._mmap is None:
             raise ValueError(f"{self.path}: read from a closed SafetensorsFile")
         raw_dtype = RAW_DTYPES.get(entry.dtype)
@@ -356,7 +364,7 @@ class SafetensorsFile:
                     self.path, f"file was truncated while being read: it has {now} bytes now "
                     f"and tensor {key!r} ends at byte {entry.end}", location=key)
             raw = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
-        return decode_array(raw, entry.dtype, float64=float64).reshape(entry.shape)
+        return raw
 
     def release(self, key: str) -> None:
         """Drop the pages of ``key`` from this process's resident set (they stay in the page

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path, PurePath
 
 from loracheck.model import Adapter, Diagnostic, LayerRecord, Severity
@@ -331,3 +331,10 @@ def markdown_to_terminal(text: str, *, color: bool = False) -> list[str]:
             continue
         out.append(plain_inline(line))
     return out
+
+
+def align_cells(cells: Sequence[str], widths: Sequence[int], left: Container[int]) -> str:
+    """One table row: the columns in ``left`` padded on the right, the others on the left
+    (numbers line up on their last digit), two spaces apart, no trailing blanks."""
+    return "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()

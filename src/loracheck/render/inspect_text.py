@@ -24,6 +24,7 @@ from loracheck.model import (
     ValueOrigin,
 )
 from loracheck.render._common import (
+    align_cells,
     clean_lines,
     diagnostics_for,
     display_path,
@@ -160,7 +161,7 @@ _ATTENTION_PARENTS = ("attn", "attention")
 _MAX_TYPES_SHOWN = 8
 
 
-def _type_and_block(name: str) -> tuple[str, str | None]:
+def type_and_block(name: str) -> tuple[str, str | None]:
     """A module's type (its path after the last block index: ``self_attn.q_proj``,
     ``attn.c_proj``; for kohya's flattened names the part after the last index) and its block
     (the path up to that index: ``model.layers.3``; None for a module outside any block)."""
@@ -191,7 +192,7 @@ def _leaf(module_type: str) -> str:
     return parts[-1]
 
 
-def _type_labels(types: Sequence[str]) -> dict[str, str]:
+def type_labels(types: Sequence[str]) -> dict[str, str]:
     """Each type's shortest name: its last segment, or its whole path where two types share a
     last segment (GPT-2's ``attn.c_proj`` and ``mlp.c_proj``)."""
     counts: dict[str, int] = {}
@@ -200,7 +201,7 @@ def _type_labels(types: Sequence[str]) -> dict[str, str]:
     return {t: _leaf(t) if counts[_leaf(t)] == 1 else t for t in types}
 
 
-def _type_order(types: Sequence[str], blockless: set[str]) -> list[str]:
+def type_order(types: Sequence[str], blockless: set[str]) -> list[str]:
     """Modules inside the blocks first (attention, then the rest), those outside them (lm_head)
     last; within each the order of :data:`_LEAF_ORDER`, then first appearance."""
     def key(item: tuple[int, str]) -> tuple[bool, int, int, int]:
@@ -224,15 +225,15 @@ def module_count_text(names: Sequence[str]) -> str:
     blocks: set[str] = set()
     blockless: set[str] = set()
     for name in names:
-        module_type, block = _type_and_block(name)
+        module_type, block = type_and_block(name)
         seen.setdefault(module_type, None)
         pairs.add((module_type, block))
         if block is None:
             blockless.add(module_type)
         else:
             blocks.add(block)
-    ordered = _type_order(list(seen), blockless)
-    labels = _type_labels(ordered)
+    ordered = type_order(list(seen), blockless)
+    labels = type_labels(ordered)
     shown = [labels[t] for t in ordered[:_MAX_TYPES_SHOWN]]
     if len(ordered) > _MAX_TYPES_SHOWN:
         shown.append(f"… {len(ordered) - _MAX_TYPES_SHOWN} more")
@@ -417,28 +418,20 @@ def layer_row(layer: LayerRecord) -> list[str]:
     ]
 
 
-def _align(cells: Sequence[str], widths: Sequence[int]) -> str:
-    parts = [
-        cell.ljust(w) if i in _LEFT_ALIGNED else cell.rjust(w)
-        for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-    ]
-    return "  ".join(parts).rstrip()
-
-
 def layer_table(adapter: Adapter, *, all_layers: bool, color: bool) -> list[str]:
     groups = selected_layers(adapter, all_layers)
     rows = {id(layer): layer_row(layer) for _, shown, _ in groups for layer in shown}
     widths = [len(c) for c in COLUMNS]
     for cells in rows.values():
         widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-    out: list[str] = [_INDENT + paint(_align(COLUMNS, widths), BOLD, color)]
+    out: list[str] = [_INDENT + paint(align_cells(COLUMNS, widths, _LEFT_ALIGNED), BOLD, color)]
     for module_type, shown, omitted in groups:
         total = len(shown) + omitted
         header = f"{module_type} ({plural(total, 'module')}"
         header += f", {len(shown)} shown, outliers first)" if omitted else ")"
         out.append(_INDENT + paint(header, DIM, color))
         for layer in shown:
-            line = _align(rows[id(layer)], widths)
+            line = align_cells(rows[id(layer)], widths, _LEFT_ALIGNED)
             out.append(_INDENT + (paint(line, RED, color) if layer.nonfinite else line))
         if omitted:
             out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))

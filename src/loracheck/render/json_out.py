@@ -316,7 +316,49 @@ def report_to_dict(report: Report, *, all_layers: bool = True) -> dict[str, Any]
             "infos": report.count(Severity.INFO),
         },
         **({"verify": probe_to_dict(report)} if report.probe is not None else {}),
+        **({"merged": merged_to_dict(report)} if report.merged is not None else {}),
+        **({"diff": diff_to_dict(report)} if report.diff is not None else {}),
     }
+
+
+def diff_to_dict(report: Report) -> dict[str, Any]:
+    """What ``diff`` measured, field by field as :class:`DiffRecord` names them, each module
+    with its derived numbers (``rel_diff``, ``cosine``, ``norm_ratio``) and what the rules make
+    of it (``status``), a summary, and the verdict."""
+    from loracheck.rules.diff import module_status
+
+    record = report.diff
+    assert record is not None
+    body: dict[str, Any] = {"passed": report.passed}
+    body.update(dataclasses.asdict(record))
+    statuses = [module_status(m) for m in record.modules]
+    for module, data, status in zip(record.modules, body["modules"], statuses, strict=True):
+        data["rel_diff"] = _float(module.rel_diff)
+        data["cosine"] = _float(module.cosine)
+        data["norm_ratio"] = _float(module.norm_ratio)
+        data["status"] = status
+    body["summary"] = {
+        "modules": len(record.modules),
+        **{key.replace("-", "_"): statuses.count(key)
+           for key in ("same", "differs", "scale", "not-compared")},
+        "only_a": len(record.only_a),
+        "only_b": len(record.only_b),
+    }
+    return body
+
+
+def merged_to_dict(report: Report) -> dict[str, Any]:
+    """What ``merged`` measured, field by field as :class:`MergeRecord` names them, each
+    module with its relative residual, fitted residual and floor (÷ ‖s·B·A‖), and the verdict."""
+    record = report.merged
+    assert record is not None
+    body: dict[str, Any] = {"passed": report.passed}
+    body.update(dataclasses.asdict(record))
+    for module, data in zip(record.modules, body["modules"], strict=True):
+        data["residual"] = _float(module.residual)
+        data["fitted_residual"] = _float(module.fitted_residual)
+        data["floor"] = _float(module.floor)
+    return body
 
 
 def probe_to_dict(report: Report) -> dict[str, Any]:

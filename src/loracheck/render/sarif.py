@@ -47,7 +47,13 @@ def rule_category(code: str) -> str:
         return "weights"
     if n < 300:
         return "base-model"
-    return "probe"
+    if n < 400:
+        return "probe"
+    if n < 410:
+        return "merged"
+    if n < 420:
+        return "diff"
+    return "other"
 
 
 def artifact_uri(path: str, root: Path) -> str:

@@ -29,6 +29,8 @@ from loracheck.model import (
 
 if TYPE_CHECKING:
     from loracheck.basemodel import BaseModelInfo
+    from loracheck.diff_record import DiffRecord
+    from loracheck.merge_record import MergeRecord
     from loracheck.probe_record import ProbeRecord
     from loracheck.settings import Profile, Thresholds
 
@@ -61,6 +63,10 @@ class RuleContext:
     profile: Profile
     base: BaseModelInfo | None = None
     probe: ProbeRecord | None = None
+    # diff: the two adapters compared module by module (LC41x)
+    diff: DiffRecord | None = None
+    # merged: MERGED against BASE + the adapter, module by module (LC40x)
+    merged: MergeRecord | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -111,6 +117,8 @@ class Subject(str, Enum):
 
     ARTIFACT = "artifact"  # check, inspect: the adapter (and --model's headers)
     PROBE = "probe"  # verify: a ProbeRecord (LC3xx)
+    DIFF = "diff"  # diff: a DiffRecord (LC41x)
+    MERGED = "merged"  # merged: a MergeRecord (LC40x)
 
 
 # The methods a rule judges: LoRA rules judge the LoRA family only; input rules judge any file.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from loracheck.model import RuleMeta, Severity
-from loracheck.rules import base, config, input, probe, weights
+from loracheck.rules import base, config, diff, input, merged, probe, weights
 from loracheck.rules.context import Rule
 
 RULES: tuple[Rule, ...] = (
@@ -58,6 +58,15 @@ RULES: tuple[Rule, ...] = (
     probe.probe_non_finite,
     probe.adapter_model_mismatch,
     probe.probe_unsupported_feature,
+    merged.merge_not_applied,
+    merged.merge_scale_mismatch,
+    merged.merge_residual_too_large,
+    merged.merge_structure_mismatch,
+    merged.merged_non_finite,
+    merged.unexpected_weight_change,
+    diff.adapter_module_differs,
+    diff.adapter_module_sets_differ,
+    diff.adapter_scale_differs,
 )
 
 # Retired codes: code -> (name, what replaced it). Never reuse one of these codes.
