@@ -1,12 +1,17 @@
 """Benchmark `loracheck inspect` on a synthetic Llama-2-7B-shaped adapter, side by side with
-merely reading the bytes and with the naive approach (torch: materialise ΔW, full SVD).
+merely reading the bytes, with numpy/BLAS forming the same Grams, and with the naive approach
+(torch: materialise ΔW, full SVD).
 
     python benchmarks/bench_inspect.py [--workdir DIR] [--quick]
 
 Prints, for each dtype/rank: the marginal wall time of `inspect` over a tiny adapter, as a
 ratio to the time a Python process takes to read the file's bytes once (warm cache, minus the
-bare interpreter start); start-up times; the speed-up over the naive approach (timed on a few
-layers and extrapolated to all 224, as stated); and peak RSS with 1x and 4x the layers.
+bare interpreter start); at r=256, inspect's wall time as a ratio to a numpy process that
+decodes the same bytes to float64 and forms the same Grams with BLAS on every core (the flop
+floor of the method); start-up times and whether torch was imported; the speed-up over the
+naive approach (timed on a few layers and extrapolated to all 224, as stated); and peak RSS
+with 32 and 128 layers and at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16,
+fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
 """
 
 from __future__ import annotations
@@ -82,12 +87,13 @@ def write_adapter(folder: Path, *, rank: int, dtype: str, layers: int = LAYERS) 
     return folder
 
 
-def timed(cmd: list[str], repeat: int = 3) -> tuple[float, int]:
+def timed(cmd: list[str], repeat: int = 3,
+          env: dict[str, str] | None = None) -> tuple[float, int]:
     """Best wall time of ``repeat`` runs and the peak RSS (KiB) of the child."""
     best, peak = float("inf"), 0
     for _ in range(repeat):
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) not in (0, 1):
@@ -100,6 +106,37 @@ def read_bytes_cmd(path: Path) -> list[str]:
     code = (f"f = open({str(path)!r}, 'rb')\n"
             "while f.read(1 << 24): pass\n")
     return [PY, "-c", code]
+
+
+def grams_floor_cmd(path: Path) -> list[str]:
+    """numpy with BLAS on every core: decode each factor of the file to float64 and form its
+    r×r Gram, nothing else (what inspect's statistics cannot do without)."""
+    code = f"""
+import json, struct, numpy as np
+path = {str(path)!r}
+with open(path, 'rb') as f:
+    n = struct.unpack('<Q', f.read(8))[0]
+    header = json.loads(f.read(n))
+    data = np.memmap(path, dtype=np.uint8, mode='r', offset=8 + n)
+kinds = {{'F16': np.float16, 'F32': np.float32, 'BF16': np.uint16}}
+for key, info in header.items():
+    if key == '__metadata__':
+        continue
+    begin, end = info['data_offsets']
+    raw = data[begin:end].view(kinds[info['dtype']]).reshape(info['shape'])
+    if info['dtype'] == 'BF16':
+        x = (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    else:
+        x = raw.astype(np.float64)
+    g = x @ x.T if 'lora_A' in key else x.T @ x
+"""
+    return [PY, "-c", code]
+
+
+def blas_env() -> dict[str, str]:
+    cores = str(os.cpu_count() or 1)
+    return {**os.environ, "OPENBLAS_NUM_THREADS": cores, "OMP_NUM_THREADS": cores,
+            "MKL_NUM_THREADS": cores}
 
 
 def inspect_cmd(path: Path) -> list[str]:
@@ -144,8 +181,17 @@ def main() -> None:
 
     bare, _ = timed([PY, "-c", "pass"], 5)
     tiny_wall, _ = timed(inspect_cmd(tiny), 5)
+    probe = subprocess.run(
+        [PY, "-c", "import sys, contextlib, io\nfrom loracheck.cli import main\n"
+         "with contextlib.redirect_stdout(io.StringIO()):\n"
+         f"    main(['inspect', {str(tiny)!r}])\nprint('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True)
+    from loracheck.fused import KERNEL
+
+    print(f"{os.cpu_count()} CPUs; statistics kernel: {KERNEL}")
     print(f"bare interpreter start: {bare * 1000:.0f} ms")
-    print(f"inspect tiny adapter (wall): {tiny_wall * 1000:.0f} ms   (goal <= 500 ms)")
+    print(f"inspect tiny adapter (wall): {tiny_wall * 1000:.0f} ms   (goal <= 300 ms); "
+          f"torch imported: {probe.stdout.strip()}")
 
     print("\n| adapter | file MB | read bytes s | inspect s | marginal s | ratio (goal <= 2) |")
     print("|---|---|---|---|---|---|")
@@ -174,6 +220,19 @@ def main() -> None:
           f"{rss4 / 1024:.0f} MiB with {4 * LAYERS} layers (ratio {rss4 / rss1:.2f})")
 
     if not args.quick:
+        high = write_adapter(work / "F16-r256", rank=256, dtype="F16")
+        weights = high / "adapter_model.safetensors"
+        timed(read_bytes_cmd(weights), 1)
+        floor, _ = timed(grams_floor_cmd(weights), 2, env=blas_env())
+        wall, rss_high = timed(inspect_cmd(high), 2)
+        print(f"\nF16 r=256 ({weights.stat().st_size / 1e6:.0f} MB, {os.cpu_count()} CPUs): "
+              f"inspect {wall:.2f} s, numpy/BLAS forming the same float64 Grams on every core "
+              f"{floor - bare:.2f} s -> ratio {wall / (floor - bare):.2f}x (goal <= 1.5x); "
+              f"peak RSS {rss_high / 1024:.0f} MiB")
+        for child in high.iterdir():
+            child.unlink()
+        high.rmdir()
+
         naive, per_module = naive_seconds_per_layer(folder)
         detail = ", ".join(f"{k} {v:.2f}s" for k, v in per_module.items())
         print(f"\nnaive (torch load + materialised ΔW + full SVD, float64): layer 0 timed "

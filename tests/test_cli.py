@@ -123,9 +123,11 @@ def test_check_and_inspect_never_import_torch(command: str) -> None:
 
 def test_version_help_and_bare_command(capsys: pytest.CaptureFixture[str]) -> None:
     from loracheck import __version__
+    from loracheck.fused import KERNEL
 
     code, out, _ = run(["--version"], capsys)
-    assert code == 0 and out.strip() == f"loracheck {__version__}"
+    # The version, and which statistics kernel runs (compiled or numpy: issue 14).
+    assert code == 0 and out.strip() == f"loracheck {__version__} (statistics: {KERNEL})"
     code, out, err = run([], capsys)
     assert code == 2 and "inspect" in out and "Traceback" not in err
     assert not err.strip(), err

@@ -166,7 +166,8 @@ def test_pickle_adapter_reads_like_safetensors(tmp_path: Path) -> None:
     assert [layer.name for layer in a.layers] == [layer.name for layer in b.layers]
     for la, lb in zip(a.layers, b.layers, strict=True):
         assert la.delta is not None and lb.delta is not None
-        assert la.delta.frobenius == lb.delta.frobenius
+        # The same values; the fused pass (safetensors) and numpy (pickle) add in another order.
+        assert la.delta.frobenius == pytest.approx(lb.delta.frobenius, rel=1e-12)
 
 
 def test_kohya_scale_comes_from_each_alpha_tensor(tmp_path: Path) -> None:

@@ -648,7 +648,9 @@ class _StepBar:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"loracheck {__version__}")
+        from loracheck.fused import KERNEL
+
+        typer.echo(f"loracheck {__version__} (statistics: {KERNEL})")
         raise typer.Exit(0)
 
 

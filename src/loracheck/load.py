@@ -68,6 +68,11 @@ class TensorSource(Protocol):
 
     def read(self, key: str, *, float64: bool = False) -> np.ndarray: ...
 
+    def raw(self, key: str) -> np.ndarray | None:
+        """The tensor's stored bytes as a flat native-order view (uint16 for F16/BF16), for the
+        fused statistics pass; None when this source has no such view."""
+        ...
+
     def release(self, key: str) -> None: ...
 
     def metadata(self) -> dict[str, str]: ...
@@ -91,6 +96,10 @@ class _SafetensorsSource:
 
     def read(self, key: str, *, float64: bool = False) -> np.ndarray:
         return self._file.read(key, float64=float64)
+
+    def raw(self, key: str) -> np.ndarray | None:
+        view = self._file.read_raw(key)
+        return view if view.dtype.isnative else None
 
     def release(self, key: str) -> None:
         self._file.release(key)
@@ -120,6 +129,9 @@ class _PickleSource:
 
     def read(self, key: str, *, float64: bool = False) -> np.ndarray:
         return self._checkpoint.read(key)
+
+    def raw(self, key: str) -> np.ndarray | None:
+        return None  # tensors are assembled from zip records: the decoded read is the view
 
     def release(self, key: str) -> None:
         """Nothing to release: tensors are read from the zip on demand."""
@@ -300,10 +312,11 @@ _PARALLEL_PAIR_NUMEL = 1 << 16
 
 @dataclass(frozen=True)
 class _Measured:
-    """One large pair, measured: its canonical factors (for the sink), stats and Grams."""
+    """One pair, measured: its canonical factors (for the sink; None when the statistics came
+    from the stored bytes), stats and Grams."""
 
-    a: np.ndarray
-    b: np.ndarray
+    a: np.ndarray | None
+    b: np.ndarray | None
     a_stats: FactorStats
     b_stats: FactorStats
     g_a: np.ndarray
@@ -372,6 +385,17 @@ def _measure(
         _measure_wide(record, pair, source, sink)
         return []
     numel = math.prod(record.a.shape) + math.prod(record.b.shape)
+    a_ref, b_ref = record.a, record.b
+    # The fused pass needs no float64 copy; the sink (verify) wants the decoded factors.
+    fused = sink is None
+    if fused and numel <= SMALL_PAIR_NUMEL:
+        a_side = _fused_side(pair, source, a_ref, "A")
+        b_side = _fused_side(pair, source, b_ref, "B") if a_side is not None else None
+        if a_side is not None and b_side is not None:
+            (a_stats, g_a), (b_stats, g_b) = a_side, b_side
+            _finish(record, _Measured(None, None, a_stats, b_stats, g_a, g_b), source, sink,
+                    batch, release=False)
+            return []
     if pair.mid_key is None and pair.a_rows is None and pair.b_rows is None and (
             numel <= SMALL_PAIR_NUMEL):
         a = canonical_factor(pair, source.read(record.a.key, float64=True))
@@ -381,11 +405,9 @@ def _measure(
         scaling = record.scaling if record.scaling is not None else 1.0
         batch.add_factors(record, a, b, scaling)
         return []
-    a_key, b_key = record.a.key, record.b.key
-
     def measure() -> _Measured:
-        a, a_stats, g_a = _side(pair, source, a_key, "A")
-        b, b_stats, g_b = _side(pair, source, b_key, "B")
+        a, a_stats, g_a = _side(pair, source, a_ref, "A", fused=fused)
+        b, b_stats, g_b = _side(pair, source, b_ref, "B", fused=fused)
         return _Measured(a, b, a_stats, b_stats, g_a, g_b)
 
     if threads is not None and source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
@@ -394,16 +416,48 @@ def _measure(
     return []
 
 
-def _side(pair: PairKeys, source: TensorSource, key: str, which: str
-          ) -> tuple[np.ndarray, FactorStats, np.ndarray]:
-    """One factor of a pair in canonical float64 form, its statistics and its Gram."""
+def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
+                ) -> tuple[FactorStats, np.ndarray] | None:
+    """One factor's statistics and Gram by the compiled fused pass over its stored bytes
+    (:mod:`loracheck.fused`), without a float64 copy; None where it does not apply (no
+    compiled kernel, another dtype, row slices or a Tucker core, NaN/Inf entries): then
+    :func:`_side` decodes the factor."""
+    import numpy as np
+
+    from loracheck.fused import COMPILED, FUSED_DTYPES, Mode, side_pass
+    from loracheck.stats import from_pass
+
+    if not COMPILED or ref.dtype not in FUSED_DTYPES or pair.mid_key is not None or (
+            (pair.a_rows if which == "A" else pair.b_rows) is not None) or len(ref.shape) < 2:
+        return None
+    flat = source.raw(ref.key)
+    if flat is None:
+        return None
+    stored = flat.reshape(ref.shape[0], -1)
+    if stored.dtype.kind == "f" and stored.dtype.itemsize == 2:
+        stored = stored.view(np.uint16)  # the pass reads fp16 as its bits, as bf16
+    # Canonical A is (r, in) and B (out, r); a transposed (mlx) layout swaps the Gram's side.
+    mode: Mode = "rows" if (which == "A") != pair.transposed else "cols"
+    result = side_pass(stored, ref.dtype, mode, fourth_moment=True)
+    stats = from_pass(result, kurtosis=which == "A")
+    return None if stats is None else (stats, result.gram)
+
+
+def _side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str, *, fused: bool
+          ) -> tuple[np.ndarray | None, FactorStats, np.ndarray]:
+    """One factor of a pair: its canonical float64 form (None when ``fused`` and the fused pass
+    took its stored bytes), its statistics and its Gram."""
     import numpy as np
 
     from loracheck.keys import canonical_factor
     from loracheck.stats import side_stats
 
+    if fused:
+        done = _fused_side(pair, source, ref, which)
+        if done is not None:
+            return None, *done
     # Read straight into float64, the precision the statistics are computed in.
-    x = canonical_factor(pair, source.read(key, float64=True))
+    x = canonical_factor(pair, source.read(ref.key, float64=True))
     rows = pair.a_rows if which == "A" else pair.b_rows
     if rows is not None:
         x = x[rows[0] : rows[1]]
@@ -419,18 +473,20 @@ def _side(pair: PairKeys, source: TensorSource, key: str, which: str
 
 
 def _finish(record: LayerRecord, measured: _Measured, source: TensorSource,
-            sink: FactorSink | None, batch: PairBatch) -> None:
-    """A large pair's results into its record (on the caller's thread), then its pages go."""
+            sink: FactorSink | None, batch: PairBatch, *, release: bool = True) -> None:
+    """A pair's results into its record (on the caller's thread), then its pages go (a small
+    pair's are left: dropping them costs more than they hold)."""
     record.a_stats, record.b_stats = measured.a_stats, measured.b_stats
     if measured.g_a.shape == measured.g_b.shape:
         scaling = record.scaling if record.scaling is not None else 1.0
         batch.add_grams(record, measured.g_a, measured.g_b, scaling)
     # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
-    if sink is not None:
+    if sink is not None and measured.a is not None and measured.b is not None:
         sink(record, measured.a, measured.b)
-    assert record.a is not None and record.b is not None
-    source.release(record.a.key)
-    source.release(record.b.key)
+    if release:
+        assert record.a is not None and record.b is not None
+        source.release(record.a.key)
+        source.release(record.b.key)
 
 
 def _litgpt_groups(spec: LoraSpec | None, folder: Path) -> list[tuple[str, int]] | None:

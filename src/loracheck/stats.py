@@ -21,10 +21,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from loracheck.model import DeltaStats, FactorStats
+
+if TYPE_CHECKING:
+    from loracheck.fused import SidePass
 
 _NAN_DELTA = DeltaStats(
     frobenius=math.nan,
@@ -102,14 +106,7 @@ def _factors(
     rn_mean: list[float | None] = [None] * k
     rn_cv: list[float | None] = [None] * k
     if row_norms:
-        norms = np.sqrt(np.maximum(sq_rows, 0.0))
-        means = norms.mean(axis=1)
-        spread = norms - means[:, None]  # two-pass, as numpy's std: cv ≈ 0 stays exact
-        cvs = np.sqrt(np.einsum("ki,ki->k", spread, spread) / norms.shape[1])
-        mean_norms: list[float] = means.tolist()
-        rn_mean = list(mean_norms)
-        rn_cv = [c / m if m > 0.0 else None
-                 for c, m in zip(cvs.tolist(), mean_norms, strict=True)]
+        rn_mean, rn_cv = _row_norms(sq_rows)
     finite = (np.isfinite(total) & np.isfinite(sumsq)).tolist()
     means_l, std_l, zeros_l = mean.tolist(), std.tolist(), zeros.tolist()
     out: list[FactorStats] = []
@@ -124,6 +121,46 @@ def _factors(
             row_norm_mean=rn_mean[i], row_norm_cv=rn_cv[i], min=low, max=high,
         ))
     return out
+
+
+def _row_norms(sq_rows: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Mean row norm and its coefficient of variation, per factor, from the squared row norms
+    (k, rows): rn_cv = std(‖row‖)/mean(‖row‖), None when every row is zero."""
+    norms = np.sqrt(np.maximum(sq_rows, 0.0))
+    means = norms.mean(axis=1)
+    spread = norms - means[:, None]  # two-pass, as numpy's std: cv ≈ 0 stays exact
+    cvs = np.sqrt(np.einsum("ki,ki->k", spread, spread) / norms.shape[1])
+    mean_norms: list[float] = means.tolist()
+    cv = [c / m if m > 0.0 else None for c, m in zip(cvs.tolist(), mean_norms, strict=True)]
+    return list(mean_norms), cv
+
+
+def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> FactorStats | None:
+    """A factor's statistics from one fused pass over its stored bytes
+    (:func:`loracheck.fused.side_pass` with ``fourth_moment``): the same formulas as
+    :func:`factor_stats`, with σ² = m2/n from the pass's centred sums (so |μ| ≫ σ cannot cancel)
+    and the row norms from the Gram's diagonal. None for a factor with NaN/Inf entries or sums
+    that overflow: :func:`side_stats` on the decoded values takes those."""
+    n = sides.n
+    if n == 0:
+        return _EMPTY_FACTOR
+    diagonal = np.diagonal(sides.gram)
+    sumsq = float(diagonal.sum())
+    if sides.nonfinite or sides.m2 is None or sides.m4 is None or not (
+            math.isfinite(sumsq) and math.isfinite(sides.sum) and math.isfinite(sides.m4)):
+        return None
+    var = max(sides.m2 / n, 0.0)
+    rn_mean: float | None = None
+    rn_cv: float | None = None
+    if row_norms:
+        means, cvs = _row_norms(diagonal[None])
+        rn_mean, rn_cv = means[0], cvs[0]
+    return FactorStats(
+        numel=n, mean=sides.sum / n, std=math.sqrt(var), absmax=max(sides.max, -sides.min),
+        zero_fraction=sides.zeros / n, nonfinite=0,
+        kurtosis=sides.m4 / n / (var * var) if kurtosis and var > 0.0 else None,
+        row_norm_mean=rn_mean, row_norm_cv=rn_cv, min=sides.min, max=sides.max,
+    )
 
 
 def _nonfinite_factor(x64: np.ndarray, zeros: int, *, kurtosis: bool) -> FactorStats:

@@ -1,0 +1,375 @@
+/* loracheck._fused: the statistics of one LoRA factor in a single pass over its stored bytes.
+ *
+ *   side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)
+ *       -> (n, sum, zeros, nonfinite, min, max, m2, m4)
+ *
+ * raw       the stored 2-D tensor (rows, cols), C-contiguous, any buffer: F16/BF16 as 16-bit
+ *           words, F32, F64 (native byte order, as numpy views them)
+ * dtype     0 F16, 1 BF16, 2 F32, 3 F64
+ * mode      0 rows: G = X·Xᵀ (r = rows), 1 cols: G = Xᵀ·X (r = cols)
+ * moments   non-zero: also the central power sums m2 = Σ(x−μ)², m4 = Σ(x−μ)⁴ (else NaN)
+ * gram_out  a writable buffer of r·r float64: receives G (symmetric, row-major)
+ * variant   0 the best this CPU runs, 1 the portable baseline, 2 AVX2 (where the CPU has it)
+ *
+ * Over the n = rows·cols entries x: sum = Σx over the finite ones, zeros = #(x == ±0),
+ * nonfinite = #(NaN, ±Inf), min/max over the finite ones (NaN when none), μ = sum/#finite.
+ * G_ij = Σ_k x_i(k)·x_j(k) over all entries (NaN/Inf propagate as in any float64 product).
+ *
+ * Method: the factor is decoded exactly to float64 in blocks of about BLOCK_DOUBLES values
+ * (32 KiB: L1-resident), and each block is used while it is in cache:
+ *   - Σx, min, max, zeros in one vectorised sweep; a block whose Σx comes out non-finite is
+ *     redone entry by entry (NaN/Inf counted, the finite entries kept);
+ *   - the central power sums of the block about its own mean μ_b (d = x − μ_b, no
+ *     cancellation), merged into the running ones by the pairwise formulas of Chan et al.
+ *     and Pébay (2008) — as exact as numpy's two-pass Σ(x − μ)^p;
+ *   - the Gram, accumulated in float64 by a register-tiled kernel into the upper triangle.
+ * Σx over blocks is compensated (Neumaier).  Memory: three blocks and the r×r accumulator,
+ * nothing proportional to the tensor.  The GIL is released for the pass.
+ *
+ * Variants: a baseline (2-lane vectors: SSE2 on x86-64, NEON on arm64), and on x86-64
+ * AVX2+FMA+F16C and AVX-512F ones chosen at run time (function target attributes and CPUID,
+ * no -march flags).  GCC or Clang is needed (vector
+ * extensions); elsewhere the extension does not build and loracheck uses numpy.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__GNUC__) && !defined(__clang__)
+#error "loracheck._fused needs GCC or Clang (vector extensions); loracheck falls back to numpy"
+#endif
+
+#if defined(__x86_64__)
+#define HAVE_AVX2_VARIANT 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define HAVE_AVX2_VARIANT 0
+#endif
+
+enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
+enum { MODE_ROWS = 0, MODE_COLS = 1 };
+
+#define BLOCK_DOUBLES 4096 /* doubles per block: 32 KiB */
+#define DOT_MAX_RANK 16   /* rows mode up to this padded rank: dot kernel, no transpose */
+#define ROWS_BLOCK_MIN 128 /* rows mode, outer kernel: decode at least this many columns */
+
+typedef struct {
+    /* in */
+    const void *src;
+    Py_ssize_t rows, cols;
+    int dtype, mode, moments;
+    double *gram; /* r·r out */
+    /* out */
+    long long zeros, nonfinite;
+    double sum, min, max, m2, m4;
+} pass_t;
+
+typedef struct {
+    double sum, lo, hi;
+    long long zeros, nonfinite;
+} blockstats;
+
+static Py_ssize_t itemsize(int dtype) { return dtype <= DT_BF16 ? 2 : dtype == DT_F32 ? 4 : 8; }
+
+/* ---- exact decoding of 16-bit floats ------------------------------------------------------ */
+
+static inline uint16_t load_u16(const unsigned char *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
+static inline double bits_f64(uint64_t b)
+{
+    double d;
+    memcpy(&d, &b, 8);
+    return d;
+}
+
+/* IEEE half: sign s, exponent e (5 bits, bias 15), mantissa m (10 bits)
+ *   e = 0:       (−1)^s · m · 2^−24               (zero, subnormal)
+ *   0 < e < 31:  (−1)^s · 2^(e−15) · (1 + m/2^10)  -> float64 exponent e − 15 + 1023
+ *   e = 31:      ±Inf (m = 0), NaN (m ≠ 0) */
+static inline double f16_to_f64(uint16_t h)
+{
+    const uint64_t sign = (uint64_t)(h & 0x8000u) << 48;
+    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f)
+        return bits_f64(sign | 0x7ff0000000000000ull | ((uint64_t)m << 42));
+    if (e != 0)
+        return bits_f64(sign | ((uint64_t)(e + 1008) << 52) | ((uint64_t)m << 42));
+    const double v = (double)m * 0x1p-24;
+    return sign ? -v : v;
+}
+
+/* bfloat16: the top 16 bits of a float32 — exponent 8 bits (bias 127), mantissa 7 bits
+ *   e = 0: m · 2^−133;  0 < e < 255: 2^(e−127)·(1 + m/2^7);  e = 255: Inf/NaN.
+ * Built directly as float64 bits, so a denormals-are-zero FPU mode cannot flush it. */
+static inline double bf16_to_f64(uint16_t h)
+{
+    const uint64_t sign = (uint64_t)(h & 0x8000u) << 48;
+    const uint32_t e = (h >> 7) & 0xffu, m = h & 0x7fu;
+    if (e == 0xff)
+        return bits_f64(sign | 0x7ff0000000000000ull | ((uint64_t)m << 45));
+    if (e != 0)
+        return bits_f64(sign | ((uint64_t)(e + 896) << 52) | ((uint64_t)m << 45));
+    const double v = (double)m * 0x1p-133;
+    return sign ? -v : v;
+}
+
+/* ---- accumulators --------------------------------------------------------------------------- */
+
+/* Neumaier's compensated sum: s + c carries the rounding error of every s += x */
+typedef struct {
+    double s, c;
+} compsum;
+
+static void compsum_add(compsum *a, double x)
+{
+    const double t = a->s + x;
+    if (!isfinite(t)) {
+        a->s = t;
+        return;
+    }
+    a->c += fabs(a->s) >= fabs(x) ? (a->s - t) + x : (x - t) + a->s;
+    a->s = t;
+}
+
+static double compsum_value(const compsum *a) { return isfinite(a->s) ? a->s + a->c : a->s; }
+
+/* count n, mean mu and central power sums M_p = Σ(x − mu)^p, p = 2, 3, 4 */
+typedef struct {
+    double n, mu, m2, m3, m4;
+} moments;
+
+/* Merges a block (nb, mub, M2b, M3b, M4b) into a: with δ = mub − mua, n = na + nb,
+ *   M2 = M2a + M2b + δ²·na·nb/n
+ *   M3 = M3a + M3b + δ³·na·nb·(na − nb)/n² + 3δ·(na·M2b − nb·M2a)/n
+ *   M4 = M4a + M4b + δ⁴·na·nb·(na² − na·nb + nb²)/n³ + 6δ²·(na²·M2b + nb²·M2a)/n²
+ *        + 4δ·(na·M3b − nb·M3a)/n
+ *   mu = mua + δ·nb/n          (Pébay 2008, eq. 3.1 and 2.1; Chan, Golub, LeVeque 1979) */
+static void moments_merge(moments *a, double nb, double mub, double m2b, double m3b,
+                          double m4b)
+{
+    if (a->n == 0.0) {
+        a->n = nb, a->mu = mub, a->m2 = m2b, a->m3 = m3b, a->m4 = m4b;
+        return;
+    }
+    const double na = a->n, n = na + nb, d = mub - a->mu, dn = d / n;
+    const double dn2 = dn * dn, t = d * dn * na * nb; /* t = δ²·na·nb/n */
+    a->m4 += m4b + t * dn2 * (na * na - na * nb + nb * nb) + 6.0 * dn2 * (na * na * m2b + nb * nb * a->m2)
+             + 4.0 * dn * (na * m3b - nb * a->m3);
+    a->m3 += m3b + t * dn * (na - nb) + 3.0 * dn * (na * m2b - nb * a->m2);
+    a->m2 += m2b + t;
+    a->mu += dn * nb;
+    a->n = n;
+}
+
+/* The slow path for a block holding NaN/Inf: every statistic over the finite entries only. */
+static void blockstats_slow(const double *S, Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t ld,
+                            blockstats *b)
+{
+    double sum = 0.0, lo = INFINITY, hi = -INFINITY;
+    long long zeros = 0, nonfinite = 0;
+    for (Py_ssize_t s = 0; s < nseg; s++) {
+        const double *p = S + s * ld;
+        for (Py_ssize_t k = 0; k < seglen; k++) {
+            const double x = p[k];
+            zeros += x == 0.0;
+            if (!isfinite(x)) {
+                nonfinite++;
+                continue;
+            }
+            sum += x;
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+        }
+    }
+    b->sum = sum, b->lo = lo, b->hi = hi, b->zeros = zeros, b->nonfinite = nonfinite;
+}
+
+static void moments_slow(const double *S, Py_ssize_t nseg, Py_ssize_t seglen, Py_ssize_t ld,
+                         double mu, double out[3])
+{
+    for (Py_ssize_t s = 0; s < nseg; s++) {
+        const double *p = S + s * ld;
+        for (Py_ssize_t k = 0; k < seglen; k++) {
+            if (!isfinite(p[k]))
+                continue;
+            const double d = p[k] - mu, d2 = d * d;
+            out[0] += d2;
+            out[1] += d2 * d;
+            out[2] += d2 * d2;
+        }
+    }
+}
+
+/* ---- zeroed, 64-byte aligned scratch ------------------------------------------------------ */
+
+typedef struct {
+    void *base;
+} buffer;
+
+static double *buffer_zeros(buffer *b, size_t count)
+{
+    b->base = calloc(count * sizeof(double) + 64, 1);
+    if (!b->base)
+        return NULL;
+    return (double *)(((uintptr_t)b->base + 63) & ~(uintptr_t)63);
+}
+
+static void buffer_free(buffer *b) { free(b->base); }
+
+/* ---- the variants ------------------------------------------------------------------------- */
+
+#define SFX(name) name##_base
+#define KATTR
+#define VW 2
+#define X86_LEVEL 0
+#include "_fused_kernel.h"
+#undef SFX
+#undef KATTR
+#undef VW
+#undef X86_LEVEL
+
+#if HAVE_AVX2_VARIANT
+#define SFX(name) name##_avx2
+#define KATTR __attribute__((target("avx2,fma,f16c")))
+#define VW 4
+#define X86_LEVEL 1
+#include "_fused_kernel.h"
+#undef SFX
+#undef KATTR
+#undef VW
+#undef X86_LEVEL
+
+#define SFX(name) name##_avx512
+#define KATTR __attribute__((target("avx2,fma,f16c,avx512f")))
+#define VW 8
+#define X86_LEVEL 2
+#include "_fused_kernel.h"
+#undef SFX
+#undef KATTR
+#undef VW
+#undef X86_LEVEL
+
+static int cpu_level = 0; /* 0 baseline, 1 AVX2+FMA+F16C, 2 and AVX-512F */
+
+static void detect_cpu(void)
+{
+    unsigned int a, b, c, d;
+    __builtin_cpu_init();
+    /* CPUID.1:ECX bit 29 = F16C; __builtin_cpu_supports also checks that the OS saves the
+     * YMM/ZMM state */
+    const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+        cpu_level = __builtin_cpu_supports("avx512f") ? 2 : 1;
+}
+
+/* The x86 conversions of float32 honour MXCSR.DAZ (denormals-are-zero), which a library
+ * built with -ffast-math may have set: then the baseline's bit-exact decoding runs. */
+static int fpu_flushes_denormals(void) { return (_mm_getcsr() & 0x0040) != 0; }
+#endif
+
+static const char *best_variant(void)
+{
+#if HAVE_AVX2_VARIANT
+    if (cpu_level == 2)
+        return "avx512f";
+    if (cpu_level == 1)
+        return "avx2+fma";
+#endif
+    return "baseline";
+}
+
+/* ---- Python ------------------------------------------------------------------------------- */
+
+static PyObject *py_side_pass(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer raw, gram;
+    Py_ssize_t rows, cols;
+    int dtype, mode, moments_flag, variant;
+    if (!PyArg_ParseTuple(args, "y*nniiiw*i", &raw, &rows, &cols, &dtype, &mode, &moments_flag,
+                          &gram, &variant))
+        return NULL;
+    PyObject *result = NULL;
+    if (dtype < DT_F16 || dtype > DT_F64 || (mode != MODE_ROWS && mode != MODE_COLS)) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: unknown dtype or mode");
+        goto out;
+    }
+    const Py_ssize_t isz = itemsize(dtype);
+    if (rows < 0 || cols < 0 || (cols > 0 && rows > PY_SSIZE_T_MAX / cols / isz)
+        || raw.len != rows * cols * isz) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: buffer size does not match rows x cols");
+        goto out;
+    }
+    const Py_ssize_t r = mode == MODE_ROWS ? rows : cols;
+    if (gram.len != r * r * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: gram_out must hold r*r float64");
+        goto out;
+    }
+    pass_t P;
+    memset(&P, 0, sizeof P);
+    P.src = raw.buf, P.rows = rows, P.cols = cols, P.dtype = dtype, P.mode = mode;
+    P.moments = moments_flag != 0, P.gram = (double *)gram.buf;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+#if HAVE_AVX2_VARIANT
+    int level = variant == 0 && !fpu_flushes_denormals() ? cpu_level
+                : variant == 2 && cpu_level >= 1 ? 1 : 0;
+    if (level == 2 && r <= 8)
+        level = 1; /* AVX-512 tiles pad r to 16: four times the work at r ≤ 4 */
+    if (level == 2)
+        status = run_avx512(&P);
+    else if (level == 1)
+        status = run_avx2(&P);
+    else
+#endif
+        status = run_base(&P);
+    Py_END_ALLOW_THREADS
+    if (status != 0) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    result = Py_BuildValue("(ndLLdddd)", rows * cols, P.sum, P.zeros, P.nonfinite, P.min,
+                           P.max, P.m2, P.m4);
+out:
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&gram);
+    return result;
+}
+
+static PyObject *py_variant(PyObject *self, PyObject *noargs)
+{
+    (void)self, (void)noargs;
+    return PyUnicode_FromString(best_variant());
+}
+
+static PyMethodDef methods[] = {
+    {"side_pass", py_side_pass, METH_VARARGS,
+     "side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)"
+     " -> (n, sum, zeros, nonfinite, min, max, m2, m4)"},
+    {"variant", py_variant, METH_NOARGS, "The instruction set side_pass uses by default."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fused", "Fused single-pass factor statistics (see fused.py).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fused(void)
+{
+#if HAVE_AVX2_VARIANT
+    detect_cpu();
+#endif
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,321 @@
+"""loracheck.fused: the compiled single-pass factor statistics and the numpy fallback, each
+against an independent float64 computation (decoded by numpy here, Gram by float64 matmul,
+sums by math.fsum).
+
+Tolerances: Gram entries within 1e-13·‖xᵢ‖·‖xⱼ‖ (absolute), Σx within 1e-13·Σ|x|, m2 and m4
+within 1e-12 relative; counts, min and max exact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loracheck import fused
+
+DTYPES = ("F16", "BF16", "F32", "F64")
+# (r, other side): both modes run every shape, so 1×n, n×1 and ranks off the tile sizes
+# (4, 8, 16 lanes; 2×4 and 4×16 tiles) all occur, with lengths off the block sizes.
+SHAPES = [(1, 37), (37, 1), (1, 1), (3, 1000), (4, 64), (16, 4099), (17, 515), (64, 300),
+          (256, 129), (5, 0), (0, 4)]
+SPECIAL = {  # per dtype: subnormal, huge (finite)
+    "F16": (2.0 ** -24 * 3, 65504.0),
+    "BF16": (2.0 ** -133 * 5, 3.0e38),
+    "F32": (1.0e-40, 3.0e38),
+    "F64": (5.0e-324, 1.0e300),
+}
+
+
+def encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The raw stored view of float64 values in ``dtype`` (bf16 rounded to nearest even)."""
+    if dtype == "F16":
+        return x.astype(np.float16).view(np.uint16)
+    if dtype == "BF16":
+        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        nan = np.isnan(x)
+        rounded[nan] = 0x7FC0  # keep NaN a NaN (rounding could carry it to Inf)
+        return rounded.astype(np.uint16)
+    return x.astype(np.float32 if dtype == "F32" else np.float64)
+
+
+def reference_decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "F16":
+        return raw.view(np.float16).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaN words
+        if dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return raw.astype(np.float64)
+
+
+IMPLS = ["compiled", "compiled-baseline", "compiled-avx2", "numpy"]
+
+
+def run(impl: str, raw: np.ndarray, dtype: str, mode: str, moments: bool) -> fused.SidePass:
+    if impl == "numpy":
+        return fused.numpy_side_pass(raw, dtype, mode, fourth_moment=moments)
+    if fused._compiled is None:
+        pytest.skip("loracheck._fused is not built (see test_kernel_is_built_where_...)")
+    variant = {"compiled": 0, "compiled-baseline": 1, "compiled-avx2": 2}[impl]
+    return fused.compiled_side_pass(raw, dtype, mode, fourth_moment=moments,
+                                    variant=variant)
+
+
+def check(got: fused.SidePass, raw: np.ndarray, dtype: str, mode: str, moments: bool) -> None:
+    x = reference_decode(raw, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = x @ x.T if mode == "rows" else x.T @ x
+    assert got.gram.shape == ref.shape and got.gram.dtype == np.float64
+    assert np.array_equal(got.gram, got.gram.T, equal_nan=True)
+    # Non-finite exactly where the reference is; elsewhere within 1e-13·‖xᵢ‖·‖xⱼ‖.
+    assert np.array_equal(np.isfinite(got.gram), np.isfinite(ref))
+    norms = np.sqrt(np.abs(np.diag(ref)))
+    ok = np.isfinite(ref)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(got.gram - ref)[ok]
+        bound = 1e-13 * np.outer(norms, norms)  # 0·Inf: a zero row, whose entries are 0
+    assert (err <= np.nan_to_num(bound, nan=0.0)[ok]).all(), err.max()
+
+    finite = x[np.isfinite(x)]
+    assert got.n == x.size
+    assert got.zeros == int(np.count_nonzero(x == 0))
+    assert got.nonfinite == x.size - finite.size
+    if finite.size:
+        assert got.min == finite.min() and got.max == finite.max()
+    else:
+        assert math.isnan(got.min) and math.isnan(got.max)
+    exact = math.fsum(finite.tolist())
+    if math.isfinite(exact):
+        assert abs(got.sum - exact) <= 1e-13 * math.fsum(np.abs(finite).tolist())
+    else:
+        assert got.sum == exact
+    if not moments:
+        assert got.m2 is None and got.m4 is None
+        return
+    assert got.m2 is not None and got.m4 is not None
+    if not finite.size:
+        assert got.m2 == 0.0 and got.m4 == 0.0
+        return
+    mu = exact / finite.size
+    d = finite - mu
+    with np.errstate(over="ignore"):
+        ref_m2 = math.fsum((d * d).tolist())
+        ref_m4 = math.fsum((d * d * d * d).tolist())
+    for value, ref_value in ((got.m2, ref_m2), (got.m4, ref_m4)):
+        if math.isfinite(ref_value):  # 1e300 in float64: Σd⁴ overflows, Inf or NaN
+            assert abs(value - ref_value) <= 1e-12 * ref_value
+        else:
+            assert not math.isfinite(value)
+
+
+def factor(shape: tuple[int, int], mode: str, seed: int, *, mean: float = 0.0,
+           scale: float = 1e-2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    r, other = shape
+    stored = (r, other) if mode == "rows" else (other, r)
+    return rng.normal(mean, scale, size=stored)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["rows", "cols"])
+def test_trained_like_factors(impl: str, dtype: str, mode: str) -> None:
+    for i, shape in enumerate(SHAPES):
+        raw = encode(factor(shape, mode, i, mean=1e-3), dtype)
+        check(run(impl, raw, dtype, mode, True), raw, dtype, mode, True)
+        check(run(impl, raw, dtype, mode, False), raw, dtype, mode, False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["rows", "cols"])
+def test_special_values(impl: str, dtype: str, mode: str) -> None:
+    """±0, subnormals and huge finite values (exact), then NaN and ±Inf: counted, kept out of
+    Σx/min/max/moments, and making the Gram non-finite where they enter it."""
+    sub, huge = SPECIAL[dtype]
+    for shape in [(16, 1031), (3, 77), (17, 40), (64, 33)]:
+        x = factor(shape, mode, 7)
+        flat = x.reshape(-1)
+        flat[::11] = 0.0
+        flat[1::13] = -0.0
+        flat[2::17] = sub
+        flat[3::19] = -sub
+        flat[5] = huge
+        flat[6] = -huge
+        raw = encode(x, dtype)
+        check(run(impl, raw, dtype, mode, True), raw, dtype, mode, True)
+        flat[8] = np.nan
+        flat[9] = np.inf
+        flat[-1] = -np.inf
+        raw = encode(x, dtype)
+        check(run(impl, raw, dtype, mode, True), raw, dtype, mode, True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_entries_non_finite(impl: str) -> None:
+    raw = encode(np.full((4, 9), np.nan), "F16")
+    got = run(impl, raw, "F16", "rows", True)
+    check(got, raw, "F16", "rows", True)
+    assert got.nonfinite == 36 and got.sum == 0.0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_fp16_and_bf16_bit_pattern_decodes_exactly(impl: str) -> None:
+    """All 65536 words as one factor: min, max, zeros and non-finite counts are exact only
+    if every value (subnormals, Inf, NaN included) is decoded exactly."""
+    words = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    for dtype in ("F16", "BF16"):
+        for mode in ("rows", "cols"):
+            check(run(impl, words, dtype, mode, False), words, dtype, mode, False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_large_mean_factor(impl: str) -> None:
+    """A DoRA-magnitude-like factor (|μ|/σ = 1000): the block-centred moments stay exact."""
+    raw = encode(factor((1, 4096), "rows", 3, mean=1.0, scale=1e-3), "F32")
+    check(run(impl, raw, "F32", "rows", True), raw, "F32", "rows", True)
+
+
+def test_bad_views_are_refused() -> None:
+    x = np.zeros((4, 8), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous 2-D uint16"):
+        fused.side_pass(x, "F16", "rows")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fused.side_pass(x.T, "F32", "rows")
+    with pytest.raises(ValueError, match="mode"):
+        fused.side_pass(x, "F32", "diag")
+    with pytest.raises(ValueError, match="dtype"):
+        fused.side_pass(x, "F8", "rows")
+
+
+@pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
+def test_two_threads_at_once() -> None:
+    """The kernel releases the GIL: two threads measuring two factors get the same numbers
+    as one after the other."""
+    raws = [encode(factor((16, 20000), "rows", s), "F16") for s in (1, 2)]
+    alone = [fused.compiled_side_pass(r, "F16", "rows", fourth_moment=True) for r in raws]
+    together: list[fused.SidePass | None] = [None, None]
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            together[i] = fused.compiled_side_pass(raws[i], "F16", "rows", fourth_moment=True)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert b is not None
+        assert np.array_equal(a.gram, b.gram) and (a.sum, a.m4) == (b.sum, b.m4)
+
+
+def _compiler_present() -> bool:
+    cc = sysconfig.get_config_var("CC")
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return bool(cc) and shutil.which(shlex.split(cc)[0]) is not None and header.is_file()
+
+
+@pytest.mark.skipif(not _compiler_present(), reason="no C compiler or Python.h here")
+def test_kernel_is_built_where_a_compiler_is() -> None:
+    """The extension is optional in the build, so a broken build would pass silently:
+    where a compiler and Python.h exist, it must have been built."""
+    module = importlib.import_module("loracheck._fused")
+    assert module.variant() in {"baseline", "avx2+fma", "avx512f"}
+
+
+def _kernel_in_subprocess(choice: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "LORACHECK_KERNEL"}
+    if choice is not None:
+        env["LORACHECK_KERNEL"] = choice
+    out = subprocess.run([sys.executable, "-c", "from loracheck import fused; print(fused.KERNEL)"],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_environment_selects_the_numpy_fallback() -> None:
+    assert _kernel_in_subprocess("numpy") == "numpy"
+    default = _kernel_in_subprocess(None)
+    if fused._compiled is None:
+        assert default == "numpy"
+    else:
+        assert default == f"compiled ({fused._compiled.variant()})"
+        assert _kernel_in_subprocess("baseline") == "compiled (baseline)"
+
+
+def _records_close(a: object, b: object) -> None:
+    """Two measurements of the same factors agree to rounding (they add in another order)."""
+    import dataclasses as dc
+
+    for field in dc.fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, float) and isinstance(y, float):
+            assert x == pytest.approx(y, rel=1e-9, abs=1e-12, nan_ok=True), field.name
+        elif isinstance(x, tuple) and x and isinstance(x[0], float):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12 * max(x))
+        else:
+            assert x == y, field.name
+
+
+@pytest.mark.parametrize("which", ["peft-fp32", "peft-bf16", "peft-fp16", "mlx", "torchtune",
+                                   "litgpt", "nan"])
+def test_loader_gives_the_same_records_with_and_without_the_kernel(
+        which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layer the loader measures from stored bytes (compiled pass) matches the numpy
+    path on the decoded values: real writers' files in every dtype, mlx's transposed layout,
+    and a factor with NaN (which the pass hands back to numpy)."""
+    from builders import peft_adapter
+    from loracheck.discover import discover
+    from loracheck.load import load_unit
+
+    if not fused.COMPILED:
+        pytest.skip("the compiled kernel is not built here")
+    fixtures = Path(__file__).parent / "fixtures" / "writers"
+    if which.startswith("peft"):
+        import torch
+
+        path = peft_adapter(tmp_path / "a", steps=2, target_modules="all-linear")
+        if which != "peft-fp32":
+            from safetensors.torch import load_file, save_file
+
+            weights = path / "adapter_model.safetensors"
+            tensors = load_file(str(weights))
+            dtype = torch.bfloat16 if which == "peft-bf16" else torch.float16
+            save_file({k: v.to(dtype) for k, v in tensors.items()}, str(weights))
+    elif which == "nan":
+        from safetensors.torch import load_file, save_file
+
+        path = peft_adapter(tmp_path / "a", steps=2)
+        weights = path / "adapter_model.safetensors"
+        tensors = load_file(str(weights))
+        first = sorted(k for k in tensors if "lora_A" in k)[0]
+        tensors[first][0, 0] = float("nan")
+        save_file(tensors, str(weights))
+    else:
+        path = next(p for p in sorted((fixtures / which).iterdir()) if p.is_dir())
+    unit = next(u for u in discover([path]) if u.weights is not None)
+    compiled = load_unit(unit)
+    monkeypatch.setattr(fused, "COMPILED", False)
+    plain = load_unit(unit)
+    assert compiled is not None and plain is not None and compiled.layers
+    assert [layer.name for layer in compiled.layers] == [layer.name for layer in plain.layers]
+    for lc, lp in zip(compiled.layers, plain.layers, strict=True):
+        for name in ("a_stats", "b_stats", "delta"):
+            x, y = getattr(lc, name), getattr(lp, name)
+            assert (x is None) == (y is None), name
+            if x is not None:
+                _records_close(x, y)
+    assert compiled.init is not None and plain.init is not None
+    _records_close(compiled.init, plain.init)
+    assert compiled.stage == plain.stage
