@@ -145,16 +145,22 @@ def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> Fac
     if n == 0:
         return _EMPTY_FACTOR
     diagonal = np.diagonal(sides.gram)
-    sumsq = float(diagonal.sum())
+    squares: list[float] = diagonal.tolist()
+    sumsq = sum(squares)
     if sides.nonfinite or sides.m2 is None or sides.m4 is None or not (
             math.isfinite(sumsq) and math.isfinite(sides.sum) and math.isfinite(sides.m4)):
         return None
     var = max(sides.m2 / n, 0.0)
     rn_mean: float | None = None
     rn_cv: float | None = None
-    if row_norms:
+    if row_norms and len(squares) > 256:
         means, cvs = _row_norms(diagonal[None])
         rn_mean, rn_cv = means[0], cvs[0]
+    elif row_norms:  # a few values: Python floats cost less than numpy calls
+        norms = [math.sqrt(max(x, 0.0)) for x in squares]
+        rn_mean = sum(norms) / len(norms)
+        spread = math.sqrt(sum((x - rn_mean) ** 2 for x in norms) / len(norms))
+        rn_cv = spread / rn_mean if rn_mean > 0.0 else None
     return FactorStats(
         numel=n, mean=sides.sum / n, std=math.sqrt(var), absmax=max(sides.max, -sides.min),
         zero_fraction=sides.zeros / n, nonfinite=0,
