@@ -451,3 +451,209 @@ def test_sarif_and_github_formats(tmp_path: Path) -> None:
     assert json.loads(out.getvalue())["runs"][0]["results"] == []
 
 
+
+
+# --- saved full tensors (modules_to_save, DoRA magnitudes, embeddings) ------------------------
+
+
+def _saved_reference(path_a: Path, key_a: str, path_b: Path, key_b: str) -> dict[str, float]:
+    xa, xb = _read(path_a)[key_a], _read(path_b)[key_b]
+    d = xa - xb
+    na, nb = float(np.sqrt((xa * xa).sum())), float(np.sqrt((xb * xb).sum()))
+    return {"norm_a": na, "norm_b": nb, "rel_diff": float(np.sqrt((d * d).sum())) / na}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A DoRA adapter with lm_head in modules_to_save, saved by PEFT; then the same PeftModel
+    with its saved lm_head copy moved by 1e-3 and one magnitude by 1e-4, saved again; the
+    first state re-saved in bf16 and as a torch pickle; and the adapter without
+    modules_to_save."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("saved")
+    config = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True,
+                  init_lora_weights=False)
+    torch.manual_seed(2)
+    model = get_peft_model(tiny_llama(0), LoraConfig(**config, modules_to_save=["lm_head"]))
+    model.save_pretrained(str(root / "base"))
+    model.save_pretrained(str(root / "pickle"), safe_serialization=False)
+    model.to(torch.bfloat16)
+    model.save_pretrained(str(root / "bf16"))
+    model.to(torch.float32)
+    torch.manual_seed(2)
+    plain = get_peft_model(tiny_llama(0), LoraConfig(**config))
+    plain.save_pretrained(str(root / "plain"))
+    torch.manual_seed(2)
+    model = get_peft_model(tiny_llama(0), LoraConfig(**config, modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lm_head.modules_to_save" in name:
+                param.add_(1e-3)
+            if "layers.1.self_attn.v_proj.lora_magnitude_vector" in name:
+                param.mul_(1 + 1e-4)
+    model.save_pretrained(str(root / "moved"))
+    return {p.name: p for p in root.iterdir()}
+
+
+def test_a_changed_modules_to_save_copy_and_magnitude_are_lc410(saved: dict[str, Path]) -> None:
+    code, doc = _diff_json(saved["base"], saved["moved"])
+    assert code == 1 and _codes(doc) == ["LC410"]
+    record = doc["diff"]
+    entries = {m["name"]: m for m in record["modules"]}
+    saved_entries = {n: m for n, m in entries.items() if m["kind"] == "saved"}
+    # lm_head, and one magnitude per LoRA module (4 modules)
+    assert set(saved_entries) == {"lm_head.weight"} | {
+        f"model.layers.{i}.self_attn.{p}.magnitude" for i in (0, 1) for p in ("q_proj", "v_proj")}
+    assert record["summary"]["saved"] == 5 and record["summary"]["modules"] == 9
+    differs = {n for n, m in entries.items() if m["status"] == "differs"}
+    assert differs == {"lm_head.weight", "model.layers.1.self_attn.v_proj.magnitude"}
+    # the LoRA factors themselves did not move
+    assert all(m["status"] == "same" for m in entries.values() if m["kind"] == "lora")
+    weights_a, weights_b = _weights(saved["base"]), _weights(saved["moved"])
+    for name, m in saved_entries.items():
+        assert m["method"] == "full-tensor" and m["module_type"] == "saved"
+        ref = _saved_reference(weights_a, m["a"]["name"], weights_b, m["b"]["name"])
+        assert m["norm_a"] == pytest.approx(ref["norm_a"], rel=NORM_RTOL), name
+        assert m["norm_b"] == pytest.approx(ref["norm_b"], rel=NORM_RTOL), name
+        assert abs(m["rel_diff"] - ref["rel_diff"]) <= DIFF_ATOL, name
+    lm = saved_entries["lm_head.weight"]
+    assert lm["a"]["shape"] == [128, 64] and lm["tolerance"] < 1e-5 < lm["rel_diff"]
+    messages = [d["message"] for d in doc["diagnostics"]]
+    assert any(msg.startswith("lm_head.weight: saved tensor differs by") for msg in messages)
+    text = _diff_text(saved["base"], saved["moved"])[1]
+    assert "saved (5 tensors)" in text and "5 saved tensors compared" in text
+    assert "diff FAILED" in text
+
+
+def test_saved_tensors_pass_a_bf16_resave_and_one_side_only_is_lc411(
+        saved: dict[str, Path]) -> None:
+    code, doc = _diff_json(saved["base"], saved["bf16"])
+    assert code == 0, doc["diagnostics"]
+    for m in doc["diff"]["modules"]:
+        if m["kind"] == "saved":
+            assert m["b"]["dtype"] == "BF16" and 0 < m["rel_diff"] <= m["tolerance"] < 0.02
+            ref = _saved_reference(_weights(saved["base"]), m["a"]["name"],
+                                   _weights(saved["bf16"]), m["b"]["name"])
+            assert abs(m["rel_diff"] - ref["rel_diff"]) <= DIFF_ATOL
+    assert _diff_json(saved["base"], saved["bf16"], "--tolerance", "1e-6")[0] == 1
+    # the same tensors read from PEFT's torch pickle (loracheck's restricted reader): equal
+    code, doc = _diff_json(saved["base"], saved["pickle"])
+    assert _codes(doc) == ["LC215"] and doc["diff"]["summary"]["saved"] == 5
+    assert all(m["status"] == "same" and m["rel_diff"] == 0.0 for m in doc["diff"]["modules"])
+    # modules_to_save on one side only: the saved lm_head is LC411, nothing else differs
+    code, doc = _diff_json(saved["base"], saved["plain"])
+    assert code == 1 and _codes(doc) == ["LC411"]
+    (lc411,) = doc["diagnostics"]
+    assert lc411["message"] == "1 saved tensor only in A (lm_head.weight)"
+    assert doc["diff"]["summary"]["saved_only_a"] == 1
+
+
+def test_an_embedding_saved_with_save_embedding_layers_is_compared(tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    def build(out: Path, bump: float, **save: Any) -> Path:
+        torch.manual_seed(3)
+        model = get_peft_model(tiny_llama(0), LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"]))
+        with torch.no_grad():
+            model.get_input_embeddings().base_layer.weight.add_(bump)
+        model.save_pretrained(str(out), **save)
+        return out
+
+    a = build(tmp_path / "a", 0.0, save_embedding_layers=True)
+    b = build(tmp_path / "b", 0.5, save_embedding_layers=True)
+    code, doc = _diff_json(a, b)
+    assert code == 1 and _codes(doc) == ["LC410"]
+    (entry,) = [m for m in doc["diff"]["modules"] if m["kind"] == "saved"]
+    assert entry["name"] == "model.embed_tokens.weight" and entry["status"] == "differs"
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    assert entry["a"]["name"] == key
+    ref = _saved_reference(_weights(a), key, _weights(b), key)
+    assert abs(entry["rel_diff"] - ref["rel_diff"]) <= DIFF_ATOL
+    code, doc = _diff_json(a, build(tmp_path / "c", 0.0, save_embedding_layers=False))
+    assert code == 1 and _codes(doc) == ["LC411"]
+    assert doc["diagnostics"][0]["message"] == (
+        "1 saved tensor only in A (model.embed_tokens.weight)")
+
+
+# --- module paths with another prefix -----------------------------------------------------------
+
+
+def test_adapters_of_another_module_level_are_matched_by_suffix(tmp_path: Path) -> None:
+    """The same factors saved by PEFT from the causal LM, from its inner model (no ``model.``
+    level) and from a VLM-shaped wrapper (``model.language_model.``): matched by suffix."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    def config() -> LoraConfig:
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
+                          init_lora_weights=False)
+
+    torch.manual_seed(4)
+    outer = get_peft_model(tiny_llama(0), config())
+    outer.save_pretrained(str(tmp_path / "outer"))
+    state = {k.replace("base_model.model.model.", ""): v
+             for k, v in outer.state_dict().items() if "lora_" in k}
+    inner = get_peft_model(tiny_llama(0).model, config())
+    vlm = torch.nn.Module()
+    vlm.model = torch.nn.Module()
+    vlm.model.language_model = tiny_llama(0).model
+    vlm_peft = get_peft_model(vlm, config())
+    for peft_model, prefix, out in ((inner, "base_model.model.", "inner"),
+                                    (vlm_peft, "base_model.model.model.language_model.", "vlm")):
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(state[name.removeprefix(prefix)])
+        peft_model.save_pretrained(str(tmp_path / out))
+    fa = _factors(_weights(tmp_path / "outer"))
+    for out in ("inner", "vlm"):
+        code, doc = _diff_json(tmp_path / "outer", tmp_path / out)
+        assert code == 0, doc["diagnostics"]
+        record = doc["diff"]
+        assert len(record["modules"]) == 4 and not record["only_a"] and not record["only_b"]
+        assert record["summary"]["suffix_matched"] == 4
+        assert all(m["matched_by_suffix"] and m["status"] == "same" and m["rel_diff"] == 0.0
+                   for m in record["modules"])
+        fb = _factors(_weights(tmp_path / out))
+        names = {a: a.removeprefix("model.") if out == "inner" else "model.language_model."
+                 + a.removeprefix("model.") for a in fa}
+        _assert_numbers(doc, fa, 2.0, fb, 2.0, names=names)
+        text = _diff_text(tmp_path / "outer", tmp_path / out)[1]
+        assert "4 matched by the longest common suffix of their paths" in text
+
+
+def test_suffix_matching_never_pairs_ambiguous_or_short_suffixes() -> None:
+    a = ["base_model.model.model.layers.0.self_attn.q_proj",
+         "base_model.model.model.layers.1.self_attn.q_proj"]
+    m = match_modules(a, ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"])
+    assert m.pairs == tuple(zip(a, ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"],
+                                strict=True))
+    assert m.by_suffix == frozenset(a)
+    # two candidates with the same longest suffix (a VLM's text and vision towers): neither
+    m = match_modules(a[:1], ["text.layers.0.self_attn.q_proj",
+                              "vision.layers.0.self_attn.q_proj"])
+    assert not m.pairs and len(m.only_b) == 2
+    # the suffix must reach the index's container: layers.0 is not blocks.0
+    m = match_modules(["model.layers.0.attn.q_proj"], ["model.blocks.0.attn.q_proj"])
+    assert not m.pairs
+    # a path without an index matches only as a whole
+    assert match_modules(["model.norm.weight"], ["norm.weight"]).pairs
+    assert not match_modules(["model.norm.weight"], ["vision.norm.weight"]).pairs
+    # an exact match is preferred, and never re-paired by suffix
+    m = match_modules(["model.layers.0.q", "layers.0.q"], ["layers.0.q"])
+    assert m.pairs == (("layers.0.q", "layers.0.q"),) and not m.by_suffix
+
+
+def test_module_path_removes_the_wrappers_of_a_saved_module() -> None:
+    from loracheck.keys import module_path
+
+    assert module_path("base_model.model.lm_head.modules_to_save.default.weight").path == (
+        "lm_head.weight")
+    assert module_path("base_model.model.model.embed_tokens.base_layer.weight").path == (
+        "model.embed_tokens.weight")
+    assert module_path("model.layers.0.self_attn.q_proj").parts == (
+        "model", "layers", "0", "self_attn", "q_proj")

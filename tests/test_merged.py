@@ -556,3 +556,291 @@ def test_index_tensor_in_the_wrong_shard_is_lc001(work: Path) -> None:
     (copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ArtifactError, match="does not hold it"):
         ModelFolder.open(copy)
+
+
+# --- regressions: saved heads, LoHa, lora_bias, mixed dtypes, prefixes, broken files ------
+
+
+def bert_cls(dtype: Any, seed: int = 0) -> Any:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, vocab_size=100, max_position_embeddings=64,
+                     num_labels=3)
+    return BertForSequenceClassification(cfg).to(dtype).eval()
+
+
+def test_seq_cls_head_bias_is_compared_with_its_saved_copy(work: Path) -> None:
+    """task_type=SEQ_CLS: PEFT saves the classifier whole (weight and bias) through
+    modules_to_save; both are the adapter's trained copies in MERGED, not LC406 changes. With
+    the bias left as BASE's, LC406 names the bias."""
+    folder = work / "seq-cls"
+
+    def plant(p: Any) -> None:
+        _randomise_saved_copies(p)
+        p.save_pretrained(str(folder / "adapter"))
+
+    case = make_case(folder, lambda: bert_cls(torch.float32), plant=plant,
+                     target_modules=["query", "value"], task_type="SEQ_CLS")
+    record, diagnostics = judge(case)
+    assert not diagnostics, [d.message for d in diagnostics]
+    assert {c.key for c in record.saved_copies} == {"classifier.weight", "classifier.bias"}
+    assert all(c.matches and not c.equals_base for c in record.saved_copies)
+    assert not record.changed
+
+    lost = work / "seq-cls-lost"
+
+    def plant_lost(p: Any) -> None:
+        _randomise_saved_copies(p)
+        p.save_pretrained(str(lost / "adapter"))
+
+    def restore_bias(merged: Any) -> None:
+        from safetensors.torch import load_file
+
+        weights = {k: v for shard in (lost / "base").glob("*.safetensors")
+                   for k, v in load_file(str(shard)).items()}
+        merged.get_parameter("classifier.bias").copy_(weights["classifier.bias"])
+
+    case = make_case(lost, lambda: bert_cls(torch.float32), plant=plant_lost,
+                     after=restore_bias, target_modules=["query", "value"], task_type="SEQ_CLS")
+    record, diagnostics = judge(case)
+    assert [(d.code, d.location) for d in diagnostics] == [("LC406", "classifier.bias")]
+    assert "still holds BASE's weight" in diagnostics[0].message
+
+
+def _loha_case(folder: Path, *, merge: bool) -> tuple[Path, Path, Path]:
+    from peft import LoHaConfig, get_peft_model
+
+    folder.mkdir()
+    base = llama(torch.float32)
+    save(base, folder / "base")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base, LoHaConfig(r=4, alpha=8, target_modules=["q_proj"],
+                                                 init_weights=False))
+    peft_model.save_pretrained(str(folder / "adapter"))
+    if merge:
+        save(peft_model.merge_and_unload(), folder / "merged")
+    else:  # the base model saved as "merged"
+        save(peft_model.unload(), folder / "merged")
+    return folder / "merged", folder / "base", folder / "adapter"
+
+
+def test_loha_modules_are_claimed_and_reported_unverified(work: Path) -> None:
+    """LoHa is not measured: its weights are not LC406 changes, and the run says (an LC404
+    warning) how many modules it did not verify and how many still hold BASE's weight."""
+    record, diagnostics = judge(_loha_case(work / "loha", merge=True))
+    assert [(d.code, d.severity.value) for d in diagnostics] == [("LC404", "warning")]
+    assert "2 adapter modules not verified" in diagnostics[0].message
+    assert "unchanged" not in diagnostics[0].message
+    assert not record.changed
+    assert all(m.status is ModuleStatus.UNSUPPORTED and m.key and m.changed == m.numel > 0
+               for m in record.modules)
+    record, diagnostics = judge(_loha_case(work / "loha-not-merged", merge=False))
+    assert [(d.code, d.severity.value) for d in diagnostics] == [("LC404", "warning")]
+    assert "2 of them hold BASE's weight unchanged" in diagnostics[0].message
+    assert all(m.changed == 0 for m in record.modules)
+
+
+def test_saved_copy_is_streamed(tmp_path: Path) -> None:
+    """A modules_to_save lm_head (16384 × 256 fp32, the largest tensor) is compared a block at
+    a time: the traced peak stays under 2× the largest tensor (reading the copy, M and BASE
+    whole in float64 took over 5× it; a fixed ~10 MB goes to reading adapter_config.json)."""
+    import tracemalloc
+
+    folder = tmp_path / "mts-big"
+
+    def plant(p: Any) -> None:
+        _randomise_saved_copies(p)
+        p.save_pretrained(str(folder / "adapter"))
+
+    case = make_case(folder, lambda: llama(torch.float32, vocab_size=16384, hidden_size=256,
+                                           intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=4, num_key_value_heads=2),
+                     plant=plant, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    from loracheck.model_folder import ModelFolder
+
+    with ModelFolder.open(case[0]) as opened:
+        largest = max(t.nbytes for t in opened.tensors.values())
+    assert largest == 16384 * 256 * 4
+    tracemalloc.start()
+    try:
+        record, diagnostics = judge(case)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not diagnostics, [d.message for d in diagnostics]
+    (copy,) = record.saved_copies
+    assert copy.matches and not copy.equals_base
+    assert peak <= 2 * largest, (peak, largest)
+
+
+def _bias_case(work: Path) -> tuple[Path, Path, Path]:
+    folder = work / "lora-bias"
+    if (folder / "merged").exists():
+        return folder / "merged", folder / "base", folder / "adapter"
+
+    def plant(p: Any) -> None:  # a trained lora_B bias
+        with torch.no_grad():
+            for name, param in p.named_parameters():
+                if "lora_B" in name and name.endswith(".bias"):
+                    param.copy_(torch.randn_like(param) * 0.1)
+        p.save_pretrained(str(folder / "adapter"))
+
+    return make_case(folder, lambda: llama(torch.float32, attention_bias=True), plant=plant,
+                     target_modules=["q_proj", "v_proj"], lora_bias=True)
+
+
+def test_lora_bias_is_checked(work: Path) -> None:
+    """lora_bias=True: MERGED's bias is BASE's + s·lora_B.bias (compared with a float64
+    reference at 1e-9 of the bias); a bias that was not merged is LC403."""
+    from safetensors.torch import load_file, save_file
+
+    merged, base, adapter = _bias_case(work)
+    record, diagnostics = judge((merged, base, adapter))
+    assert not diagnostics, [d.message for d in diagnostics]
+    assert len(record.measured) == 4
+    factors = load_file(str(adapter / "adapter_model.safetensors"))
+
+    def tensors(folder: Path) -> dict[str, Any]:
+        return {k: v for shard in folder.glob("*.safetensors")
+                for k, v in load_file(str(shard)).items()}
+
+    m_all, w_all = tensors(merged), tensors(base)
+    for m in record.measured:
+        assert m.bias is not None and m.bias.violations == 0 and m.bias.changed > 0
+        b = factors[f"base_model.model.{m.module}.lora_B.bias"].double()
+        error = (m_all[m.bias.key].double() - w_all[m.bias.key].double() - m.scale * b).abs()
+        assert m.bias.max_error == pytest.approx(float(error.max()), rel=1e-9, abs=1e-12)
+    # the bias of one module left as BASE's
+    planted = work / "lora-bias-planted"
+    planted.mkdir()
+    key = "model.layers.0.self_attn.q_proj.bias"
+    for shard in merged.iterdir():
+        if shard.suffix != ".safetensors":
+            (planted / shard.name).write_bytes(shard.read_bytes())
+            continue
+        weights = load_file(str(shard))
+        if key in weights:
+            weights[key] = w_all[key]
+        save_file(weights, str(planted / shard.name), metadata={"format": "pt"})
+    _, diagnostics = judge((planted, base, adapter))
+    assert [(d.code, d.location) for d in diagnostics] == [
+        ("LC403", "model.layers.0.self_attn.q_proj")]
+    assert key in diagnostics[0].message and "still holds BASE's bias" in diagnostics[0].message
+
+
+def test_bf16_merge_saved_as_fp32_passes_and_faults_still_fire(work: Path) -> None:
+    """A bf16 base merged in bf16 and saved as fp32: M holds bf16 values, so the rounding bound
+    is bf16's (the coarser dtype), not fp32's. Another adapter is still LC403."""
+    folder = work / "bf16-saved-fp32"
+    case = make_case(folder, lambda: llama(torch.bfloat16), target_modules=ATTN_MLP,
+                     after=lambda m: m.float())
+    record, diagnostics = judge(case)
+    assert not diagnostics, [d.message for d in diagnostics]
+    assert {(m.base_dtype, m.dtype) for m in record.measured} == {("BF16", "F32")}
+    assert all(m.violations == 0 and m.residual_norm <= m.floor_norm for m in record.measured)
+    other = lora(llama(torch.bfloat16), seed=7, target_modules=ATTN_MLP)
+    other.save_pretrained(str(folder / "other"))
+    _, diagnostics = judge((case[0], case[1], folder / "other"))
+    assert codes(diagnostics) == {"LC403"} and len(diagnostics) == 6
+
+
+def _rekeyed(src: Path, dst: Path, rename: Callable[[str], str]) -> Path:
+    """A copy of a real checkpoint with every key renamed (another wrapper's layout)."""
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir()
+    weights = {rename(k): v for shard in src.glob("*.safetensors")
+               for k, v in load_file(str(shard)).items()}
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_bytes((src / "config.json").read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["model.language_model.", "transformer."])
+def test_checkpoint_with_another_prefix(work: Path, layout: str) -> None:
+    """MERGED and BASE keyed ``model.language_model.layers.*`` (transformers ≥ 4.52 VLM
+    layout) or ``transformer.model.layers.*``, the adapter ``model.layers.*``: resolved."""
+    merged, base, adapter = _healthy_case(work, "llama", "fp32")
+
+    def rename(key: str) -> str:
+        if layout == "transformer.":
+            return layout + key
+        return key.replace("model.", layout, 1) if key.startswith("model.") else key
+
+    tag = layout.strip(".").replace(".", "-")
+    m2 = _rekeyed(merged, work / f"prefix-{tag}-merged", rename)
+    b2 = _rekeyed(base, work / f"prefix-{tag}-base", rename)
+    record, diagnostics = judge((m2, b2, adapter))
+    assert not diagnostics, [d.message for d in diagnostics]
+    assert len(record.measured) == 6
+    assert all(m.key and m.key.startswith(layout) for m in record.measured)
+
+
+def test_module_lookup_by_unique_suffix_only() -> None:
+    from loracheck.basemodel import BaseModelInfo, BaseTensor
+
+    t = BaseTensor("F32", (4, 4))
+    name = "base_model.model.model.layers.0.self_attn.q_proj"
+    vlm = BaseModelInfo("x", {}, {"model.language_model.layers.0.self_attn.q_proj.weight": t})
+    assert vlm.find(name) == ("model.language_model.layers.0.self_attn.q_proj", t)
+    wrapped = BaseModelInfo("x", {}, {"transformer.model.layers.0.self_attn.q_proj.weight": t})
+    assert wrapped.find(name) == ("transformer.model.layers.0.self_attn.q_proj", t)
+    two = BaseModelInfo("x", {}, {"a.model.layers.0.self_attn.q_proj.weight": t,
+                                  "b.model.layers.0.self_attn.q_proj.weight": t})
+    assert two.find(name) is None  # ambiguous: not found
+    towers = BaseModelInfo("x", {}, {"text.layers.0.self_attn.q_proj.weight": t,
+                                     "vision.layers.0.self_attn.q_proj.weight": t})
+    assert towers.find(name) is None
+
+
+def _copy_folder(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for path in src.iterdir():
+        (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+def test_broken_files_are_lc001_in_every_format(work: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated MERGED shard and a truncated adapter file: an LC001 naming the file,
+    exit 1, in text, JSON and SARIF (usage errors stay exit 2)."""
+    merged, base, adapter = _healthy_case(work, "llama", "fp32")
+    broken = _copy_folder(merged, work / "truncated-shard")
+    shard = sorted(broken.glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    bad_adapter = _copy_folder(adapter, work / "truncated-adapter")
+    weights = bad_adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    for args, name in (([str(broken), "--base", str(base), "--adapter", str(adapter)],
+                        shard.name),
+                       ([str(merged), "--base", str(base), "--adapter", str(bad_adapter)],
+                        weights.name)):
+        assert main(["merged", *args]) == 1
+        out = capsys.readouterr().out
+        assert "LC001" in out and name in out and "merged check stopped" in out
+        assert main(["merged", *args, "--format", "json"]) == 1
+        doc = json.loads(capsys.readouterr().out)
+        assert [(d["code"], Path(d["path"]).name) for d in doc["diagnostics"]] == [
+            ("LC001", name)]
+        assert main(["merged", *args, "--format", "sarif"]) == 1
+        sarif = json.loads(capsys.readouterr().out)
+        assert [r["ruleId"] for r in sarif["runs"][0]["results"]] == ["LC001"]
+
+
+def test_tensor_missing_from_the_index_is_a_warning(work: Path) -> None:
+    merged, base, adapter = _healthy_case(work, "llama", "fp32")
+    copy = _copy_folder(merged, work / "unindexed")
+    index = json.loads((copy / "model.safetensors.index.json").read_text())
+    shards = list(index["weight_map"].values())
+    # a layer norm that shares its shard with other tensors (the shard is still opened)
+    key = next(k for k, v in index["weight_map"].items()
+               if "layernorm" in k and shards.count(v) > 1)
+    del index["weight_map"][key]
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    record, diagnostics = judge((copy, base, adapter))
+    assert record.unindexed == (key,)
+    assert [(d.code, d.severity.value, d.location) for d in diagnostics] == [
+        ("LC404", "warning", key)]
+    assert "not listed in model.safetensors.index.json" in diagnostics[0].message

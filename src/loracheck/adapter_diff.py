@@ -9,7 +9,14 @@ adapter's factors.
 
 Matching: the modules of both sides by :func:`loracheck.keys.module_path` (PEFT's wrapper
 removed, diffusers/kohya components split off, kohya's flattened names compared with the dotted
-side flattened the same way, never un-flattened).
+side flattened the same way, never un-flattened); dotted paths left unmatched by the unique
+longest common suffix that covers the layer index and the module names (a writer that drops the
+``model.`` level, a VLM's ``model.language_model.``), never between tied candidates.
+
+Saved full tensors (``modules_to_save`` copies, DoRA magnitudes, lora_B biases, embeddings saved
+with ``save_embedding_layers``) are entries of their own kind (ModuleKind.SAVED): ‖X_A − X_B‖ /
+‖X_A‖ streamed a block at a time from both files, against what rounding each element to its
+dtype explains (:func:`compare_saved`).
 
 Per module, in float64, with s the effective scale each loader resolved (LayerRecord.scaling):
 
@@ -29,8 +36,9 @@ cosine similarity follows from the three norms (:attr:`ModuleDiff.cosine`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from loracheck.diff_record import (
@@ -39,16 +47,20 @@ from loracheck.diff_record import (
     FactorFacts,
     MatchRule,
     ModuleDiff,
+    ModuleKind,
     Side,
     ToleranceSource,
 )
 from loracheck.discover import Unit, discover
-from loracheck.errors import UsageError
+from loracheck.errors import ArtifactError, UsageError
 from loracheck.keys import ModulePath, module_path
-from loracheck.model import Adapter, LayerRecord
+from loracheck.model import Adapter, LayerRecord, TensorRef
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from loracheck.pickle_io import TorchCheckpoint
+    from loracheck.safetensors_io import SafetensorsFile
 
 Progress = Callable[[str, int, int], None]
 
@@ -76,27 +88,85 @@ _U64 = 2.0**-53
 
 @dataclass(frozen=True)
 class Matching:
-    """The module pairs (A's name, B's name) in A's order, and the modules of one side only."""
+    """The module pairs (A's name, B's name) in A's order, and the modules of one side only.
+    ``by_suffix``: A's names of the pairs matched by the longest common suffix of their paths."""
 
     pairs: tuple[tuple[str, str], ...]
     only_a: tuple[str, ...]
     only_b: tuple[str, ...]
     rule: MatchRule
     dropped_component: str | None
+    by_suffix: frozenset[str] = frozenset()
 
 
 def _components(paths: Sequence[ModulePath]) -> set[str | None]:
     return {p.component for p in paths}
 
 
+def _least_suffix(parts: tuple[str, ...]) -> int | None:
+    """How many trailing components a suffix match must cover on a path: from the container
+    of the last layer index on (``layers.0.self_attn.q_proj``); None for a path without an
+    index, which matches only as a whole (``embed_tokens`` against ``model.embed_tokens``)."""
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isdigit():
+            return len(parts) - max(i - 1, 0)
+    return None
+
+
+def _suffix_pairs(left: dict[str, tuple[str | None, tuple[str, ...]]],
+                  right: dict[str, tuple[str | None, tuple[str, ...]]]) -> dict[str, str]:
+    """The modules of ``left`` (name -> (component, dotted parts)) paired with those of
+    ``right`` by the unique longest common suffix of their parts, within one component: the
+    longest suffix of a left path that any right path ends with must be shared with exactly one
+    right path, whose own longest match is that left path alone, and it must cover the index
+    (:func:`_least_suffix`) or be one of the two paths whole."""
+    def suffixes(side: dict[str, tuple[str | None, tuple[str, ...]]]
+                 ) -> dict[tuple[str | None, tuple[str, ...]], list[str]]:
+        out: dict[tuple[str | None, tuple[str, ...]], list[str]] = {}
+        for name, (component, parts) in side.items():
+            for k in range(1, len(parts) + 1):
+                out.setdefault((component, parts[-k:]), []).append(name)
+        return out
+
+    def best(name: str, side: dict[str, tuple[str | None, tuple[str, ...]]],
+             other: dict[str, tuple[str | None, tuple[str, ...]]],
+             index: dict[tuple[str | None, tuple[str, ...]], list[str]]) -> str | None:
+        component, parts = side[name]
+        for k in range(len(parts), 0, -1):
+            hits = index.get((component, parts[-k:]))
+            if not hits:
+                continue
+            if len(hits) != 1:
+                return None  # ambiguous: never paired
+            partner = hits[0]
+            least = _least_suffix(parts)
+            if least is not None:
+                return partner if k >= least else None
+            whole = k == len(parts) or k == len(other[partner][1])
+            return partner if whole else None
+        return None
+
+    index_left, index_right = suffixes(left), suffixes(right)
+    pairs: dict[str, str] = {}
+    for name in left:
+        partner = best(name, left, right, index_right)
+        if partner is not None and best(partner, right, left, index_left) == name:
+            pairs[name] = partner
+    return pairs
+
+
 def match_modules(names_a: Sequence[str], names_b: Sequence[str]) -> Matching:
-    """Pair the modules of two adapters by canonical module path.
+    """Pair the modules of two adapters by canonical module path
+    (:func:`loracheck.keys.module_path`).
 
     Paths are compared as dotted paths, or, when either side has kohya's flattened names, in
     kohya's flattened spelling on both sides. A side whose modules carry no pipeline component
     (a PEFT adapter of one model) is matched against the other side's only component (kohya's
     ``lora_unet_`` against a UNet adapter). A key that two modules of one side share is
-    ambiguous and pairs with nothing.
+    ambiguous and pairs with nothing. Dotted modules left unmatched are then paired by the
+    unique longest common suffix of their paths (a model saved without its ``model.`` level,
+    a VLM's ``model.language_model.`` layout against the text model's), never when two
+    candidates tie.
     """
     paths_a = [module_path(n) for n in names_a]
     paths_b = [module_path(n) for n in names_b]
@@ -124,26 +194,43 @@ def match_modules(names_a: Sequence[str], names_b: Sequence[str]) -> Matching:
 
     index_b = index(names_b, paths_b)
     keys_a = index(names_a, paths_a)
-    pairs: list[tuple[str, str]] = []
-    paired_b: set[str] = set()
-    only_a: list[str] = []
+    exact: dict[str, str] = {}
     for name, p in zip(names_a, paths_a, strict=True):
         k = key(p)
         partner = index_b.get(k)
         if partner is not None and keys_a.get(k) == name:
+            exact[name] = partner
+    by_suffix: dict[str, str] = {}
+    if not flattened:
+        paired_b = set(exact.values())
+
+        def left_over(names: Sequence[str], paths: Sequence[ModulePath],
+                      keys: dict[tuple[str | None, str], str | None], paired: set[str]
+                      ) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+            return {n: (p.component, p.parts) for n, p in zip(names, paths, strict=True)
+                    if n not in paired and keys.get(key(p)) == n}  # ambiguous names stay out
+
+        by_suffix = _suffix_pairs(left_over(names_a, paths_a, keys_a, set(exact)),
+                                  left_over(names_b, paths_b, index_b, paired_b))
+    pairs: list[tuple[str, str]] = []
+    only_a: list[str] = []
+    for name in names_a:
+        partner = exact.get(name) or by_suffix.get(name)
+        if partner is not None:
             pairs.append((name, partner))
-            paired_b.add(partner)
         else:
             only_a.append(name)
-    only_b = [n for n in names_b if n not in paired_b]
+    paired = {b for _, b in pairs}
+    only_b = [n for n in names_b if n not in paired]
     return Matching(tuple(pairs), tuple(only_a), tuple(only_b),
-                    MatchRule.FLATTENED if flattened else MatchRule.PATH, dropped)
+                    MatchRule.FLATTENED if flattened else MatchRule.PATH, dropped,
+                    frozenset(by_suffix))
 
 
 # --- the numbers ---------------------------------------------------------------------------------
 
 
-def _squares(x: np.ndarray, dtype: str, axis: int) -> np.ndarray:
+def _squares(x: np.ndarray, dtype: str, axis: int | None) -> np.ndarray:
     """Σ e(x)² along ``axis``, e(x) = max(u·|x|, half the subnormal spacing): the largest
     rounding error of each entry of a factor stored in ``dtype``."""
     import numpy as np
@@ -377,6 +464,187 @@ def _dtypes(layer: LayerRecord) -> tuple[str, str]:
             layer.b.dtype if layer.b is not None else "F64")
 
 
+# --- saved full tensors ---------------------------------------------------------------------
+
+# The roles (keys.group_keys) of the non-LoRA tensors a PEFT-style adapter saves as trained
+# values: modules_to_save copies, wrapped layers' own weights (save_embedding_layers), trained
+# biases (bias="all"/"lora_only"), trainable-token deltas. The other roles ("variant",
+# "unknown") are not values of the model.
+SAVED_ROLES = frozenset({"modules_to_save", "base_layer", "bias", "token_adapter"})
+# Elements decoded at a time when a saved tensor is streamed (8 MiB of float64 per side).
+SAVED_BLOCK = 1 << 20
+
+
+class _Weights:
+    """One adapter's weights file, for its saved full tensors: safetensors (a read-only
+    mapping, decoded a block at a time) or loracheck's restricted pickle reader."""
+
+    def __init__(self, path: Path) -> None:
+        from loracheck.discover import is_pickle
+
+        self._st: SafetensorsFile | None = None
+        self._pt: TorchCheckpoint | None = None
+        if is_pickle(path):
+            from loracheck.pickle_io import TorchCheckpoint
+
+            self._pt = TorchCheckpoint.open(path)
+        else:
+            from loracheck.safetensors_io import SafetensorsFile
+
+            self._st = SafetensorsFile.open(path)
+
+    def blocks(self, ref: TensorRef, block: int = SAVED_BLOCK) -> Iterator[np.ndarray]:
+        """The tensor's elements in C order as float64 blocks of at most ``block``."""
+        import numpy as np
+
+        from loracheck.safetensors_io import decode_array
+
+        if self._st is not None:
+            raw = self._st.read_raw(ref.key)
+            try:
+                for start in range(0, raw.size, block):
+                    yield np.asarray(decode_array(raw[start:start + block], ref.dtype,
+                                                  float64=True), dtype=np.float64)
+            finally:
+                self._st.release(ref.key)
+            return
+        assert self._pt is not None
+        flat = self._pt.read(ref.key).reshape(-1)
+        for start in range(0, flat.size, block):
+            yield np.asarray(flat[start:start + block], dtype=np.float64)
+
+    def close(self) -> None:
+        if self._st is not None:
+            self._st.close()
+        if self._pt is not None:
+            self._pt.close()
+
+
+@dataclass(frozen=True)
+class SavedPair:
+    """A saved tensor both sides hold: its display name and each side's reference."""
+
+    name: str
+    a: TensorRef
+    b: TensorRef
+    by_suffix: bool = False
+
+
+def _saved_name(key: str) -> str:
+    p = module_path(key)
+    return p.path if p.component is None else f"{p.component}.{p.path}"
+
+
+def _saved_extras(adapter: Adapter) -> list[TensorRef]:
+    return [TensorRef(e.key, e.dtype, e.shape, e.nbytes) for e in adapter.extra_tensors
+            if e.role in SAVED_ROLES and "original_module" not in e.key.split(".")]
+
+
+def match_saved(adapter_a: Adapter, adapter_b: Adapter, matching: Matching
+                ) -> tuple[list[SavedPair], list[str], list[str]]:
+    """The saved full tensors of both sides, paired: the DoRA magnitudes and lora_B biases of
+    the LoRA modules both hold (as the modules were paired), and the other saved tensors by
+    canonical path as modules are (:func:`match_modules`). Returns the pairs and the names of
+    the saved tensors only A, and only B, holds."""
+    pairs: list[SavedPair] = []
+    only_a: list[str] = []
+    only_b: list[str] = []
+    layers_a = {la.name: la for la in adapter_a.layers}
+    layers_b = {lb.name: lb for lb in adapter_b.layers}
+    for name_a, name_b in matching.pairs:
+        la, lb = layers_a.get(name_a), layers_b.get(name_b)
+        if la is None or lb is None:
+            continue
+        for leaf, ref_a, ref_b in (("magnitude", la.magnitude, lb.magnitude),
+                                   ("lora_bias", la.bias, lb.bias)):
+            name = f"{_display_name(name_a)}.{leaf}"
+            if ref_a is not None and ref_b is not None:
+                pairs.append(SavedPair(name, ref_a, ref_b, name_a in matching.by_suffix))
+            elif ref_a is not None:
+                only_a.append(name)
+            elif ref_b is not None:
+                only_b.append(f"{_display_name(name_b)}.{leaf}")
+    extras_a = {r.key: r for r in _saved_extras(adapter_a)}
+    extras_b = {r.key: r for r in _saved_extras(adapter_b)}
+    saved = match_modules(list(extras_a), list(extras_b))
+    pairs += [SavedPair(_saved_name(ka), extras_a[ka], extras_b[kb], ka in saved.by_suffix)
+              for ka, kb in saved.pairs]
+    only_a += [_saved_name(k) for k in saved.only_a]
+    only_b += [_saved_name(k) for k in saved.only_b]
+    return pairs, only_a, only_b
+
+
+def _saved_side(ref: TensorRef) -> Side:
+    return Side(ref.key, None, None, None, "-", ref.dtype, None, None, ref.shape)
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def compare_saved(pair: SavedPair, reader_a: _Weights, reader_b: _Weights,
+                  tolerance: float | None) -> ModuleDiff:
+    """One saved tensor of both sides: ‖X_A − X_B‖ against ‖X_A‖, streamed in blocks of both
+    files in float64 (memory: one block per side). The dtype tolerance is DTYPE_MARGIN times
+    what rounding each element of both sides to its dtype explains, in quadrature
+    (:func:`_squares`: max(u·|x|, η) per element), plus COMPUTE_FLOOR of ‖X_A‖; shapes that
+    differ beyond dimensions of size 1 cannot be compared."""
+    import numpy as np
+
+    source = _source(tolerance)
+    side_a, side_b = _saved_side(pair.a), _saved_side(pair.b)
+    nan = math.nan
+
+    def not_compared(why: str, *, nonfinite: bool = False) -> ModuleDiff:
+        return ModuleDiff(pair.name, "saved", side_a, side_b, nan, nan, nan, nan, nan, source,
+                          None, compared=False, why_not=why, nonfinite=nonfinite,
+                          kind=ModuleKind.SAVED, matched_by_suffix=pair.by_suffix)
+
+    if _squeezed(pair.a.shape) != _squeezed(pair.b.shape):
+        return not_compared(f"shapes differ: {list(pair.a.shape)} against {list(pair.b.shape)}")
+    norm2_a = norm2_b = diff2 = round_a = round_b = 0.0
+    finite_a = finite_b = True
+    try:
+        for xa, xb in zip(reader_a.blocks(pair.a), reader_b.blocks(pair.b), strict=True):
+            finite_a = finite_a and bool(np.isfinite(xa).all())
+            finite_b = finite_b and bool(np.isfinite(xb).all())
+            if not (finite_a and finite_b):
+                continue
+            d = xa - xb
+            norm2_a += float(np.dot(xa, xa))
+            norm2_b += float(np.dot(xb, xb))
+            diff2 += float(np.dot(d, d))
+            round_a += float(_squares(xa, pair.a.dtype, None))
+            round_b += float(_squares(xb, pair.b.dtype, None))
+    except (ArtifactError, KeyError, ValueError) as err:
+        return not_compared(f"cannot be read: {getattr(err, 'detail', err)}")
+    if not (finite_a and finite_b):
+        where = [w for w, ok in (("A", finite_a), ("B", finite_b)) if not ok]
+        return not_compared(f"non-finite values in {' and '.join(where)}", nonfinite=True)
+    norm_a = math.sqrt(norm2_a)
+    tol_norm, tol_rel = _tolerance(norm_a, math.sqrt(round_a + round_b), tolerance)
+    return ModuleDiff(pair.name, "saved", side_a, side_b, norm_a, math.sqrt(norm2_b),
+                      math.sqrt(diff2), tol_norm, tol_rel, source, DiffMethod.FULL_TENSOR,
+                      kind=ModuleKind.SAVED, matched_by_suffix=pair.by_suffix)
+
+
+def _compare_saved_all(unit_a: Unit, unit_b: Unit, pairs: Sequence[SavedPair],
+                       tolerance: float | None, progress: Progress | None) -> list[ModuleDiff]:
+    if not pairs or unit_a.weights is None or unit_b.weights is None:
+        return []
+    reader_a, reader_b = _Weights(unit_a.weights), _Weights(unit_b.weights)
+    try:
+        out = []
+        for i, pair in enumerate(pairs):
+            out.append(compare_saved(pair, reader_a, reader_b, tolerance))
+            if progress is not None:
+                progress("saved tensors", i + 1, len(pairs))
+        return out
+    finally:
+        reader_a.close()
+        reader_b.close()
+
+
 # --- both adapters -----------------------------------------------------------------------------
 
 
@@ -471,12 +739,23 @@ def diff_paths(
             continue
         modules.append(_not_compared(_display_name(name_a), la, lb, _why_unmeasured(la, lb),
                                      _source(tolerance)))
+    if matching.by_suffix:
+        modules = [replace(m, matched_by_suffix=True) if m.a.name in matching.by_suffix else m
+                   for m in modules]
+    saved_pairs, saved_only_a, saved_only_b = match_saved(adapter_a, adapter_b, matching)
+    try:
+        modules += _compare_saved_all(unit_a, unit_b, saved_pairs, tolerance, progress)
+    except ArtifactError as err:  # the file was readable a moment ago: changed under us
+        raise UsageError(f"{err.path}: {err.detail}") from None
+    except OSError as err:
+        raise UsageError(f"{err.filename}: cannot read: {err.strerror or err}") from None
     record = DiffRecord(
         path_a=adapter_a.path, path_b=adapter_b.path, format_a=adapter_a.format,
         format_b=adapter_b.format, match=matching.rule,
         dropped_component=matching.dropped_component, tolerance_override=tolerance,
         modules=tuple(modules), only_a=tuple(_display_name(n) for n in matching.only_a),
-        only_b=tuple(_display_name(n) for n in matching.only_b))
+        only_b=tuple(_display_name(n) for n in matching.only_b),
+        saved_only_a=tuple(saved_only_a), saved_only_b=tuple(saved_only_b))
     return adapter_a, adapter_b, record
 
 

@@ -82,8 +82,11 @@ class BaseModelInfo:
 
     def find(self, module: str) -> tuple[str, BaseTensor] | None:
         """The base module an adapter module name refers to, tolerating PEFT's
-        ``base_model.model.`` wrapper and a missing or extra ``model.`` level; tied output
-        embeddings resolve to the input embedding."""
+        ``base_model.model.`` wrapper, a missing or extra ``model.`` level and the
+        language-model level of multimodal checkpoints (``model.language_model.layers.*`` for
+        an adapter's ``model.layers.*``); failing those, the one checkpoint module whose path
+        ends with the name (another wrapper: ``transformer.model.layers.*``; several → none);
+        tied output embeddings resolve to the input embedding."""
         modules = self.modules
         name = module
         for prefix in ("base_model.model.", "base_model."):
@@ -92,10 +95,16 @@ class BaseModelInfo:
                 break
         parts = name.split(".")
         candidates = [".".join(parts[i:]) for i in range(len(parts))]
-        candidates += ["model." + name, "model.language_model." + name]
+        stems = [name] + ([name[len("model."):]] if name.startswith("model.") else [])
+        candidates += [prefix + stem for stem in stems
+                       for prefix in ("model.", "model.language_model.")]
         for cand in candidates:
             if cand in modules:
                 return cand, modules[cand]
+        for stem in stems:
+            ends = [key for key in modules if key.endswith("." + stem)]
+            if ends:
+                return (ends[0], modules[ends[0]]) if len(ends) == 1 else None
         if parts[-1] in ("lm_head", "embed_out") and self.tie_word_embeddings:
             for key, tensor in modules.items():
                 if key.split(".")[-1] in ("embed_tokens", "wte", "word_embeddings", "embed_in"):

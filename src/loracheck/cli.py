@@ -533,6 +533,7 @@ def merged(
 ) -> int:
     """Verify a merged checkpoint: MERGED = BASE + s·B·A per module, within rounding."""
     from loracheck.engine import check_merged
+    from loracheck.errors import ArtifactError
     from loracheck.merge_measure import measure_merge
     from loracheck.model import Adapter, Report
     from loracheck.runner import failing
@@ -544,12 +545,26 @@ def merged(
     bar = _ProgressBar(format is CheckFormat.text)
     try:
         loaded, record = measure_merge(merged_path, base, adapter, progress=bar)
+    except ArtifactError as err:
+        # A broken file (a truncated shard, a corrupt adapter) is reported as `check` reports
+        # it: its LC001 in every format, exit 1.
+        from loracheck.engine import check_adapter
+        from loracheck.model import Fault
+
+        fault = Fault(err.code, err.path, err.detail, err.line, err.location)
+        broken = Adapter(path=err.path, format="merged", files=[err.path], spec=None,
+                         faults=[fault])
+        diagnostics = [d for d in check_adapter(broken, settings) if d.code == fault.code]
+        report = Report(adapters=[broken], diagnostics=diagnostics)
+        report.passed = False
+        record = None
     finally:
         bar.close()
-    subject = Adapter(path=record.merged, format="merged", files=[], spec=None)
-    report = Report(adapters=[loaded], diagnostics=check_merged(record, subject, settings),
-                    merged=record)
-    report.passed = not failing(report, settings.fail_on)
+    if record is not None:
+        subject = Adapter(path=record.merged, format="merged", files=[], spec=None)
+        report = Report(adapters=[loaded], diagnostics=check_merged(record, subject, settings),
+                        merged=record)
+        report.passed = not failing(report, settings.fail_on)
     color = _color(sys.stdout)
     if format is CheckFormat.text:
         from loracheck.render import render_merged_text

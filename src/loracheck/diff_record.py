@@ -36,6 +36,20 @@ class DiffMethod(str, Enum):
     STACKED_GRAM = "stacked-gram"
     # A Gram route whose rounding could reach the answer: ‖R_U·R_Vᵀ‖ from the QR of U and Vᵀ.
     STACKED_QR = "stacked-qr"
+    # A saved full tensor (ModuleKind.SAVED): ‖X_A − X_B‖ element by element, streamed in
+    # blocks of both files in float64.
+    FULL_TENSOR = "full-tensor"
+
+
+class ModuleKind(str, Enum):
+    """What a compared entry is."""
+
+    # A LoRA module: the updates ΔW = s·B·A of both sides.
+    LORA = "lora"
+    # A full tensor saved beside the factors (a ``modules_to_save`` copy, a DoRA magnitude, an
+    # embedding saved with ``save_embedding_layers``, a trained bias, lora_B's bias): the saved
+    # values themselves, X_A against X_B.
+    SAVED = "saved"
 
 
 class MatchRule(str, Enum):
@@ -70,6 +84,7 @@ class Side:
     dtype: str  # the factors' dtype(s), "BF16" or "F32/BF16"
     in_features: int | None
     out_features: int | None
+    shape: tuple[int, ...] | None = None  # a saved tensor's shape (None for a LoRA module)
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,12 @@ class ModuleDiff:
     fit_residual: float | None = None
     fit_tolerance: float | None = None
     nonfinite: bool = False
+    # LORA: the updates ΔW of both sides; SAVED: a saved tensor X (every ΔW below reads X).
+    kind: ModuleKind = ModuleKind.LORA
+    # No exact path matched: paired by the unique longest common suffix of the two dotted
+    # paths, covering at least the layer index, its container and the module names
+    # (``layers.0.self_attn.q_proj``), or one side's whole path (adapter_diff.match_modules).
+    matched_by_suffix: bool = False
 
     @property
     def rel_diff(self) -> float:
@@ -160,7 +181,23 @@ class DiffRecord:
     modules: tuple[ModuleDiff, ...]
     only_a: tuple[str, ...] = ()
     only_b: tuple[str, ...] = ()
+    # Saved full tensors (ModuleKind.SAVED) only one side holds (LC411).
+    saved_only_a: tuple[str, ...] = ()
+    saved_only_b: tuple[str, ...] = ()
 
     @property
     def differing(self) -> tuple[ModuleDiff, ...]:
         return tuple(m for m in self.modules if m.differs)
+
+    @property
+    def lora_modules(self) -> tuple[ModuleDiff, ...]:
+        return tuple(m for m in self.modules if m.kind is ModuleKind.LORA)
+
+    @property
+    def saved_modules(self) -> tuple[ModuleDiff, ...]:
+        return tuple(m for m in self.modules if m.kind is ModuleKind.SAVED)
+
+    @property
+    def suffix_matched(self) -> tuple[ModuleDiff, ...]:
+        """The entries paired by the longest common suffix of their paths."""
+        return tuple(m for m in self.modules if m.matched_by_suffix)

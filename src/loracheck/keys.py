@@ -514,14 +514,43 @@ class ModulePath:
     def flat(self) -> str:
         return self.path.replace(".", "_")
 
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The dotted components of :attr:`path` (one component for kohya's flattened names)."""
+        return (self.path,) if self.flattened else tuple(self.path.split("."))
+
+
+def _unwrap_saved(name: str) -> str:
+    """``name`` without PEFT's wrappers of a saved module inside the path: the copy of a
+    ``modules_to_save`` module (``lm_head.modules_to_save.default.weight``) and a wrapped
+    layer's own weight (``embed_tokens.base_layer.weight``) name the module's tensor itself."""
+    parts = name.split(".")
+    out: list[str] = []
+    skip = False
+    for i, part in enumerate(parts):
+        if skip:
+            skip = False
+            continue
+        if part == "modules_to_save" and 0 < i < len(parts) - 2:
+            skip = True  # and the adapter name after it
+            continue
+        if part == "base_layer" and 0 < i < len(parts) - 1:
+            continue
+        out.append(part)
+    return ".".join(out)
+
 
 def module_path(name: str) -> ModulePath:
     """The canonical path of a module named ``name`` by any grammar loracheck reads (a
-    :class:`~loracheck.model.LayerRecord` name): PEFT's ``base_model.model.`` wrapper
-    removed, a diffusers component prefix or a kohya prefix split off as the component."""
+    :class:`~loracheck.model.LayerRecord` name, or the key of a saved tensor): PEFT's
+    ``base_model.model.`` wrapper removed (and, inside the path, the
+    ``modules_to_save.<adapter>`` and ``base_layer`` levels of a saved module), a diffusers
+    component prefix or a kohya prefix split off as the component."""
     from loracheck.scaling import _strip_peft_prefix
 
     name = _strip_peft_prefix(name)
+    if "." in name:
+        name = _unwrap_saved(name)
     if "." not in name:
         for prefix, component in _KOHYA_COMPONENTS:
             if name.startswith(prefix) and len(name) > len(prefix):

@@ -23,7 +23,7 @@ of an out×in weight, over the stored rows of an in×out one (two passes there: 
 The rounding floor. PEFT merges M = round(W + Ũ), Ũ the update as torch computed it (in
 float32 on CPU, then rounded to the adapter's dtype). So |M_i − W_i − U_i| ≤ bound_i with
 
-    bound_i = ½ ULP(M_i) in M's dtype
+    bound_i = ½ ULP(M_i) in the coarser of M's and W's dtypes (:func:`merge_half_ulp`)
             + (u_a + u_W + u₃₂)·|U_i|              rounding Ũ to the adapter's dtype and to
                                                    W's (``delta.to(orig_dtype)``), and s·(BA)
             + γ_r·|s|·‖L_i,:‖·max_j ‖R_:,j‖        the float32 (or lower) product B·A,
@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ import numpy.typing as npt
 
 from loracheck.errors import ArtifactError, UsageError
 from loracheck.merge_record import (
+    BiasMerge,
     ChangedTensor,
     MergeRecord,
     ModuleMerge,
@@ -114,6 +115,24 @@ def half_ulp(raw: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
         wide -= np.uint64(53 << 52)
         return wide.view(np.float64)
     raise ValueError(f"no half ULP for dtype {dtype}")
+
+
+# Half the spacing of each format's subnormals: the least half ULP it has.
+_LEAST_HALF_ULP = {"BF16": 2.0 ** -134, "F16": 2.0 ** -25, "F32": 2.0 ** -150, "F64": 0.0}
+
+
+def merge_half_ulp(raw: npt.NDArray[Any], dtype: str, base_dtype: str) -> npt.NDArray[Any]:
+    """Half an ULP of each element of M (``raw``, in ``dtype``) in the coarser of M's and W's
+    dtypes. A merge rounds in W's dtype (``W + ΔW`` in place) before any cast to M's, so an
+    fp32 checkpoint of a bf16 merge holds values rounded to bf16: their spacing is bf16's at
+    the same exponent, 2^(23 − 7) fp32 ULPs (and never under bf16's least spacing)."""
+    half = half_ulp(raw, dtype)
+    fine, coarse = FORMATS[dtype], FORMATS.get(base_dtype)
+    if coarse is None or coarse.mantissa >= fine.mantissa:
+        return half
+    half *= half.dtype.type(2.0 ** (fine.mantissa - coarse.mantissa))
+    np.maximum(half, half.dtype.type(_LEAST_HALF_ULP[base_dtype]), out=half)
+    return half
 
 
 @dataclass
@@ -249,7 +268,7 @@ def _module_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *
     rows = f.row_bound[start:start + d.shape[0], None]
     if dora is not None:
         rows = rows * np.abs(dora.factor(start, d.shape[0]))
-    bound += half_ulp(m_raw, dtype)
+    bound += merge_half_ulp(m_raw, dtype, base_dtype)
     bound += rows
     flat_d, flat_u, flat_b = d.ravel(), u.ravel(), bound.ravel()
     out.dd = float(flat_d @ flat_d)
@@ -336,7 +355,7 @@ def _masked_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *
     rows = f.row_bound[start:start + m.shape[0], None]
     if dora is not None:
         rows = rows * np.abs(dora.factor(start, m.shape[0]))
-    bound = bound + half_ulp(m_raw, dtype) + rows
+    bound = bound + merge_half_ulp(m_raw, dtype, base_dtype) + rows
     d = np.where(finite, m - w, 0.0)
     u = np.where(finite, u, 0.0)
     bound = np.where(finite, bound, 0.0)
@@ -488,6 +507,32 @@ def _missing(layer: LayerRecord, ctx: _Context) -> ModuleMerge:
                        rank=layer.rank, scale=layer.scaling, detail=detail)
 
 
+def unmeasured(layer: LayerRecord, ctx: _Context, detail: str) -> ModuleMerge:
+    """A module whose merge loracheck does not measure (LoHa, LoKr, …): its weight is found and
+    claimed (so it is not reported as an unexpected change) and compared with BASE's, which
+    tells a merged module (``changed`` > 0) from one left as BASE's."""
+    name = short_name(layer.name)
+    common: dict[str, Any] = {"kind": layer.kind, "rank": layer.rank, "scale": layer.scaling,
+                              "adapter_dtype": layer.a.dtype if layer.a else None,
+                              "detail": detail}
+    found = ctx.resolve_merged.find(layer.name) or ctx.resolve_base.find(layer.name)
+    if found is None:
+        return ModuleMerge(name, None, ModuleStatus.UNSUPPORTED, **common)
+    key, tied = found
+    ctx.used_keys.add(key)
+    mt, wt = ctx.merged.tensors.get(key), ctx.base.tensors.get(key)
+    if mt is None or wt is None:
+        return ModuleMerge(name, key, ModuleStatus.UNSUPPORTED, tied=tied, **common)
+    common.update(dtype=mt.dtype, base_dtype=wt.dtype, shape=mt.shape, base_shape=wt.shape,
+                  numel=mt.numel, tied=tied)
+    if mt.shape != wt.shape:
+        common["detail"] = f"MERGED {list(mt.shape)}, BASE {list(wt.shape)}"
+        return ModuleMerge(name, key, ModuleStatus.SHAPE_MISMATCH, **common)
+    moved = _compare(ctx.merged, ctx.base, key)
+    return ModuleMerge(name, key, ModuleStatus.UNSUPPORTED,
+                       changed=moved.changed if moved is not None else 0, **common)
+
+
 # 16-bit merges take the fast path (no per-element U: ``violations`` is not counted); fp32
 # and fp64 merges, whose residual is too close to the float64 rounding of ‖D‖² for the
 # expanded form, and DoRA, take the per-element one.
@@ -523,8 +568,7 @@ def measure_module(layer: LayerRecord, a: F64, b: F64, ctx: _Context) -> ModuleM
     common: dict[str, Any] = {"kind": layer.kind, "rank": layer.rank, "scale": layer.scaling,
                               "adapter_dtype": layer.a.dtype if layer.a else None}
     if layer.kind not in ("linear", "embedding", "conv"):
-        return ModuleMerge(name, None, ModuleStatus.UNSUPPORTED,
-                           detail=f"{layer.kind} modules are not measured", **common)
+        return unmeasured(layer, ctx, f"{layer.kind} modules are not measured")
     found = ctx.resolve_merged.find(layer.name)
     if found is None:
         return _missing(layer, ctx)
@@ -589,7 +633,47 @@ def measure_module(layer: LayerRecord, a: F64, b: F64, ctx: _Context) -> ModuleM
         violations=sums.violations if sums.violations >= 0 else None, changed=sums.changed,
         must_change=must_change,
         merged_nonfinite=sums.merged_nonfinite, base_nonfinite=sums.base_nonfinite,
-        adapter_nonfinite=layer.nonfinite, **common)
+        adapter_nonfinite=layer.nonfinite, bias=_bias_merge(layer, key, scale, ctx),
+        **common)
+
+
+def _bias_merge(layer: LayerRecord, key: str, scale: float, ctx: _Context) -> BiasMerge | None:
+    """``lora_bias=True``: PEFT 0.21.2 merges lora_B's bias into the layer's with the weight
+    (peft/tuners/lora/layer.py, ``Linear.merge``: ``base_layer.bias.data +=
+    self.lora_B[active_adapter].bias * self.scaling[active_adapter]``, or with ``safe_merge``
+    ``new_bias = base_layer.bias + lora_B.bias * scaling`` then ``new_bias.to(orig_dtype)``;
+    ``Conv.merge`` alike). So M_b = round(W_b + round_a(s·b)): each element within half an ULP
+    of M_b (in the coarser of M's and W's dtypes) plus (u_a + u_W + u₃₂)·|s·b|. Biases are
+    vectors, read whole."""
+    if layer.bias is None or ctx.adapter_reader is None or not key.endswith(".weight"):
+        return None
+    bias_key = f"{key[: -len('.weight')]}.bias"
+    ctx.used_keys.add(bias_key)
+    mt, wt = ctx.merged.tensors.get(bias_key), ctx.base.tensors.get(bias_key)
+    if mt is None or wt is None:
+        where = "MERGED" if mt is None else "BASE"
+        return BiasMerge(bias_key, detail=f"{where} has no {bias_key} (lora_bias needs one)")
+    b = np.asarray(ctx.adapter_reader.read(layer.bias.key), dtype=np.float64).reshape(-1)
+    if mt.shape != wt.shape or mt.numel != b.size:
+        return BiasMerge(bias_key, mt.numel, detail=(
+            f"{bias_key} is {list(mt.shape)} in MERGED, {list(wt.shape)} in BASE, the "
+            f"adapter's lora_B bias {list(layer.bias.shape)}"))
+    if mt.dtype not in FORMATS or wt.dtype not in FORMATS:
+        return BiasMerge(bias_key, mt.numel,
+                         detail=f"dtype {mt.dtype}/{wt.dtype} is not measured")
+    m = ctx.merged.read(bias_key).reshape(-1)
+    w = ctx.base.read(bias_key).reshape(-1)
+    update = scale * b
+    error = np.abs(m - w - update)
+    u_a = FORMATS.get(layer.bias.dtype, FORMATS["F32"]).unit_roundoff
+    bound = merge_half_ulp(ctx.merged.raw(bias_key).reshape(-1), mt.dtype, wt.dtype) + (
+        u_a + FORMATS[wt.dtype].unit_roundoff + U32) * np.abs(update)
+    with np.errstate(invalid="ignore"):
+        violations = int(np.count_nonzero(~(error <= bound)))  # NaN counts
+    finite = error[np.isfinite(error)]
+    return BiasMerge(bias_key, mt.numel, violations=violations,
+                     changed=int(np.count_nonzero(m != w)),
+                     max_error=float(finite.max()) if finite.size else math.nan)
 
 
 # --- everything else: structure, other weights, modules_to_save ----------------------------
@@ -637,9 +721,26 @@ def _compare(merged: ModelFolder, base: ModelFolder, key: str) -> ChangedTensor 
     return ChangedTensor(key, mt.dtype, mt.shape, changed, max_abs, rel, nonfinite)
 
 
+def _copy_blocks(reader: Any, key: str, cols: int) -> Iterator[tuple[int, F64]]:
+    """The adapter's tensor ``key`` as float64 blocks of whole rows (as
+    :meth:`ModelFolder.row_blocks` cuts them): a safetensors copy is sliced from its mapping,
+    a pickled one is one record, decoded once in its own dtype."""
+    step = max(1, BLOCK_ELEMENTS // max(cols, 1))
+    if hasattr(reader, "read_raw"):
+        dtype = reader.entries[key].dtype
+        raw = reader.read_raw(key).reshape(-1, cols)
+        for start in range(0, raw.shape[0], step):
+            yield start, decode_block(raw[start:start + step], dtype)
+        return
+    whole = np.asarray(reader.read(key)).reshape(-1, cols)
+    for start in range(0, whole.shape[0], step):
+        yield start, whole[start:start + step].astype(np.float64)
+
+
 def _saved_copy(extra_key: str, merged: ModelFolder, base: ModelFolder, resolver: _Resolver,
                 reader: Any) -> SavedCopy:
-    """A ``modules_to_save`` tensor of the adapter against MERGED's weight."""
+    """A ``modules_to_save`` tensor of the adapter against MERGED's, streamed in row blocks
+    with BASE's (whether MERGED still holds it): a few blocks in memory, whatever its size."""
     param = short_name(extra_key).replace(".modules_to_save.default", "")
     module, _, leaf = param.rpartition(".")
     found = resolver.find(module) if module else None
@@ -647,20 +748,57 @@ def _saved_copy(extra_key: str, merged: ModelFolder, base: ModelFolder, resolver
     if key not in merged.tensors:
         return SavedCopy(module, None, extra_key, False, False,
                          detail=f"MERGED has no {key}")
-    copy = np.asarray(reader.read(extra_key), dtype=np.float64)
-    m = merged.read(key)
-    if copy.shape != m.shape:
+    mt = merged.tensors[key]
+    shape = tuple(reader.entries[extra_key].shape)
+    if shape != mt.shape:
         return SavedCopy(module, key, extra_key, False, False,
-                         detail=f"the saved copy is {list(copy.shape)}, MERGED {list(m.shape)}")
-    dtype = merged.tensors[key].dtype
-    tol = half_ulp(merged.raw(key), dtype) if dtype in FORMATS else np.zeros(m.shape)
-    with np.errstate(invalid="ignore"):
+                         detail=f"the saved copy is {list(shape)}, MERGED {list(mt.shape)}")
+    cols = shape[-1] if shape else 1
+    wt = base.tensors.get(key)
+    equals_base = wt is not None and wt.shape == mt.shape
+    base_blocks = base.row_blocks(key, cols) if equals_base else None
+    matches, max_abs = True, 0.0
+    for (_, copy), (_, m_raw) in zip(_copy_blocks(reader, extra_key, cols),
+                                     merged.row_blocks(key, cols), strict=True):
+        m = decode_block(m_raw, mt.dtype)
         diff = np.abs(m - copy)
-        matches = bool(np.all(diff <= tol.reshape(m.shape)))
-    equals_base = key in base.tensors and base.read(key).shape == m.shape and bool(
-        np.array_equal(base.read(key), m))
-    return SavedCopy(module, key, extra_key, matches, equals_base,
-                     max_abs=float(np.nanmax(diff)) if diff.size else 0.0)
+        with np.errstate(invalid="ignore"):
+            if mt.dtype in FORMATS:
+                matches = matches and bool(np.all(diff <= half_ulp(m_raw, mt.dtype)))
+            else:
+                matches = matches and bool(np.all(diff == 0))
+        if diff.size:
+            top = float(np.fmax.reduce(diff.ravel()))  # NaN only when every element is NaN
+            max_abs = max(max_abs, top) if top == top else max_abs
+        if base_blocks is not None and wt is not None:
+            _, w_raw = next(base_blocks)
+            equals_base = equals_base and bool(np.array_equal(decode_block(w_raw, wt.dtype), m))
+    merged.release(key)
+    base.release(key)
+    if hasattr(reader, "release"):
+        reader.release(extra_key)
+    return SavedCopy(module, key, extra_key, matches, equals_base, max_abs=max_abs)
+
+
+def _saved_tensors(adapter: Adapter) -> list[str]:
+    """The adapter's tensors of modules it saves whole: those the key grammar names so
+    (``…modules_to_save…``, a PEFT file's bare ``.weight``), and every tensor (bias too) of a
+    module the config's ``modules_to_save`` lists; PEFT matches those names by suffix
+    (peft/utils/other.py ``_set_trainable``: ``key.endswith(target_key)``), and adds
+    ``classifier``/``score`` for SEQ_CLS."""
+    declared = tuple(adapter.spec.modules_to_save or ()) if adapter.spec is not None else ()
+    out = []
+    for extra in adapter.extra_tensors:
+        if extra.role == "modules_to_save":
+            out.append(extra.key)
+            continue
+        if extra.role not in ("bias", "unknown") or not declared:
+            continue
+        module = short_name(extra.key).replace(".modules_to_save.default", "").rpartition(".")[0]
+        if module and "base_layer" not in module.split(".") and any(
+                module.endswith(name) for name in declared):
+            out.append(extra.key)
+    return out
 
 
 def _structure(merged: ModelFolder, base: ModelFolder, used: set[str]
@@ -731,12 +869,12 @@ def measure_merge(merged_path: str, base_path: str, adapter_path: str, *,
 
         adapter = _load_adapter(info, ctx, sink, step, load_unit)
         reader = ctx.adapter_reader
+        seen = {m.module for m in ctx.modules}
         for layer in adapter.layers:  # pairs the loader could not hand over (no factors)
-            if not any(m.module == short_name(layer.name) for m in ctx.modules):
-                ctx.modules.append(ModuleMerge(
-                    short_name(layer.name), None, ModuleStatus.UNSUPPORTED, layer.kind,
-                    rank=layer.rank, scale=layer.scaling,
-                    detail=layer.delta_from or "the factors could not be read"))
+            if short_name(layer.name) not in seen:
+                ctx.modules.append(unmeasured(layer, ctx, (
+                    f"{layer.kind} modules are not measured" if layer.kind not in (
+                        "linear", "embedding", "conv") else "the factors could not be read")))
         record = _rest(adapter, ctx, progress, started)
     finally:
         if pool is not None:
@@ -782,17 +920,13 @@ def _rest(adapter: Adapter, ctx: _Context, progress: Progress | None, started: f
     saved: list[SavedCopy] = []
     saved_keys: set[str] = set()
     if ctx.adapter_reader is not None:
-        for extra in adapter.extra_tensors:
-            if extra.role != "modules_to_save":
-                continue
-            copy = _saved_copy(extra.key, merged, base, ctx.resolve_merged, ctx.adapter_reader)
+        for extra_key in _saved_tensors(adapter):
+            copy = _saved_copy(extra_key, merged, base, ctx.resolve_merged, ctx.adapter_reader)
             saved.append(copy)
             if copy.key is not None:
                 saved_keys.add(copy.key)
-    # lora_bias: the bias of an adapted module moves with it (W.bias += s·lora_B.bias).
-    biased = {f"{m.key[: -len('.weight')]}.bias" for m, layer in _paired(ctx.modules, adapter)
-              if m.key is not None and layer.bias is not None}
-    skip = ctx.used_keys | saved_keys | biased
+    # lora_bias: the bias of an adapted module moved with it and was checked with it.
+    skip = ctx.used_keys | saved_keys
     only_base = sorted(k for k in base.tensors if k not in merged.tensors and k not in skip)
     only_merged = sorted(k for k in merged.tensors if k not in base.tensors and k not in leftover
                          and k not in skip)
@@ -815,18 +949,10 @@ def _rest(adapter: Adapter, ctx: _Context, progress: Progress | None, started: f
         merged=merged.path, base=base.path, adapter=adapter.path, modules=tuple(ctx.modules),
         lora_keys=lora_keys, base_layer_keys=wrapped, only_in_base=tuple(only_base),
         only_in_merged=tuple(only_merged), shape_mismatches=tuple(mismatched),
-        changed=tuple(changed), saved_copies=tuple(saved), n_tensors=len(merged.tensors),
+        changed=tuple(changed), saved_copies=tuple(saved), unindexed=merged.unindexed,
+        n_tensors=len(merged.tensors),
         n_params=sum(t.numel for t in tensors), n_bytes=sum(t.nbytes for t in tensors),
         timing={"modules_s": modules_t, "other_s": total - modules_t, "total_s": total})
-
-
-def _paired(modules: Sequence[ModuleMerge], adapter: Adapter
-            ) -> Iterator[tuple[ModuleMerge, LayerRecord]]:
-    by_name = {short_name(layer.name): layer for layer in adapter.layers}
-    for module in modules:
-        layer = by_name.get(module.module)
-        if layer is not None:
-            yield module, layer
 
 
 __all__ = ["BLOCK_ELEMENTS", "FORMATS", "measure_merge", "measure_module"]

@@ -12,7 +12,9 @@ predicts (U = s·B·A; for DoRA U = m·(W + s·B·A)/‖W + s·B·A‖_row − W
     residual          ‖D − U‖                  what the adapter does not explain
     fitted residual   ‖D − ratio·U‖            what is left once the scale is fitted
     floor             √Σ bound_i²              what rounding explains: bound_i is half an ULP of
-                                               M_i in M's dtype, plus the rounding of the update
+                                               M_i in the coarser of M's and W's dtypes (a bf16
+                                               merge saved as fp32 holds bf16 values), plus the
+                                               rounding of the update
                                                in the adapter's dtype and of its product in
                                                float32 (see merge_measure)
 
@@ -33,6 +35,20 @@ class ModuleStatus(str, Enum):
     MISSING = "missing"  # no weight for the module in MERGED (or in BASE)
     SHAPE_MISMATCH = "shape-mismatch"  # M, W and the factors do not agree on a shape
     UNSUPPORTED = "unsupported"  # a kind loracheck does not measure (LoHa, LoKr, …)
+
+
+@dataclass(frozen=True)
+class BiasMerge:
+    """An adapted module's bias under ``lora_bias=True``: MERGED's bias against BASE's plus
+    s·lora_B.bias (PEFT merges the bias with the weight)."""
+
+    key: str  # the bias in MERGED and BASE
+    numel: int = 0
+    # Elements with |M_b − W_b − s·b| past their own rounding bound (0 for a merge by PEFT).
+    violations: int = 0
+    changed: int = 0  # elements where MERGED's bias differs from BASE's
+    max_error: float = 0.0  # max |M_b − W_b − s·b|
+    detail: str = ""  # why the bias could not be compared (absent, another shape)
 
 
 @dataclass(frozen=True)
@@ -66,13 +82,15 @@ class ModuleMerge:
     # Elements beyond their own rounding bound |D_i − U_i| > bound_i (0 for a merge by PEFT);
     # None where the fast path of 16-bit merges measured the module (no per-element U).
     violations: int | None = 0
-    changed: int = 0  # elements where M ≠ W
+    changed: int = 0  # elements where M ≠ W (also for an unsupported module, when compared)
     # Elements whose update exceeds one ULP of W in M's dtype: any merge changes them
     # (None when M and W have different dtypes).
     must_change: int | None = None
     merged_nonfinite: int = 0
     base_nonfinite: int = 0
     adapter_nonfinite: int = 0
+    # With lora_bias: the module's bias (None when the adapter's lora_B has no bias).
+    bias: BiasMerge | None = None
     detail: str = ""  # why a module was not measured
 
     @property
@@ -145,6 +163,8 @@ class MergeRecord:
     shape_mismatches: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     changed: tuple[ChangedTensor, ...] = ()
     saved_copies: tuple[SavedCopy, ...] = ()
+    # Tensors in MERGED's shards that model.safetensors.index.json's weight_map does not list.
+    unindexed: tuple[str, ...] = ()
     n_tensors: int = 0  # tensors in MERGED
     n_params: int = 0  # elements in MERGED
     n_bytes: int = 0

@@ -55,11 +55,14 @@ class ModelFolder:
     """An open model folder (see the module docstring). Use :meth:`open`, then ``close``."""
 
     def __init__(self, path: str, config: dict[str, Any], tensors: dict[str, FolderTensor],
-                 files: dict[str, SafetensorsFile]) -> None:
+                 files: dict[str, SafetensorsFile], unindexed: tuple[str, ...] = ()) -> None:
         self.path = path
         self.config = config
         self.tensors = tensors
         self._files = files
+        # Tensors a shard holds that the index's weight_map does not list (loaders that follow
+        # the index never load them).
+        self.unindexed = unindexed
 
     # --- opening -------------------------------------------------------------------------
 
@@ -91,7 +94,8 @@ class ModelFolder:
             for handle in files.values():
                 handle.close()
             raise
-        return cls(str(root), config, tensors, files)
+        unindexed = tuple(k for k in tensors if k not in weight_map) if weight_map else ()
+        return cls(str(root), config, tensors, files, unindexed)
 
     # --- lookup --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ parser alone. So both loaders give the same values, key lines, limits, refusals 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -127,7 +128,12 @@ def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
     name = str(path)
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(cap + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, then for the
+            # rest of cap + 1 only if it grew meanwhile (and so may be refused).
+            size = os.fstat(handle.fileno()).st_size
+            raw = handle.read(min(cap, size) + 1)
+            if len(raw) > size:
+                raw += handle.read(cap + 1 - len(raw))
     except OSError as err:
         raise ArtifactError(name, f"cannot read file: {err.strerror or err}") from None
     return decode_text(name, raw, cap)

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from loracheck.diff_record import DiffRecord, MatchRule, ModuleDiff, ToleranceSource
+from loracheck.diff_record import DiffRecord, MatchRule, ModuleDiff, ModuleKind, ToleranceSource
 from loracheck.model import Adapter, Report
 from loracheck.render._common import (
     TOP_ROWS_PER_TYPE,
@@ -37,6 +37,8 @@ LEGEND = (
     "cosine: ⟨ΔW_A, ΔW_B⟩ / (‖ΔW_A‖·‖ΔW_B‖) · ratio: ‖ΔW_B‖ / ‖ΔW_A‖ · rank, scale, dtype: "
     "A→B where they differ",
 )
+SAVED_LEGEND = ("saved: full tensors saved beside the factors (modules_to_save, DoRA "
+                "magnitudes, embeddings), compared element by element: ‖ΔW‖ reads ‖X‖")
 _INDENT = "  "
 
 
@@ -86,8 +88,8 @@ def _order(members: Sequence[ModuleDiff]) -> list[ModuleDiff]:
 
 def _groups(record: DiffRecord, adapter_a: Adapter | None) -> list[tuple[str, list[ModuleDiff]]]:
     """The modules grouped by type as ``inspect`` groups A's layers (types in order of first
-    appearance)."""
-    by_name = {m.name: m for m in record.modules}
+    appearance), the saved tensors last, in a group of their own."""
+    by_name = {m.name: m for m in record.lora_modules}
     groups: list[tuple[str, list[ModuleDiff]]] = []
     seen: set[str] = set()
     if adapter_a is not None:
@@ -97,9 +99,11 @@ def _groups(record: DiffRecord, adapter_a: Adapter | None) -> list[tuple[str, li
             if rows:
                 groups.append((module_type, rows))
                 seen.update(m.name for m in rows)
-    rest = [m for m in record.modules if m.name not in seen]
+    rest = [m for m in record.lora_modules if m.name not in seen]
     if rest:
         groups.append(("other", rest))
+    if record.saved_modules:
+        groups.append(("saved", list(record.saved_modules)))
     return groups
 
 
@@ -120,7 +124,8 @@ def module_table(record: DiffRecord, adapter_a: Adapter | None, *, all_layers: b
     out = [_INDENT + paint(align_cells(COLUMNS, widths, _LEFT), BOLD, color)]
     for module_type, shown, omitted in shown_groups:
         total = len(shown) + omitted
-        header = f"{module_type} ({plural(total, 'module')}"
+        saved = all(m.kind is ModuleKind.SAVED for m in shown)
+        header = f"{module_type} ({plural(total, 'tensor' if saved else 'module')}"
         header += f", {len(shown)} shown, differing first)" if omitted else ")"
         out.append(_INDENT + paint(header, DIM, color))
         for m in shown:
@@ -128,7 +133,8 @@ def module_table(record: DiffRecord, adapter_a: Adapter | None, *, all_layers: b
             out.append(_INDENT + (paint(line, RED, color) if m.differs else line))
         if omitted:
             out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))
-    out += [_INDENT + paint(line, DIM, color) for line in LEGEND]
+    legend = (*LEGEND, SAVED_LEGEND) if record.saved_modules else LEGEND
+    out += [_INDENT + paint(line, DIM, color) for line in legend]
     return out
 
 
@@ -143,17 +149,29 @@ def _side_text(adapter: Adapter | None, path: str, fmt: str, root: Path) -> str:
 
 
 def _matching_text(record: DiffRecord) -> str:
-    text = f"{plural(len(record.modules), 'module')} in both"
+    text = f"{plural(len(record.lora_modules), 'module')} in both"
     notes = []
     if record.match is MatchRule.FLATTENED:
         notes.append("kohya's flattened names against the other side flattened the same way")
     if record.dropped_component:
         notes.append(f"component {record.dropped_component!r} matched to a bare model")
+    by_suffix = record.suffix_matched
+    if by_suffix:
+        first = by_suffix[0]
+        notes.append(f"{len(by_suffix)} matched by the longest common suffix of their paths, "
+                     f"e.g. A's {short_name(first.a.name)} ↔ B's {short_name(first.b.name)}")
     if notes:
         text += f" ({'; '.join(notes)})"
     only = [f"{len(names)} only in {side}" for side, names in
             (("A", record.only_a), ("B", record.only_b)) if names]
-    return text + (", " + ", ".join(only) if only else "")
+    text += ", " + ", ".join(only) if only else ""
+    saved = len(record.saved_modules)
+    saved_only = [f"{len(names)} only in {side}" for side, names in
+                  (("A", record.saved_only_a), ("B", record.saved_only_b)) if names]
+    if saved or saved_only:
+        text += f"; {plural(saved, 'saved tensor')} in both"
+        text += ", " + ", ".join(saved_only) if saved_only else ""
+    return text
 
 
 def _tolerance_text(record: DiffRecord) -> str:
@@ -166,10 +184,9 @@ def _tolerance_text(record: DiffRecord) -> str:
     return "-"
 
 
-def summary_text(record: DiffRecord) -> str:
-    """``14 modules compared: 12 the same, 2 differ (LC410); 1 only in A``."""
+def _counts(modules: Sequence[ModuleDiff]) -> str:
     counts = {"same": 0, "DIFFERS": 0, "SCALE": 0, "n/a": 0}
-    for m in record.modules:
+    for m in modules:
         counts[status(m)] += 1
     parts = [f"{counts['same']} the same within tolerance"]
     if counts["DIFFERS"]:
@@ -178,10 +195,24 @@ def summary_text(record: DiffRecord) -> str:
         parts.append(f"{counts['SCALE']} differ by a scale only (LC412)")
     if counts["n/a"]:
         parts.append(f"{counts['n/a']} cannot be compared (LC410)")
-    text = f"{plural(len(record.modules), 'module')} compared: {', '.join(parts)}"
+    return ", ".join(parts)
+
+
+def summary_text(record: DiffRecord) -> str:
+    """``14 modules compared: 12 the same, 2 differ (LC410); 1 only in A``, then the saved
+    tensors the same way."""
+    lora = record.lora_modules
+    text = f"{plural(len(lora), 'module')} compared: {_counts(lora)}"
     only = [f"{len(names)} only in {side} (LC411)" for side, names in
             (("A", record.only_a), ("B", record.only_b)) if names]
-    return text + ("; " + ", ".join(only) if only else "")
+    text += "; " + ", ".join(only) if only else ""
+    saved = [m for m in record.modules if m.kind is ModuleKind.SAVED]
+    saved_only = [f"{len(names)} only in {side} (LC411)" for side, names in
+                  (("A", record.saved_only_a), ("B", record.saved_only_b)) if names]
+    if saved or saved_only:
+        text += f"; {plural(len(saved), 'saved tensor')} compared: {_counts(saved)}"
+        text += "; " + ", ".join(saved_only) if saved_only else ""
+    return text
 
 
 def render_diff_text(report: Report, *, color: bool, root: Path, all_layers: bool = False) -> str:

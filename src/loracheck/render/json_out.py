@@ -343,6 +343,10 @@ def diff_to_dict(report: Report) -> dict[str, Any]:
            for key in ("same", "differs", "scale", "not-compared")},
         "only_a": len(record.only_a),
         "only_b": len(record.only_b),
+        "saved": len(record.saved_modules),
+        "saved_only_a": len(record.saved_only_a),
+        "saved_only_b": len(record.saved_only_b),
+        "suffix_matched": len(record.suffix_matched),
     }
     return body
 

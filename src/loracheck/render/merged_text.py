@@ -175,5 +175,7 @@ def render_merged_text(report: Report, *, color: bool, root: Path,
     failed = any(d.severity is Severity.ERROR for d in diagnostics) if report.passed is None \
         else not report.passed
     verdict = "merged check FAILED" if failed else "merged check passed"
+    if record is None:
+        verdict = "merged check stopped: an input cannot be read (see above)"
     lines.append(paint(verdict, RED if failed else GREEN, color))
     return "\n".join(clean_lines(lines, color=color)) + "\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from loracheck.diff_record import DiffRecord, ModuleDiff, ToleranceSource
+from loracheck.diff_record import DiffRecord, ModuleDiff, ModuleKind, ToleranceSource
 from loracheck.model import Severity
 from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, Subject, name_list, rule
 
@@ -92,13 +92,17 @@ def adapter_module_differs(ctx: RuleContext) -> Iterator[Finding]:
     factors to their dtypes explains, or ``--tolerance``. The difference comes from the stacked
     factors (a core of rank r_A + r_B), never from ΔW itself. A module that differs only by a
     scalar factor is LC412's; one whose shapes differ, or whose factors hold NaN, cannot be
-    compared and is reported here too.
+    compared and is reported here too. The full tensors saved beside the factors (a
+    ``modules_to_save`` copy such as ``lm_head``, a DoRA magnitude, an embedding saved with
+    ``save_embedding_layers``, a trained bias) are compared element by element, ‖X_A − X_B‖ /
+    ‖X_A‖ against what rounding both sides to their dtypes explains.
 
     ## Why is this bad?
     A conversion (kohya ↔ diffusers ↔ PEFT, mlx ↔ PEFT) or a re-save in another dtype must keep
     the update: a module that changes beyond rounding was transposed, mixed up with another,
-    truncated or corrupted on the way, and the converted adapter is another model. Between two
-    checkpoints of one run, the modules listed are the ones that moved.
+    truncated or corrupted on the way, and the converted adapter is another model. A saved
+    ``lm_head`` or embedding that changed is a changed model even when every B·A is the same.
+    Between two checkpoints of one run, the modules listed are the ones that moved.
 
     ## Example
     ```text
@@ -120,8 +124,10 @@ def adapter_module_differs(ctx: RuleContext) -> Iterator[Finding]:
             yield Finding(f"{m.name}: cannot be compared: {m.why_not}", m.name)
             continue
         cosine = m.cosine
+        what, norm = ("saved tensor", "‖X_A‖") if m.kind is ModuleKind.SAVED else (
+            "ΔW", "‖ΔW_A‖")
         yield Finding(
-            f"{m.name}: ΔW differs by {_g(m.rel_diff)} of ‖ΔW_A‖ ({tolerance_text(m)}); "
+            f"{m.name}: {what} differs by {_g(m.rel_diff)} of {norm} ({tolerance_text(m)}); "
             f"cosine {_g(cosine)}, norm ratio {_g(m.norm_ratio)}", m.name)
 
 
@@ -132,7 +138,10 @@ def adapter_module_sets_differ(ctx: RuleContext) -> Iterator[Finding]:
     after matching them by canonical module path across key grammars (PEFT's
     ``base_model.model.`` wrapper, diffusers' ``unet.``/``transformer.``/``text_encoder.``
     components, kohya's flattened ``lora_unet_…`` names against the dotted side flattened the
-    same way, mlx's transposed factors).
+    same way, mlx's transposed factors; where no path matches exactly, the unique longest common
+    suffix of the two paths, such as ``layers.0.self_attn.q_proj``). Saved full tensors
+    (``modules_to_save`` copies, DoRA magnitudes, embeddings saved with
+    ``save_embedding_layers``) that only one side holds are reported too.
 
     ## Why is this bad?
     A converter that does not know a module's name drops it silently (kohya's SDXL names that
@@ -156,6 +165,11 @@ def adapter_module_sets_differ(ctx: RuleContext) -> Iterator[Finding]:
         if names:
             n = len(names)
             yield Finding(f"{n} module{'s' if n != 1 else ''} only in {side} "
+                          f"({name_list(list(names))})", names[0])
+    for side, names in (("A", record.saved_only_a), ("B", record.saved_only_b)):
+        if names:
+            n = len(names)
+            yield Finding(f"{n} saved tensor{'s' if n != 1 else ''} only in {side} "
                           f"({name_list(list(names))})", names[0])
 
 

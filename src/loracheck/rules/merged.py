@@ -171,7 +171,8 @@ def merge_residual_too_large(ctx: RuleContext) -> Iterator[Finding]:
     Reports a module whose merged weight M is not W + s·B·A rounded to M's dtype: the residual
     ‖M − W − s·B·A‖ exceeds the floor that rounding explains (half an ULP of each element of M,
     plus the rounding of the update itself, summed in quadrature), and no other scale explains
-    it either (LC402).
+    it either (LC402). With ``lora_bias=True`` the module's bias must likewise be BASE's bias
+    plus s·lora_B.bias, each element within its rounding.
 
     ## Why is this bad?
     The checkpoint holds another update than this adapter's: another adapter (or checkpoint of
@@ -206,18 +207,31 @@ def merge_residual_too_large(ctx: RuleContext) -> Iterator[Finding]:
             size = (f"the adapter's update is zero but ‖M − W‖ = {fmt_num(m.delta_norm)}, "
                     f"rounding explains {fmt_num(m.floor_norm)}")
         yield Finding(f"{m.module}: {size}{ratio}{where}", m.module)
+    for m in record.modules:
+        bias = m.bias
+        if bias is None or bias.detail or not bias.violations:
+            continue
+        state = ("MERGED still holds BASE's bias" if bias.changed == 0 else
+                 f"off by up to {fmt_num(bias.max_error)}")
+        yield Finding(f"{m.module}: {bias.key} is not BASE's bias + s·lora_B.bias "
+                      f"(lora_bias): {bias.violations:,} of {bias.numel:,} elements past their "
+                      f"rounding bound, {state}", m.module)
 
 
 @rule("LC404", "merge-structure-mismatch", Severity.ERROR, ANY_METHOD, subject=Subject.MERGED,
-      also=Severity.WARNING, when="warning for tensors that only one of BASE and MERGED has; "
-      "error otherwise")
+      also=Severity.WARNING, when="warning for tensors that only one of BASE and MERGED has, "
+      "tensors the shard index does not list, and adapter modules loracheck cannot verify "
+      "(LoHa, LoKr, another dtype); error otherwise")
 def merge_structure_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     """## What it does
     Compares the structure of MERGED with BASE and the adapter: adapter modules with no weight
     in MERGED, LoRA factor keys (``lora_A``, ``lora_B``, ``lora_magnitude_vector``) or
     ``base_layer`` names left in MERGED, shapes that differ between MERGED, BASE and the
     factors (an embedding resized to another vocabulary), and tensors only one of BASE and
-    MERGED holds.
+    MERGED holds or that a shard holds but ``model.safetensors.index.json`` does not list. A
+    warning names the adapter modules whose merge loracheck cannot verify (LoHa, LoKr, an
+    unmeasured dtype), and how many of them MERGED still holds as BASE's weight, so a run that
+    verified only part of the adapter never passes silently.
 
     ## Why is this bad?
     ``base_layer`` names and LoRA keys in a "merged" checkpoint mean the PEFT-wrapped model was
@@ -259,6 +273,8 @@ def merge_structure_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     for m in record.modules:
         if m.status is ModuleStatus.SHAPE_MISMATCH:
             yield Finding(f"{m.module}: {m.detail}", m.module)
+        if m.bias is not None and m.bias.detail:
+            yield Finding(f"{m.module}: {m.bias.detail}", m.module)
     for key, base_shape, merged_shape in record.shape_mismatches:
         yield Finding(f"{key} is {list(merged_shape)} in MERGED, {list(base_shape)} in BASE",
                       key)
@@ -273,6 +289,19 @@ def merge_structure_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     if others:
         yield Finding(f"{plural(len(others), 'tensor')} of MERGED not in BASE: "
                       f"{name_list(others, 3)}", others[0], severity=Severity.WARNING)
+    if record.unindexed:
+        yield Finding(f"{plural(len(record.unindexed), 'tensor')} of MERGED not listed in "
+                      f"model.safetensors.index.json: {name_list(list(record.unindexed), 3)} "
+                      "(loaders that follow the index do not load them)", record.unindexed[0],
+                      severity=Severity.WARNING)
+    unsupported = [m for m in record.modules if m.status is ModuleStatus.UNSUPPORTED]
+    if unsupported:
+        stale = [m for m in unsupported if m.key is not None and m.numel and m.changed == 0]
+        held = f"; {len(stale)} of them hold BASE's weight unchanged" if stale else ""
+        yield Finding(f"{plural(len(unsupported), 'adapter module')} not verified: "
+                      f"{name_list([m.module for m in unsupported], 3)} "
+                      f"({unsupported[0].detail}){held}", unsupported[0].module,
+                      severity=Severity.WARNING)
 
 
 @rule("LC405", "merged-non-finite", Severity.ERROR, ANY_METHOD, subject=Subject.MERGED)
@@ -343,5 +372,5 @@ def unexpected_weight_change(ctx: RuleContext) -> Iterator[Finding]:
             continue
         state = ("MERGED still holds BASE's weight" if copy.equals_base
                  else f"MERGED differs from it by up to {fmt_num(copy.max_abs or 0.0)}")
-        yield Finding(f"modules_to_save {copy.module}: the adapter saves a trained copy, "
+        yield Finding(f"modules_to_save {copy.key}: the adapter saves a trained copy, "
                       f"{state}", copy.key)
