@@ -269,7 +269,7 @@ def _records_close(a: object, b: object) -> None:
 
 
 @pytest.mark.parametrize("which", ["peft-fp32", "peft-bf16", "peft-fp16", "mlx", "torchtune",
-                                   "litgpt", "nan"])
+                                   "litgpt", "nan", "kohya-conv-fp16"])
 def test_loader_gives_the_same_records_with_and_without_the_kernel(
         which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every layer the loader measures from stored bytes (compiled pass) matches the numpy
@@ -293,6 +293,16 @@ def test_loader_gives_the_same_records_with_and_without_the_kernel(
             tensors = load_file(str(weights))
             dtype = torch.bfloat16 if which == "peft-bf16" else torch.float16
             save_file({k: v.to(dtype) for k, v in tensors.items()}, str(weights))
+    elif which == "kohya-conv-fp16":
+        from builders import write_safetensors
+
+        rng = np.random.default_rng(3)
+        name = "lora_unet_down_blocks_0_resnets_0_conv1"  # 3×3 conv: down (r, in, 3, 3)
+        path = write_safetensors(tmp_path / "k.safetensors", {
+            f"{name}.lora_down.weight": rng.normal(0, 0.05, (8, 32, 3, 3)).astype(np.float16),
+            f"{name}.lora_up.weight": rng.normal(0, 0.01, (64, 8, 1, 1)).astype(np.float16),
+            f"{name}.alpha": np.array(4.0, dtype=np.float16),
+        }, {"ss_network_module": "networks.lora", "ss_network_dim": "8"})
     elif which == "nan":
         from safetensors.torch import load_file, save_file
 
@@ -305,7 +315,20 @@ def test_loader_gives_the_same_records_with_and_without_the_kernel(
     else:
         path = next(p for p in sorted((fixtures / which).iterdir()) if p.is_dir())
     unit = next(u for u in discover([path]) if u.weights is not None)
+    calls: list[str] = []
+    real = fused.side_pass
+
+    def counted(*args: object, **kwargs: object) -> fused.SidePass:
+        calls.append(str(args[1]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fused, "side_pass", counted)
     compiled = load_unit(unit)
+    assert compiled is not None
+    if which == "litgpt":  # a pickle: no stored-bytes view, numpy measures it
+        assert calls == []
+    else:  # the fused pass measured the factors (all but a NaN one and its partner)
+        assert len(calls) >= 2 * len(compiled.layers) - (2 if which == "nan" else 0), calls
     monkeypatch.setattr(fused, "COMPILED", False)
     plain = load_unit(unit)
     assert compiled is not None and plain is not None and compiled.layers
