@@ -514,6 +514,25 @@ def verify(
     return 0 if report.passed else 1
 
 
+def _command_settings(path: str, select: list[str] | None, extend_select: list[str] | None,
+                      ignore: list[str] | None, fail_on: FailOn | None) -> Any:
+    """The settings a measuring command (merged, diff) judges with: the project's, found from
+    ``path``, and the selection flags."""
+    from loracheck.settings import load_settings
+
+    return load_settings([Path(path)], select=_split(select), extend_select=_split(extend_select),
+                         ignore=_split(ignore),
+                         fail_on=fail_on.value if fail_on is not None else None)
+
+
+def _fault_diagnostics(adapter: Any, settings: Any) -> list[Any]:
+    """An input that could not be read, reported as `check` reports it (its LC001, LC002, ...)."""
+    from loracheck.engine import check_adapter
+
+    codes = {fault.code for fault in adapter.faults}
+    return [d for d in check_adapter(adapter, settings) if d.code in codes]
+
+
 @app.command(cls=_Command)
 def merged(
     merged_path: Annotated[str, typer.Argument(
@@ -535,27 +554,19 @@ def merged(
     from loracheck.engine import check_merged
     from loracheck.errors import ArtifactError
     from loracheck.merge_measure import measure_merge
-    from loracheck.model import Adapter, Report
+    from loracheck.model import Adapter, Fault, Report
     from loracheck.runner import failing
-    from loracheck.settings import load_settings
 
-    settings = load_settings([Path(merged_path)], select=_split(select),
-                             extend_select=_split(extend_select), ignore=_split(ignore),
-                             fail_on=fail_on.value if fail_on is not None else None)
+    settings = _command_settings(merged_path, select, extend_select, ignore, fail_on)
     bar = _ProgressBar(format is CheckFormat.text)
     try:
         loaded, record = measure_merge(merged_path, base, adapter, progress=bar)
     except ArtifactError as err:
-        # A broken file (a truncated shard, a corrupt adapter) is reported as `check` reports
-        # it: its LC001 in every format, exit 1.
-        from loracheck.engine import check_adapter
-        from loracheck.model import Fault
-
+        # A broken file (a truncated shard, a corrupt adapter): its LC001 in every format.
         fault = Fault(err.code, err.path, err.detail, err.line, err.location)
         broken = Adapter(path=err.path, format="merged", files=[err.path], spec=None,
                          faults=[fault])
-        diagnostics = [d for d in check_adapter(broken, settings) if d.code == fault.code]
-        report = Report(adapters=[broken], diagnostics=diagnostics)
+        report = Report(adapters=[broken], diagnostics=_fault_diagnostics(broken, settings))
         report.passed = False
         record = None
     finally:
@@ -595,22 +606,17 @@ def diff(
     """Compare two adapters module by module: is B the same update as A (conversions,
     re-saves, checkpoints)?"""
     from loracheck.adapter_diff import diff_paths
-    from loracheck.engine import check_adapter, check_diff
+    from loracheck.engine import check_diff
     from loracheck.model import Report
     from loracheck.runner import failing
-    from loracheck.settings import load_settings
 
-    settings = load_settings([Path(b)], select=_split(select),
-                             extend_select=_split(extend_select), ignore=_split(ignore),
-                             fail_on=fail_on.value if fail_on is not None else None)
+    settings = _command_settings(b, select, extend_select, ignore, fail_on)
     bar = _ProgressBar(format is CheckFormat.text)
     try:
         adapter_a, adapter_b, record = diff_paths(a, b, tolerance=tolerance, progress=bar)
     finally:
         bar.close()
-    # A side that cannot be read is reported as `check` reports it (LC001, LC002, ...).
-    diagnostics = [d for side in (adapter_a, adapter_b) for d in check_adapter(side, settings)
-                   if d.code in {f.code for f in side.faults}]
+    diagnostics = [d for side in (adapter_a, adapter_b) for d in _fault_diagnostics(side, settings)]
     if record is None and not diagnostics:
         empty = a if not adapter_a.layers else b
         raise UsageError(f"{empty}: no LoRA factor pairs to compare")

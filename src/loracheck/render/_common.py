@@ -9,6 +9,7 @@ import math
 import os
 import re
 from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from loracheck.model import Adapter, Diagnostic, LayerRecord, Severity
@@ -338,3 +339,40 @@ def align_cells(cells: Sequence[str], widths: Sequence[int], left: Container[int
     (numbers line up on their last digit), two spaces apart, no trailing blanks."""
     return "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
                      for i, (cell, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+
+@dataclass(frozen=True)
+class TableGroup:
+    """One module type's rows in a per-module table: its label, the rows shown (cells), which
+    of them are painted red, how many more were left out, and in what order the shown come."""
+
+    label: str
+    rows: list[Sequence[str]]
+    flagged: list[bool]
+    omitted: int
+    first: str  # "outliers first", "findings first", ...
+    noun: str = "module"
+
+
+def grouped_table(columns: Sequence[str], left: Container[int], groups: Sequence[TableGroup],
+                  *, color: bool, indent: str = "  ") -> list[str]:
+    """The header row, then each group's title line and rows, columns aligned across groups;
+    a group with rows left out ends with a line that says how many and how to see them."""
+    from loracheck.render.ansi import BOLD, DIM, RED, paint
+
+    widths = [len(c) for c in columns]
+    for group in groups:
+        for cells in group.rows:
+            widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+    out = [indent + paint(align_cells(columns, widths, left), BOLD, color)]
+    for group in groups:
+        title = f"{group.label} ({plural(len(group.rows) + group.omitted, group.noun)}"
+        title += f", {len(group.rows)} shown, {group.first})" if group.omitted else ")"
+        out.append(indent + paint(title, DIM, color))
+        for cells, flagged in zip(group.rows, group.flagged, strict=True):
+            line = align_cells(cells, widths, left)
+            out.append(indent + (paint(line, RED, color) if flagged else line))
+        if group.omitted:
+            out.append(indent + paint(f"… {group.omitted} more (--all shows every row)", DIM,
+                                      color))
+    return out

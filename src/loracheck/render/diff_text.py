@@ -13,11 +13,12 @@ from loracheck.diff_record import DiffRecord, MatchRule, ModuleDiff, ModuleKind,
 from loracheck.model import Adapter, Report
 from loracheck.render._common import (
     TOP_ROWS_PER_TYPE,
-    align_cells,
+    TableGroup,
     clean_lines,
     display_path,
     fmt_num,
     group_by_type,
+    grouped_table,
     plural,
     short_name,
     sorted_diagnostics,
@@ -117,22 +118,13 @@ def module_table(record: DiffRecord, adapter_a: Adapter | None, *, all_layers: b
         else:
             shown_groups.append((module_type, ordered[:TOP_ROWS_PER_TYPE],
                                  len(ordered) - TOP_ROWS_PER_TYPE))
-    rows = {id(m): module_row(m) for _, shown, _ in shown_groups for m in shown}
-    widths = [len(c) for c in COLUMNS]
-    for cells in rows.values():
-        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-    out = [_INDENT + paint(align_cells(COLUMNS, widths, _LEFT), BOLD, color)]
-    for module_type, shown, omitted in shown_groups:
-        total = len(shown) + omitted
-        saved = all(m.kind is ModuleKind.SAVED for m in shown)
-        header = f"{module_type} ({plural(total, 'tensor' if saved else 'module')}"
-        header += f", {len(shown)} shown, differing first)" if omitted else ")"
-        out.append(_INDENT + paint(header, DIM, color))
-        for m in shown:
-            line = align_cells(rows[id(m)], widths, _LEFT)
-            out.append(_INDENT + (paint(line, RED, color) if m.differs else line))
-        if omitted:
-            out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))
+    groups = [
+        TableGroup(module_type, [module_row(m) for m in shown], [m.differs for m in shown],
+                   omitted, "differing first",
+                   "tensor" if all(m.kind is ModuleKind.SAVED for m in shown) else "module")
+        for module_type, shown, omitted in shown_groups
+    ]
+    out = grouped_table(COLUMNS, _LEFT, groups, color=color, indent=_INDENT)
     legend = (*LEGEND, SAVED_LEGEND) if record.saved_modules else LEGEND
     out += [_INDENT + paint(line, DIM, color) for line in legend]
     return out

@@ -24,12 +24,13 @@ from loracheck.model import (
     ValueOrigin,
 )
 from loracheck.render._common import (
-    align_cells,
+    TableGroup,
     clean_lines,
     diagnostics_for,
     display_path,
     distinct_scalings,
     fmt_num,
+    grouped_table,
     human_bytes,
     is_finite,
     plural,
@@ -38,7 +39,7 @@ from loracheck.render._common import (
     short_name,
     sorted_diagnostics,
 )
-from loracheck.render.ansi import BOLD, DIM, RED, paint
+from loracheck.render.ansi import BOLD, DIM, paint
 from loracheck.render.text import format_diagnostic
 
 MISSING_ALPHA = "missing — PEFT assumes 8, kohya/diffusers scale 1"
@@ -419,22 +420,12 @@ def layer_row(layer: LayerRecord) -> list[str]:
 
 
 def layer_table(adapter: Adapter, *, all_layers: bool, color: bool) -> list[str]:
-    groups = selected_layers(adapter, all_layers)
-    rows = {id(layer): layer_row(layer) for _, shown, _ in groups for layer in shown}
-    widths = [len(c) for c in COLUMNS]
-    for cells in rows.values():
-        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-    out: list[str] = [_INDENT + paint(align_cells(COLUMNS, widths, _LEFT_ALIGNED), BOLD, color)]
-    for module_type, shown, omitted in groups:
-        total = len(shown) + omitted
-        header = f"{module_type} ({plural(total, 'module')}"
-        header += f", {len(shown)} shown, outliers first)" if omitted else ")"
-        out.append(_INDENT + paint(header, DIM, color))
-        for layer in shown:
-            line = align_cells(rows[id(layer)], widths, _LEFT_ALIGNED)
-            out.append(_INDENT + (paint(line, RED, color) if layer.nonfinite else line))
-        if omitted:
-            out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))
+    groups = [
+        TableGroup(module_type, [layer_row(layer) for layer in shown],
+                   [bool(layer.nonfinite) for layer in shown], omitted, "outliers first")
+        for module_type, shown, omitted in selected_layers(adapter, all_layers)
+    ]
+    out = grouped_table(COLUMNS, _LEFT_ALIGNED, groups, color=color, indent=_INDENT)
     out += [_INDENT + paint(line, DIM, color) for line in LEGEND]
     return out
 

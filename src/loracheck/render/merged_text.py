@@ -15,15 +15,16 @@ from loracheck.merge_record import MergeRecord, ModuleMerge
 from loracheck.model import Diagnostic, Report, Severity
 from loracheck.render._common import (
     TOP_ROWS_PER_TYPE,
-    align_cells,
+    TableGroup,
     clean_lines,
     display_path,
     fmt_num,
+    grouped_table,
     human_bytes,
     plural,
     sorted_diagnostics,
 )
-from loracheck.render.ansi import BOLD, DIM, GREEN, RED, paint
+from loracheck.render.ansi import DIM, GREEN, RED, paint
 from loracheck.render.inspect_text import (
     module_count_text,
     type_and_block,
@@ -90,31 +91,18 @@ def module_table(record: MergeRecord, diagnostics: Sequence[Diagnostic], *, all_
             blockless.add(module_type)
     order = type_order(list(groups), blockless)
     labels = type_labels(order)
-    rows: list[tuple[str, list[list[str]], int, list[bool]]] = []
+    table: list[TableGroup] = []
     for module_type in order:
         members = sorted(enumerate(groups[module_type]),
                          key=lambda item: (not codes.get(item[1].module), item[0]))
         flagged = [m for _, m in members if codes.get(m.module)]
         keep = len(members) if all_modules else max(TOP_ROWS_PER_TYPE, len(flagged))
         shown = [m for _, m in members[:keep]]
-        rows.append((labels[module_type], [_row(m, codes.get(m.module, []), m.module)
-                                           for m in shown],
-                     len(members) - len(shown), [bool(codes.get(m.module)) for m in shown]))
-    widths = [len(c) for c in COLUMNS]
-    for _, cells, _, _ in rows:
-        for row in cells:
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    out = [_INDENT + paint(align_cells(COLUMNS, widths, _LEFT), BOLD, color)]
-    for label, cells, omitted, bad in rows:
-        total = len(cells) + omitted
-        header = f"{label} ({plural(total, 'module')}"
-        header += f", {len(cells)} shown, findings first)" if omitted else ")"
-        out.append(_INDENT + paint(header, DIM, color))
-        for row, flagged_row in zip(cells, bad, strict=True):
-            line = align_cells(row, widths, _LEFT)
-            out.append(_INDENT + (paint(line, RED, color) if flagged_row else line))
-        if omitted:
-            out.append(_INDENT + paint(f"… {omitted} more (--all shows every row)", DIM, color))
+        table.append(TableGroup(labels[module_type],
+                                [_row(m, codes.get(m.module, []), m.module) for m in shown],
+                                [bool(codes.get(m.module)) for m in shown],
+                                len(members) - len(shown), "findings first"))
+    out = grouped_table(COLUMNS, _LEFT, table, color=color, indent=_INDENT)
     out += [_INDENT + paint(line, DIM, color) for line in LEGEND]
     return out
 
