@@ -256,6 +256,18 @@ def _predicted(f: _Factors, dora: _Dora | None, w: F64, start: int) -> tuple[F64
     return u, scaled
 
 
+def _rounding_bound(m_raw: npt.NDArray[Any], start: int, *, dtype: str, base_dtype: str,
+                    f: _Factors, dora: _Dora | None) -> F64:
+    """What rounding explains per element of a block of rows, beyond the update's own
+    rounding: half an ULP of the merge (:func:`merge_half_ulp`) plus each row's bound from the
+    factors (times the DoRA factor of the row)."""
+    rows = f.row_bound[start:start + m_raw.shape[0], None]
+    if dora is not None:
+        rows = rows * np.abs(dora.factor(start, m_raw.shape[0]))
+    bound: F64 = merge_half_ulp(m_raw, dtype, base_dtype) + rows
+    return bound
+
+
 def _module_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *,
                  dtype: str, base_dtype: str, f: _Factors, dora: _Dora | None) -> _Sums:
     """Every sum of one block of rows, each element visited by a handful of vector passes."""
@@ -265,11 +277,7 @@ def _module_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *
     u, bound = _predicted(f, dora, w, start)
     d = m
     d -= w  # D, in place of M
-    rows = f.row_bound[start:start + d.shape[0], None]
-    if dora is not None:
-        rows = rows * np.abs(dora.factor(start, d.shape[0]))
-    bound += merge_half_ulp(m_raw, dtype, base_dtype)
-    bound += rows
+    bound += _rounding_bound(m_raw, start, dtype=dtype, base_dtype=base_dtype, f=f, dora=dora)
     flat_d, flat_u, flat_b = d.ravel(), u.ravel(), bound.ravel()
     out.dd = float(flat_d @ flat_d)
     out.du = float(flat_d @ flat_u)
@@ -338,7 +346,7 @@ def _fast_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *,
     out.finite = math.isfinite(out.dd) and math.isfinite(out.hh)
     if out.finite:
         out.ltd = f.left[start:start + d.shape[0]].T @ d
-        out.changed = int(m_raw.size - np.count_nonzero(m_raw == w_raw))
+        out.changed = int(m_raw.size - np.count_nonzero(_same_bits(m_raw, w_raw, dtype, dtype)))
     return out
 
 
@@ -352,10 +360,8 @@ def _masked_sums(m_raw: npt.NDArray[Any], w_raw: npt.NDArray[Any], start: int, *
     out.merged_nonfinite = int(np.count_nonzero(~np.isfinite(m)))
     out.base_nonfinite = int(np.count_nonzero(~np.isfinite(w)))
     finite = np.isfinite(m) & np.isfinite(w) & np.isfinite(u)
-    rows = f.row_bound[start:start + m.shape[0], None]
-    if dora is not None:
-        rows = rows * np.abs(dora.factor(start, m.shape[0]))
-    bound = bound + merge_half_ulp(m_raw, dtype, base_dtype) + rows
+    bound = bound + _rounding_bound(m_raw, start, dtype=dtype, base_dtype=base_dtype, f=f,
+                                    dora=dora)
     d = np.where(finite, m - w, 0.0)
     u = np.where(finite, u, 0.0)
     bound = np.where(finite, bound, 0.0)
