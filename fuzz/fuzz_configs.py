@@ -40,6 +40,7 @@ from typing import Any
 from loracheck.cli import main as cli_main
 from loracheck.configs import read_spec, sniff_config
 from loracheck.errors import ArtifactError
+from loracheck.render.json_out import spec_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +198,7 @@ def through_reader(path: Path, fmt: str | None) -> str | None:
     try:
         sniff_config(path)
         spec = read_spec(path, fmt)
-        spec.model_dump_json()
+        json.dumps(spec_to_dict(spec), allow_nan=False)  # the JSON report can write it
     except ArtifactError as err:
         if err.code not in ("LC001", "LC002"):
             return f"ArtifactError with code {err.code}"

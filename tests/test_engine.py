@@ -60,11 +60,11 @@ def test_per_file_ignores(tmp_path: Path) -> None:
 def test_inline_suppressions() -> None:
     ad = two_faults()
     assert ad.spec is not None
-    ad.spec = ad.spec.model_copy(update={"suppressions": {9: ["LC103"]}})
+    ad.spec = replace(ad.spec, suppressions={9: ["LC103"]})
     assert {d.code for d in run(ad)} == {"LC108"}
-    ad.spec = ad.spec.model_copy(update={"suppressions": {9: [], 22: ["LC1"]}})
+    ad.spec = replace(ad.spec, suppressions={9: [], 22: ["LC1"]})
     assert run(ad) == []
-    ad.spec = ad.spec.model_copy(update={"suppressions": {9: ["LC204"]}})
+    ad.spec = replace(ad.spec, suppressions={9: ["LC204"]})
     assert {d.code for d in run(ad)} == {"LC103", "LC108"}
 
 

@@ -92,7 +92,7 @@ def peft_spec(**overrides: object) -> LoraSpec:
         lines={"r": 3, "lora_alpha": 4},
     )
     fields.update(overrides)
-    return LoraSpec.model_validate(fields)
+    return LoraSpec(**fields)
 
 
 def adapter(layers: list[LayerRecord] | None = None, **overrides: object) -> Adapter:

@@ -23,21 +23,27 @@ from typing import Annotated, Any
 
 import typer
 import typer.core
+from typer._click.types import StringParamType
 
 from loracheck import __version__
 from loracheck.errors import LoracheckError, UsageError
 
 
+class _PlainText(StringParamType):
+    """Text whose help shows no type label: the argument's metavar (``PATH...``) says it."""
+
+    def get_metavar(self, param: Any, ctx: Any) -> str:
+        return ""
+
+
 class _Argument(typer.core.TyperArgument):
     """An argument shown by its metavar alone: ``PATH...`` in the usage line and the help
-    table, with no internal type label (``<list[str]>``) or braces (``{paths}``)."""
+    table, with no internal type label (``<str>``) or braces (``{PATH...}``)."""
 
-    def display_type_rich(self, ctx: Any) -> str | None:
-        return None if self.metavar else super().display_type_rich(ctx)
-
-    def _usage_display_name(self) -> str:
-        name = self.metavar or (self.name or "arg").upper()
-        return name if self.required else f"[{name}]"
+    def make_metavar(self, ctx: Any, *, usage: bool = False) -> str:
+        if self.metavar is None:
+            return str(super().make_metavar(ctx, usage=usage))
+        return self.metavar if self.required or not usage else f"[{self.metavar}]"
 
 
 def _plain_help(command: Any) -> None:
@@ -45,6 +51,8 @@ def _plain_help(command: Any) -> None:
     for param in command.params:
         if type(param) is typer.core.TyperArgument:
             param.__class__ = _Argument
+            if param.metavar is not None and type(param.type) is StringParamType:
+                param.type = _PlainText()
 
 
 def _quiet_help_option(option: Any) -> Any:

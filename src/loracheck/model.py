@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 if TYPE_CHECKING:
     from loracheck.diff_record import DiffRecord
     from loracheck.merge_record import MergeRecord
@@ -140,19 +138,27 @@ DATA_DRIVEN_SCHEMES = frozenset(
 )
 
 
-class LoraSpec(BaseModel):
+# The float fields of LoraSpec that an integer is widened into.
+_FLOAT_FIELDS = ("alpha", "scale", "dropout", "init_std")
+
+
+@dataclass(kw_only=True, slots=True)
+class LoraSpec:
     """The LoRA hyper-parameters one config source declares, in one typed shape.
 
     Every field is ``None`` when the source does not say it. ``lines`` maps a field name to the
     1-based line of the key it came from (absent for binary sources). Values that were present but
     of the wrong type are kept, as text, in ``invalid`` (field name -> repr of the raw value) and
     the field itself stays ``None``: rules report them, loaders never raise on them.
+
+    Keyword-only: an unknown field is a TypeError. The readers in :mod:`loracheck.configs`
+    convert every value to its field's type; :meth:`__post_init__` only widens an integer given
+    for a float field (``alpha=16`` is 16.0), so every source yields the same type.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    source_format: str = Field(description="peft, axolotl, llama-factory, torchtune, trl, llmbox, "
-                               "kohya, kohya-metadata, mlx, python, diffusers, unsloth, unknown")
+    # peft, axolotl, llama-factory, torchtune, trl, llmbox, kohya, kohya-metadata, mlx, python,
+    # diffusers, unsloth, unknown
+    source_format: str
     path: str = ""
     rank: int | None = None
     alpha: float | None = None
@@ -166,8 +172,8 @@ class LoraSpec(BaseModel):
     use_dora: bool | None = None
     target_modules: list[str] | str | None = None
     exclude_modules: list[str] | str | None = None
-    rank_pattern: dict[str, int] = Field(default_factory=dict)
-    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
     modules_to_save: list[str] | None = None
     bias: str | None = None
     layers_to_transform: list[int] | None = None
@@ -179,21 +185,30 @@ class LoraSpec(BaseModel):
     method: MethodKind = MethodKind.LORA
     method_name: str = "LoRA"
     # Where each set field came from (absent: the file itself said it, as a literal).
-    origins: dict[str, ValueOrigin] = Field(default_factory=dict)
+    origins: dict[str, ValueOrigin] = field(default_factory=dict)
     # Fields whose value is unknown to a static reader (an expression loracheck cannot fold, a
     # template placeholder): field -> the source text. Never missing, never invalid.
-    unresolved: dict[str, str] = Field(default_factory=dict)
+    unresolved: dict[str, str] = field(default_factory=dict)
     # Sub-configs and trainer-specific keys that rules may need (loftq_config, network_args, ...).
-    extras: dict[str, Any] = Field(default_factory=dict)
-    unknown_keys: list[str] = Field(default_factory=list)
-    invalid: dict[str, str] = Field(default_factory=dict)
-    lines: dict[str, int] = Field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    unknown_keys: list[str] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
     # Inline `# loracheck: ignore[LC103]` comments: line -> codes (empty list = every code).
-    suppressions: dict[int, list[str]] = Field(default_factory=dict)
+    suppressions: dict[int, list[str]] = field(default_factory=dict)
     # A diffusers pipeline file declares one LoraConfig per component ("unet", "text_encoder",
     # "transformer", ...): a module under "<component>." follows that component's spec
     # (:func:`loracheck.scaling.spec_for_module`); the top-level fields are the main component's.
-    components: dict[str, LoraSpec] = Field(default_factory=dict)
+    components: dict[str, LoraSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if type(value) is int:
+                setattr(self, name, float(value))
+        if any(type(v) is int for v in self.alpha_pattern.values()):
+            self.alpha_pattern = {k: float(v) if type(v) is int else v
+                                  for k, v in self.alpha_pattern.items()}
 
     @property
     def alpha_missing(self) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +226,8 @@ SEQ_CLS_HEADS = ["classifier", "score"]
 def _task_defaults(spec: LoraSpec, task: Task) -> LoraSpec:
     """``spec`` with what PEFT adds for the task: a sequence classifier trains its head."""
     if task is Task.SEQ_CLS and spec.modules_to_save is None:
-        return spec.model_copy(update={"modules_to_save": list(SEQ_CLS_HEADS),
-                                       "task_type": spec.task_type or "SEQ_CLS"})
+        return replace(spec, modules_to_save=list(SEQ_CLS_HEADS),
+                       task_type=spec.task_type or "SEQ_CLS")
     return spec
 
 

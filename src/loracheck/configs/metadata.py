@@ -31,9 +31,9 @@ def spec_from_metadata(metadata: Mapping[str, str], path: str) -> LoraSpec | Non
     if isinstance(raw, str):
         spec = spec_from_diffusers_metadata(raw, path)
         if kohya is not None:
-            spec.extras["kohya_metadata"] = kohya.model_dump(
-                include={"rank", "alpha", "dropout", "extras"}
-            )
+            spec.extras["kohya_metadata"] = {"rank": kohya.rank, "alpha": kohya.alpha,
+                                             "dropout": kohya.dropout,
+                                             "extras": kohya.extras}
         return spec
     return kohya
 
