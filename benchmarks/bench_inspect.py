@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _env import use_installed_env
+
 HIDDEN, INTER, LAYERS = 4096, 11008, 32
 MODULES = {
     "self_attn.q_proj": (HIDDEN, HIDDEN),
@@ -174,6 +176,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fp16 r=16 only, no naive SVD")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lc-bench-"))
+    use_installed_env(work / "pycache")
     tiny = write_adapter(work / "tiny", rank=4, dtype="F32", layers=1)
     cases = [("F16", 16), ("BF16", 16), ("F32", 16), ("F16", 64)]
     if args.quick:

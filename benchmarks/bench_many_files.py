@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _env import installed_env
+
 PY = sys.executable
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "configs"
 CONFIG_TEXT = ("adapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_dropout: 0.05\n"
@@ -103,13 +105,6 @@ documents.default_yaml_loader = lambda: "python"
 from loracheck.cli import main
 sys.exit(main())
 """
-
-
-def loracheck_env(pycache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
-    return env
 
 
 def run(root: Path, jobs: int | None, fmt: str, env: dict[str, str],
@@ -256,7 +251,7 @@ def main() -> None:
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="lc-many-"))
     try:
-        env = loracheck_env(work / "pycache")
+        env = installed_env(work / "pycache")
         parse_table(args.quick)
         throughput_table(work, args.quick, env)
         mixed_table(work, args.quick, env)

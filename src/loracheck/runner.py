@@ -45,6 +45,12 @@ class RunOptions:
     keep_details: bool = True
 
 
+@functools.cache
+def _cpus() -> int:
+    """The CPU count, asked once per process rather than once per unit (a system call each)."""
+    return os.cpu_count() or 1
+
+
 def _load_one(
     unit: Unit, stage: str, layer_progress: Callable[[int, int], None] | None = None,
     deadline: float | None = None, stage_source: StageSource = StageSource.COMMAND_LINE,
@@ -53,7 +59,7 @@ def _load_one(
     from loracheck.load import LoadOptions, load_unit
 
     options = LoadOptions(stage=stage, stage_source=stage_source, deadline=deadline,
-                          threads=threads or os.cpu_count() or 1)
+                          threads=threads or _cpus())
     return load_unit(unit, options, progress=layer_progress)
 
 
@@ -229,18 +235,21 @@ def _timed_out(unit: Unit, seconds: float, why: str = "") -> Adapter:
 _WORKER_JOB: list[UnitJob] = []
 
 
-def _warm_up() -> None:
+def _warm_up(weights: bool) -> None:
     """Import what reading and judging need before any unit's timer starts: an import cut
-    short by the alarm would leave a half-initialised module (numpy) for every later unit."""
-    import numpy  # noqa: F401
-
+    short by the alarm would leave a half-initialised module (numpy) for every later unit.
+    numpy and the statistics only when a unit has ``weights`` (configs need neither)."""
     import loracheck.engine
-    import loracheck.load
-    import loracheck.stats  # noqa: F401
+    import loracheck.load  # noqa: F401
+
+    if weights:
+        import numpy  # noqa: F401
+
+        import loracheck.stats  # noqa: F401
 
 
-def _start_worker(job: UnitJob) -> None:
-    _warm_up()
+def _start_worker(job: UnitJob, weights: bool) -> None:
+    _warm_up(weights)
     _WORKER_JOB[:] = [job]
 
 
@@ -278,7 +287,7 @@ def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
     total = sum(_size(u.weights) for u in heavy)
     if total < POOL_MIN_BYTES and len(units) < POOL_MIN_UNITS:
         return 1
-    return max(1, min(os.cpu_count() or 1, len(units)))
+    return max(1, min(_cpus(), len(units)))
 
 
 def _batches(units: Sequence[Unit], workers: int) -> list[list[Unit]]:
@@ -318,7 +327,7 @@ def iter_units(
     timeout = min(timeout, _NO_LIMIT_S)
     if workers <= 1:
         if any(u.weights is not None for u in units):
-            _warm_up()
+            _warm_up(weights=True)
         for i, unit in enumerate(units):
             # One unit: the bar follows its layers; several: it follows the units.
             per_layer = None
@@ -329,8 +338,9 @@ def iter_units(
                 progress(unit.path, i + 1, len(units))
             yield unit, result
         return
+    weights = any(u.weights is not None for u in units)
     executor = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
-                                   initargs=(dataclasses.replace(job, pair_threads=1),))
+                                   initargs=(dataclasses.replace(job, pair_threads=1), weights))
     batches = _batches(units, workers)
     # Each worker enforces the limit on its own unit (its interval timer starts when the unit
     # does); the wait here is only a backstop for a worker stuck where the timer cannot reach

@@ -27,14 +27,16 @@ def _apply(
     base: tuple[str, ...] = (),
 ) -> None:
     """Set every present ``fields`` key (source key -> spec field) and copy ``extras`` keys."""
+    found, section, _ = doc.lookup(*base)
+    if not found or not isinstance(section, dict):
+        return
+    # Only the keys the section has: a config names a few of the dozens a trainer knows.
     for key, spec_field in fields.items():
-        present, value, line = doc.lookup(*base, key)
-        if present:
-            b.set(spec_field, value, line, key=".".join((*base, key)))
+        if key in section:
+            b.set(spec_field, section[key], doc.line(*base, key), key=".".join((*base, key)))
     for key in extras:
-        present, value, line = doc.lookup(*base, key)
-        if present:
-            b.extra(key, value, line)
+        if key in section:
+            b.extra(key, section[key], doc.line(*base, key))
 
 
 def _finish(doc: Doc, b: SpecBuilder) -> LoraSpec:
