@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from loracheck.model import Report, Severity
 from loracheck.render import render_text
 from loracheck.render.text import format_diagnostic
@@ -89,3 +91,27 @@ def test_renderers_import_no_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_renderers_are_imported_when_first_used() -> None:
+    """``loracheck.render`` imports a renderer (and the records it reads) when a name is first
+    asked for: every public name resolves, and a run that renders text alone imports no other
+    command's renderer."""
+    import subprocess
+    import sys
+
+    import loracheck.render as render
+
+    for name in render.__all__:
+        assert callable(getattr(render, name)) or name == "SCHEMA_VERSION"
+    with pytest.raises(AttributeError):
+        render.render_nothing  # noqa: B018
+    code = (
+        "import sys\n"
+        "from loracheck.render import render_text\n"
+        "print(sorted(m for m in sys.modules if m.startswith('loracheck.render.')\n"
+        "             or m.endswith('_record')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['loracheck.render._common', 'loracheck.render.ansi', " \
+        "'loracheck.render.text']", out.stdout

@@ -240,7 +240,7 @@ def _warm_up(weights: bool) -> None:
     short by the alarm would leave a half-initialised module (numpy) for every later unit.
     numpy and the statistics only when a unit has ``weights`` (configs need neither)."""
     import loracheck.engine
-    import loracheck.load  # noqa: F401
+    import loracheck.load
 
     if weights:
         import numpy  # noqa: F401

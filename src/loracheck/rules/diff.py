@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from loracheck.diff_record import DiffRecord, ModuleDiff, ModuleKind, ToleranceSource
 from loracheck.model import Severity
 from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, Subject, name_list, rule
+
+if TYPE_CHECKING:
+    from loracheck.diff_record import DiffRecord, ModuleDiff
+
+# The record module is imported where a rule reads one of its enums: `check` and `inspect` load
+# this module through the registry but never build a DiffRecord (start-up, issue 14).
 
 # c matches a named ratio when within this relative distance of it.
 _MATCH = 1e-3
@@ -30,6 +36,8 @@ def _g(x: float | None) -> str:
 
 def tolerance_text(m: ModuleDiff) -> str:
     """``tolerance 0.0052 (rounding of BF16 and F32)`` or ``tolerance 0.01 (--tolerance)``."""
+    from loracheck.diff_record import ToleranceSource
+
     if m.tolerance_source is ToleranceSource.COMMAND_LINE:
         return f"tolerance {_g(m.tolerance)} (--tolerance)"
     dtypes = " and ".join(dict.fromkeys((m.a.dtype, m.b.dtype)))
@@ -114,6 +122,8 @@ def adapter_module_differs(ctx: RuleContext) -> Iterator[Finding]:
     Convert with the consumer's own loader or converter (diffusers' kohya conversion, PEFT's
     ``save_pretrained``), re-save from the original weights, and diff the result again.
     """
+    from loracheck.diff_record import ModuleKind
+
     record = _record(ctx)
     if record is None:
         return

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from loracheck.merge_record import MergeRecord, ModuleMerge, ModuleStatus
 from loracheck.model import Severity
 from loracheck.rules.context import (
     ANY_METHOD,
@@ -25,6 +25,12 @@ from loracheck.rules.context import (
     plural,
     rule,
 )
+
+if TYPE_CHECKING:
+    from loracheck.merge_record import MergeRecord, ModuleMerge
+
+# The record module is imported where a rule reads one of its enums: `check` and `inspect` load
+# this module through the registry but never build a MergeRecord (start-up, issue 14).
 
 # Elements past their own rounding bound that a module may hold before LC403 fires without
 # the norm test (a merge by PEFT has none; another tool chain may round twice here and there).
@@ -249,6 +255,8 @@ def merge_structure_mismatch(ctx: RuleContext) -> Iterator[Finding]:
     Save the model ``merge_and_unload()`` returns (not ``peft_model.base_model.model``), from
     the base the adapter was trained on.
     """
+    from loracheck.merge_record import ModuleStatus
+
     record = _record(ctx)
     if record is None:
         return

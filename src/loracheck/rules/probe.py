@@ -11,10 +11,16 @@ yield nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from loracheck.model import Severity
-from loracheck.probe_record import IdentityMode, ProbeRecord
 from loracheck.rules.context import ANY_METHOD, Finding, RuleContext, Subject, rule
+
+if TYPE_CHECKING:
+    from loracheck.probe_record import ProbeRecord
+
+# The record module is imported where a rule reads one of its enums: `check` and `inspect` load
+# this module through the registry but never build a ProbeRecord (start-up, issue 14).
 
 
 def _record(ctx: RuleContext) -> ProbeRecord | None:
@@ -66,6 +72,8 @@ def probe_identity_broken(ctx: RuleContext) -> Iterator[Finding]:
     Zero B (``nn.init.zeros_``) or use a scheme that keeps the identity (PEFT's default,
     ``gaussian``, ``pissa`` on its residual base).
     """
+    from loracheck.probe_record import IdentityMode
+
     record = _record(ctx)
     identity = record.identity if record is not None else None
     if record is None or identity is None or identity.mode is IdentityMode.NOT_EXPECTED:
