@@ -10,7 +10,6 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,8 @@ from loracheck.errors import DeadlineExceeded
 from loracheck.model import Adapter, Diagnostic, Fault, Report, Severity, StageSource
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from loracheck.basemodel import BaseModelInfo
     from loracheck.settings import Settings
 
@@ -338,6 +339,9 @@ def iter_units(
                 progress(unit.path, i + 1, len(units))
             yield unit, result
         return
+    # Imported here: a run in this process alone (most runs) needs no multiprocessing.
+    from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError
+
     weights = any(u.weights is not None for u in units)
     executor = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
                                    initargs=(dataclasses.replace(job, pair_threads=1), weights))
