@@ -91,9 +91,9 @@ def _display(path: Path) -> str:
 
 # Path.is_file()/is_dir()/exists() raise PermissionError when a parent folder cannot be searched;
 # discovery must not: such a path becomes a unit and the loader reports it as unreadable (LC001).
-def _mode(path: Path, *, follow: bool = True) -> int | None:
+def _mode(path: Path) -> int | None:
     try:
-        return (os.stat(path) if follow else os.lstat(path)).st_mode
+        return os.stat(path).st_mode
     except (OSError, ValueError):
         return None
 
@@ -106,11 +106,6 @@ def _is_file(path: Path) -> bool:
 def _is_dir(path: Path) -> bool:
     mode = _mode(path)
     return mode is not None and stat.S_ISDIR(mode)
-
-
-def _is_symlink(path: Path) -> bool:
-    mode = _mode(path, follow=False)
-    return mode is not None and stat.S_ISLNK(mode)
 
 
 def _missing(path: Path) -> bool:
@@ -173,10 +168,12 @@ def _file_unit(path: Path, explicit: bool) -> Unit | None:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in a deterministic order (depth first, names sorted); never follows
-    symlinked folders. Iterative, so any depth works (``os.walk`` recurses on Python < 3.12 and
-    hits the recursion limit near 1,000 nested folders); a folder met twice (a bind mount
-    loop) is walked once."""
+    """Regular files under ``root`` in a deterministic order (depth first, names sorted): no
+    symlinks (to files or folders), FIFOs, sockets or devices (opening a FIFO blocks until a
+    writer comes). The file type comes with the folder listing, so there is no system call per
+    file. Iterative, so any depth works (``os.walk`` recurses on Python < 3.12 and hits the
+    recursion limit near 1,000 nested folders); a folder met twice (a bind mount loop) is
+    walked once."""
     stack = [root]
     seen: set[tuple[int, int]] = set()
     while stack:
@@ -194,12 +191,13 @@ def _walk(root: Path) -> Iterator[Path]:
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file(follow_symlinks=False)
             except OSError:
                 continue
             if is_dir:
                 if entry.name not in SKIP_DIRS:
                     subfolders.append(Path(entry.path))
-            else:
+            elif is_file:
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
 
@@ -245,9 +243,7 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
                 if folder_unit.config is not None:
                     handled.add(folder_unit.config)
             for file in _walk(path):
-                # Symlinks are not followed; FIFOs, sockets and devices are not files to read
-                # (opening a FIFO blocks until a writer comes).
-                if file in handled or _is_symlink(file) or not _is_file(file):
+                if file in handled:
                     continue
                 if file.name == TORCHTUNE_COPY and _is_file(file.parent / PEFT_WEIGHTS[0]):
                     # torchtune saves each adapter twice: adapter_model.pt in its own keys and
