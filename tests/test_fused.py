@@ -187,6 +187,37 @@ def test_large_mean_factor(impl: str) -> None:
     check(run(impl, raw, "F32", "rows", True), raw, "F32", "rows", True)
 
 
+# Ranks around every tile and block size of the compiled kernels: the dot kernel's 4×4
+# (AVX-512) and 2×4 tiles (r ≤ 16), the outer kernel's 8×16 (AVX-512), 4×8 (AVX2) and 2×8
+# (baseline) tiles with the diagonal squares' lower halves skipped, the switch from AVX2 to
+# AVX-512 above r = 8, and lengths around the outer kernel's 64-vector blocks.
+TILE_RANKS = (1, 2, 3, 5, 7, 8, 9, 12, 13, 15, 16, 17, 23, 24, 25, 31, 33, 63, 64, 65, 130)
+
+
+@pytest.mark.parametrize("impl", ["compiled", "compiled-baseline", "compiled-avx2"])
+@pytest.mark.parametrize("dtype", ["F16", "F32"])
+@pytest.mark.parametrize("mode", ["rows", "cols"])
+def test_ranks_around_the_tile_sizes(impl: str, dtype: str, mode: str) -> None:
+    for r in TILE_RANKS:
+        for i, length in enumerate((3, 64, 65, 300)):
+            raw = encode(factor((r, length), mode, 100 * r + i, mean=1e-3), dtype)
+            check(run(impl, raw, dtype, mode, True), raw, dtype, mode, True)
+
+
+@pytest.mark.parametrize("impl", ["compiled", "compiled-baseline", "compiled-avx2"])
+@pytest.mark.parametrize("mode", ["rows", "cols"])
+def test_non_finite_in_a_later_block(impl: str, mode: str) -> None:
+    """NaN/Inf in the middle and last of several blocks: only those blocks take the slow
+    path, and the statistics still cover every block."""
+    for r in (3, 16, 17, 64, 130):
+        x = factor((r, 300), mode, r)
+        flat = x.reshape(-1)
+        flat[flat.size // 2] = np.inf
+        flat[-1] = np.nan
+        raw = encode(x, "BF16")
+        check(run(impl, raw, "BF16", mode, True), raw, "BF16", mode, True)
+
+
 def test_bad_views_are_refused() -> None:
     x = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="C-contiguous 2-D uint16"):

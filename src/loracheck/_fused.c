@@ -16,14 +16,17 @@
  * G_ij = Σ_k x_i(k)·x_j(k) over all entries (NaN/Inf propagate as in any float64 product).
  *
  * Method: the factor is decoded exactly to float64 in blocks of about BLOCK_DOUBLES values
- * (32 KiB: L1-resident), and each block is used while it is in cache:
+ * (32 KiB: L1-resident; at high rank at least DOT_MIN_K or OUTER_MIN_K vectors, in L2), and
+ * each block is used while it is in cache (the next block's bytes are prefetched meanwhile):
  *   - Σx, min, max, zeros in one vectorised sweep; a block whose Σx comes out non-finite is
  *     redone entry by entry (NaN/Inf counted, the finite entries kept);
  *   - the central power sums of the block about its own mean μ_b (d = x − μ_b, no
  *     cancellation), merged into the running ones by the pairwise formulas of Chan et al.
  *     and Pébay (2008) — as exact as numpy's two-pass Σ(x − μ)^p;
- *   - the Gram, accumulated in float64 by a register-tiled kernel into the upper triangle.
- * Σx over blocks is compensated (Neumaier).  Memory: three blocks and the r×r accumulator,
+ *   - the Gram, accumulated in float64 by a register-tiled kernel into the upper triangle:
+ *     dot-product tiles along the stored rows in rows mode, outer-product tiles over the
+ *     stored rows x(k) in cols mode (see _fused_kernel.h).
+ * Σx over blocks is compensated (Neumaier).  Memory: two blocks and the r×r accumulator,
  * nothing proportional to the tensor.  The GIL is released for the pass.
  *
  * Variants: a baseline (2-lane vectors: SSE2 on x86-64, NEON on arm64), and on x86-64
@@ -56,8 +59,9 @@ enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
 enum { MODE_ROWS = 0, MODE_COLS = 1 };
 
 #define BLOCK_DOUBLES 4096 /* doubles per block: 32 KiB */
-#define DOT_MAX_RANK 16   /* rows mode up to this padded rank: dot kernel, no transpose */
-#define ROWS_BLOCK_MIN 128 /* rows mode, outer kernel: decode at least this many columns */
+#define DOT_MIN_K 256     /* rows mode (dot kernel): at least this many vectors x(k) a block */
+#define DOT_PANEL_DOUBLES 4096 /* dot kernel: j rows taken in panels of about 32 KiB */
+#define OUTER_MIN_K 64    /* cols mode (outer kernel): at least this many vectors a block */
 
 typedef struct {
     /* in */
@@ -208,6 +212,36 @@ static void moments_slow(const double *S, Py_ssize_t nseg, Py_ssize_t seglen, Py
             out[1] += d2 * d;
             out[2] += d2 * d2;
         }
+    }
+}
+
+/* The next block's bytes, asked for a few cache lines at a time between the Gram's tiles, so
+ * that they arrive while this block's Gram runs.  (A burst of the whole block's prefetches
+ * fills the line-fill buffers and stalls; a prefetch past the end does not fault.)
+ * Lines: rows runs of bytes each, stride bytes apart from p. */
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t rows, stride, bytes; /* the runs */
+    Py_ssize_t row, off;            /* the next line to ask for */
+    Py_ssize_t quota;               /* lines per tile */
+} prefetcher;
+
+static void prefetch_plan(prefetcher *f, const unsigned char *p, Py_ssize_t rows,
+                          Py_ssize_t stride, Py_ssize_t bytes, Py_ssize_t tiles)
+{
+    f->p = p, f->rows = bytes > 0 ? rows : 0, f->stride = stride, f->bytes = bytes;
+    f->row = 0, f->off = 0;
+    const Py_ssize_t lines = f->rows * ((bytes + 63) / 64);
+    f->quota = tiles > 0 ? (lines + tiles - 1) / tiles : lines;
+}
+
+static inline void prefetch_some(prefetcher *f, Py_ssize_t lines)
+{
+    for (; lines > 0 && f->row < f->rows; lines--) {
+        __builtin_prefetch(f->p + f->row * f->stride + f->off);
+        f->off += 64;
+        if (f->off >= f->bytes)
+            f->off = 0, f->row++;
     }
 }
 

@@ -5,7 +5,7 @@
  *   KATTR      the variant's function attributes (e.g. target("avx2,fma,f16c"))
  *   VW         float64 lanes per vector: 2 (SSE2 / NEON), 4 (AVX2) or 8 (AVX-512)
  *   X86_LEVEL  0 portable C; 1 AVX2/F16C intrinsics for the decode sweep and the horizontal
- *              sums; 2 the same, with AVX-512 vectors in the Gram and moment kernels
+ *              sums; 2 the same with AVX-512 vectors (the decode sweep 16 lanes wide)
  *
  * Every function here is static and carries KATTR, so the compiler may inline them into one
  * another; the shared scalar helpers of _fused.c (no target attribute) inline into them too.
@@ -13,11 +13,15 @@
  * Layouts (all float64, row-major, zero padding where noted):
  *   X        the stored factor: rows mode X (r, len) gives G = X·Xᵀ; cols mode X (len, r) gives
  *            G = Xᵀ·X.  Either way G_ij = Σ_k x_i(k)·x_j(k) over the len "vectors" x(k) ∈ R^r.
- *   S        a block's decoded values in source order: rows mode r rows of ld doubles
+ *   S        rows mode: a block's decoded values in source order, r rows of ld doubles
  *            (row i holds x_i(k0 .. k0+kb)); cols mode kb·r contiguous doubles.
- *   D        the same block "k-major": kb rows of rp doubles (row k holds x(k0+k), padded to rp
- *            with zeros), for the outer-product kernel.
+ *   D        cols mode: the block padded, kb rows of rp doubles (row k holds x(k0+k), zeros
+ *            after r), for the outer-product kernel; S itself when r = rp.
  *   Gacc     the upper triangle (i ≤ j) of the rp×rp Gram accumulator.
+ *
+ * A block's values sit in nseg "segments" of seglen doubles, ld apart (rows mode: the r rows
+ * of S; cols mode: one segment of kb·r).  The statistics sweeps keep their vector
+ * accumulators across segments and reduce once per block, not once per row.
  */
 
 typedef double SFX(vd) __attribute__((vector_size(VW * 8)));
@@ -79,74 +83,73 @@ static inline KATTR double SFX(vhsum)(VD v)
 
 /* ---- decode: m stored values at src into m float64 at dst, exactly ----------------------- */
 
+static inline KATTR double SFX(decode_one)(const unsigned char *src, int dtype, Py_ssize_t k)
+{
+    if (dtype == DT_F16)
+        return f16_to_f64(load_u16(src + 2 * k));
+    if (dtype == DT_BF16)
+        return bf16_to_f64(load_u16(src + 2 * k));
+    if (dtype == DT_F32) {
+        float f;
+        memcpy(&f, src + 4 * k, 4);
+        return (double)f;
+    }
+    double d;
+    memcpy(&d, src + 8 * k, 8);
+    return d;
+}
+
+#if !X86_LEVEL
+/* the portable decode (the x86 variants decode inside decode_stats' sweep) */
 static KATTR void SFX(decode)(const unsigned char *src, int dtype, double *dst, Py_ssize_t m)
 {
-    Py_ssize_t k = 0;
-    switch (dtype) {
-    case DT_F16:
-#if X86_LEVEL
-        /* F16C: 8 halves -> 8 floats (exact, subnormals included) -> 2 x 4 doubles (exact) */
-        for (; k + 8 <= m; k += 8) {
-            __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * k)));
-            _mm256_storeu_pd(dst + k, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
-            _mm256_storeu_pd(dst + k + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
-        }
-#endif
-        for (; k < m; k++)
-            dst[k] = f16_to_f64(load_u16(src + 2 * k));
-        break;
-    case DT_BF16:
-#if X86_LEVEL
-        /* bf16 is the top half of a float32: widen, shift left 16, convert (exact) */
-        for (; k + 8 <= m; k += 8) {
-            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * k)));
-            __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-            _mm256_storeu_pd(dst + k, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
-            _mm256_storeu_pd(dst + k + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
-        }
-#endif
-        for (; k < m; k++)
-            dst[k] = bf16_to_f64(load_u16(src + 2 * k));
-        break;
-    case DT_F32:
-        for (; k < m; k++) {
-            float f;
-            memcpy(&f, src + 4 * k, 4);
-            dst[k] = (double)f;
-        }
-        break;
-    default: /* DT_F64 */
+    if (dtype == DT_F64) {
         memcpy(dst, src, (size_t)m * sizeof(double));
-        break;
+        return;
     }
+    for (Py_ssize_t k = 0; k < m; k++)
+        dst[k] = SFX(decode_one)(src, dtype, k);
 }
+#endif
 
 /* ---- per-block statistics over finite data ---------------------------------------------- */
 
-/* Σx, min, max and the count of x == ±0 over seglen doubles at p, assuming every entry is
- * finite (a non-finite entry makes Σx non-finite, and the caller then redoes the block with
- * blockstats_slow).  Two vectors per step keep the add chains independent. */
-static KATTR void SFX(seg_stats)(const double *p, Py_ssize_t m, blockstats *b)
+/* Σx, min, max and the count of x == ±0 over nseg segments of m doubles at p (ld apart),
+ * assuming every entry is finite (a non-finite entry makes Σx non-finite, and the caller then
+ * redoes the block with blockstats_slow).  Two vectors per step keep the add chains
+ * independent. */
+static KATTR void SFX(seg_stats)(const double *p, Py_ssize_t ld, Py_ssize_t nseg, Py_ssize_t m,
+                                 blockstats *b)
 {
     const VD zero = SFX(vsplat)(0.0);
     VD s0 = zero, s1 = zero;
     VD lo0 = SFX(vsplat)(INFINITY), lo1 = lo0;
     VD hi0 = SFX(vsplat)(-INFINITY), hi1 = hi0;
     VL z0 = (VL)zero, z1 = (VL)zero;
-    Py_ssize_t k = 0;
-    for (; k + 2 * VW <= m; k += 2 * VW) {
-        VD x0 = SFX(vload)(p + k), x1 = SFX(vload)(p + k + VW);
-        s0 += x0;
-        s1 += x1;
-        lo0 = SFX(vmin)(x0, lo0);
-        lo1 = SFX(vmin)(x1, lo1);
-        hi0 = SFX(vmax)(x0, hi0);
-        hi1 = SFX(vmax)(x1, hi1);
-        z0 -= (VL)(x0 == zero); /* a true lane is -1 */
-        z1 -= (VL)(x1 == zero);
-    }
-    double s = SFX(vhsum)(s0 + s1), lo = b->lo, hi = b->hi;
+    double s = 0.0, lo = b->lo, hi = b->hi;
     long long z = 0;
+    for (Py_ssize_t g = 0; g < nseg; g++, p += ld) {
+        Py_ssize_t k = 0;
+        for (; k + 2 * VW <= m; k += 2 * VW) {
+            VD x0 = SFX(vload)(p + k), x1 = SFX(vload)(p + k + VW);
+            s0 += x0;
+            s1 += x1;
+            lo0 = SFX(vmin)(x0, lo0);
+            lo1 = SFX(vmin)(x1, lo1);
+            hi0 = SFX(vmax)(x0, hi0);
+            hi1 = SFX(vmax)(x1, hi1);
+            z0 -= (VL)(x0 == zero); /* a true lane is -1 */
+            z1 -= (VL)(x1 == zero);
+        }
+        for (; k < m; k++) {
+            double x = p[k];
+            s += x;
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+            z += x == 0.0;
+        }
+    }
+    s += SFX(vhsum)(s0 + s1);
     for (int l = 0; l < VW; l++) {
         lo = lo0[l] < lo ? lo0[l] : lo;
         lo = lo1[l] < lo ? lo1[l] : lo;
@@ -154,126 +157,194 @@ static KATTR void SFX(seg_stats)(const double *p, Py_ssize_t m, blockstats *b)
         hi = hi1[l] > hi ? hi1[l] : hi;
         z += z0[l] + z1[l];
     }
-    for (; k < m; k++) {
-        double x = p[k];
-        s += x;
-        lo = x < lo ? x : lo;
-        hi = x > hi ? x : hi;
-        z += x == 0.0;
-    }
     b->sum += s;
     b->lo = lo;
     b->hi = hi;
     b->zeros += z;
 }
 
-/* Σd², Σd³, Σd⁴ with d = x − mu over m finite doubles at p (the block's central power sums,
- * about the block mean, so nothing cancels). */
-static KATTR void SFX(seg_moments)(const double *p, Py_ssize_t m, double mu, double out[3])
+/* Σd², Σd³, Σd⁴ with d = x − mu over nseg segments of m finite doubles at p, ld apart (the
+ * block's central power sums, about the block mean, so nothing cancels). */
+static KATTR void SFX(seg_moments)(const double *p, Py_ssize_t ld, Py_ssize_t nseg,
+                                   Py_ssize_t m, double mu, double out[3])
 {
     const VD vmu = SFX(vsplat)(mu), zero = SFX(vsplat)(0.0);
     VD a2 = zero, a3 = zero, a4 = zero, b2 = zero, b3 = zero, b4 = zero;
-    Py_ssize_t k = 0;
-    for (; k + 2 * VW <= m; k += 2 * VW) {
-        VD d = SFX(vload)(p + k) - vmu, e = SFX(vload)(p + k + VW) - vmu;
-        VD d2 = d * d, e2 = e * e;
-        a2 += d2;
-        a3 += d2 * d;
-        a4 += d2 * d2;
-        b2 += e2;
-        b3 += e2 * e;
-        b4 += e2 * e2;
+    double s2 = 0.0, s3 = 0.0, s4 = 0.0;
+    for (Py_ssize_t g = 0; g < nseg; g++, p += ld) {
+        Py_ssize_t k = 0;
+        for (; k + 2 * VW <= m; k += 2 * VW) {
+            VD d = SFX(vload)(p + k) - vmu, e = SFX(vload)(p + k + VW) - vmu;
+            VD d2 = d * d, e2 = e * e;
+            a2 += d2;
+            a3 += d2 * d;
+            a4 += d2 * d2;
+            b2 += e2;
+            b3 += e2 * e;
+            b4 += e2 * e2;
+        }
+        for (; k < m; k++) {
+            double d = p[k] - mu, d2 = d * d;
+            s2 += d2;
+            s3 += d2 * d;
+            s4 += d2 * d2;
+        }
     }
-    double s2 = SFX(vhsum)(a2 + b2), s3 = SFX(vhsum)(a3 + b3), s4 = SFX(vhsum)(a4 + b4);
-    for (; k < m; k++) {
-        double d = p[k] - mu, d2 = d * d;
-        s2 += d2;
-        s3 += d2 * d;
-        s4 += d2 * d2;
-    }
-    out[0] += s2;
-    out[1] += s3;
-    out[2] += s4;
+    out[0] += s2 + SFX(vhsum)(a2 + b2);
+    out[1] += s3 + SFX(vhsum)(a3 + b3);
+    out[2] += s4 + SFX(vhsum)(a4 + b4);
 }
 
 #if X86_LEVEL
-/* The x86 decode and statistics in one sweep, 16 entries a step: fp16/bf16/fp32 are decoded
- * to 8-lane float32 (exact), whose min, max and zero count are taken in float32 (the same
- * values), then widened to float64 for Σx (four accumulators) and the store into dst. */
-#define DS_STEP(LOAD8)                                                                         \
-    for (; k + 16 <= m; k += 16) {                                                             \
-        __m256 f0 = LOAD8(k), f1 = LOAD8(k + 8);                                               \
-        lo0 = _mm256_min_ps(f0, lo0), lo1 = _mm256_min_ps(f1, lo1);                            \
-        hi0 = _mm256_max_ps(f0, hi0), hi1 = _mm256_max_ps(f1, hi1);                            \
-        z0 = _mm256_sub_epi32(z0, _mm256_castps_si256(_mm256_cmp_ps(f0, fz, _CMP_EQ_OQ)));     \
-        z1 = _mm256_sub_epi32(z1, _mm256_castps_si256(_mm256_cmp_ps(f1, fz, _CMP_EQ_OQ)));     \
-        __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(f0));                              \
-        __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1));                            \
-        __m256d d2 = _mm256_cvtps_pd(_mm256_castps256_ps128(f1));                              \
-        __m256d d3 = _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1));                            \
-        s0 = _mm256_add_pd(s0, d0), s1 = _mm256_add_pd(s1, d1);                                \
-        s2 = _mm256_add_pd(s2, d2), s3 = _mm256_add_pd(s3, d3);                                \
-        _mm256_storeu_pd(dst + k, d0), _mm256_storeu_pd(dst + k + 4, d1);                      \
-        _mm256_storeu_pd(dst + k + 8, d2), _mm256_storeu_pd(dst + k + 12, d3);                 \
-    }
-#define LOAD_F16(i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * (i))))
+/* The x86 decode and statistics in one sweep: fp16/bf16/fp32 are decoded to float32 (exact),
+ * whose min, max and zero count are taken in float32 (the same values), then widened to
+ * float64 for Σx (four accumulators) and the store into dst.  AVX2 takes 16 entries a step
+ * as two 8-lane float32 vectors, AVX-512 32 as two 16-lane ones (half the instructions per
+ * entry: at r = 16 this sweep is a third of the pass).  A segment's last m mod step entries
+ * are decoded one by one. */
+#if X86_LEVEL == 2
+#define DS_W 16 /* float32 lanes */
+typedef __m512 SFX(vf);
+#define DS_FMIN _mm512_min_ps
+#define DS_FMAX _mm512_max_ps
+/* zeros: the lanes where f == ±0 add 1 to the count (a mask, no compare vector) */
+#define DS_ZADD(z, f)                                                                          \
+    _mm512_mask_add_epi32(z, _mm512_cmp_ps_mask(f, _mm512_setzero_ps(), _CMP_EQ_OQ), z, one)
+#define DS_LO(f) _mm512_cvtps_pd(_mm512_castps512_ps256(f))
+#define DS_HI(f) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)))
+#define DS_ADDD _mm512_add_pd
+#define DS_STORED _mm512_storeu_pd
+#define LOAD_F16(i) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * (i))))
+#define LOAD_BF16(i)                                                                           \
+    _mm512_castsi512_ps(_mm512_slli_epi32(                                                     \
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + 2 * (i)))), 16))
+#define LOAD_F32(i) _mm512_loadu_ps((const float *)(s + 4 * (i)))
+typedef __m512i SFX(vz);
+typedef __m512d SFX(vdd);
+#else
+#define DS_W 8
+typedef __m256 SFX(vf);
+#define DS_FMIN _mm256_min_ps
+#define DS_FMAX _mm256_max_ps
+#define DS_ZADD(z, f)                                                                          \
+    _mm256_sub_epi32(z, _mm256_castps_si256(_mm256_cmp_ps(f, _mm256_setzero_ps(), _CMP_EQ_OQ)))
+#define DS_LO(f) _mm256_cvtps_pd(_mm256_castps256_ps128(f))
+#define DS_HI(f) _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1))
+#define DS_ADDD _mm256_add_pd
+#define DS_STORED _mm256_storeu_pd
+#define LOAD_F16(i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * (i))))
 #define LOAD_BF16(i)                                                                           \
     _mm256_castsi256_ps(_mm256_slli_epi32(                                                     \
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * (i)))), 16))
-#define LOAD_F32(i) _mm256_loadu_ps((const float *)(src + 4 * (i)))
+        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + 2 * (i)))), 16))
+#define LOAD_F32(i) _mm256_loadu_ps((const float *)(s + 4 * (i)))
+typedef __m256i SFX(vz);
+typedef __m256d SFX(vdd);
+#endif
 
-/* decode m values into dst and add their Σx, min, max, zeros to b (finite data assumed, as
- * in seg_stats) */
-static KATTR void SFX(decode_stats)(const unsigned char *src, int dtype, double *dst,
-                                    Py_ssize_t m, blockstats *b)
+/* all segments of one dtype: the vector steps, then the segment's tail entry by entry */
+#define DS_SEGMENTS(LOAD)                                                                      \
+    for (Py_ssize_t g = 0; g < nseg; g++) {                                                    \
+        const unsigned char *s = src + (size_t)(g * sstride) * (size_t)isz;                    \
+        double *d = dst + g * ld;                                                              \
+        Py_ssize_t k = 0;                                                                      \
+        for (; k + 2 * DS_W <= m; k += 2 * DS_W) {                                             \
+            SFX(vf) f0 = LOAD(k), f1 = LOAD(k + DS_W);                                         \
+            lo0 = DS_FMIN(f0, lo0), lo1 = DS_FMIN(f1, lo1);                                    \
+            hi0 = DS_FMAX(f0, hi0), hi1 = DS_FMAX(f1, hi1);                                    \
+            z0 = DS_ZADD(z0, f0), z1 = DS_ZADD(z1, f1);                                        \
+            SFX(vdd) d0 = DS_LO(f0), d1 = DS_HI(f0), d2 = DS_LO(f1), d3 = DS_HI(f1);           \
+            s0 = DS_ADDD(s0, d0), s1 = DS_ADDD(s1, d1);                                        \
+            s2 = DS_ADDD(s2, d2), s3 = DS_ADDD(s3, d3);                                        \
+            DS_STORED(d + k, d0), DS_STORED(d + k + DS_W / 2, d1);                             \
+            DS_STORED(d + k + DS_W, d2), DS_STORED(d + k + 3 * DS_W / 2, d3);                  \
+        }                                                                                      \
+        for (; k < m; k++) {                                                                   \
+            const double x = SFX(decode_one)(s, dtype, k);                                     \
+            d[k] = x;                                                                          \
+            ts += x;                                                                           \
+            lo = x < lo ? x : lo;                                                              \
+            hi = x > hi ? x : hi;                                                              \
+            tz += x == 0.0;                                                                    \
+        }                                                                                      \
+    }
+
+/* decode nseg segments of m values (source segments sstride values apart, destination ld
+ * apart) and add their Σx, min, max, zeros to b (finite data assumed, as in seg_stats) */
+static KATTR void SFX(decode_stats)(const unsigned char *src, Py_ssize_t sstride, int dtype,
+                                    double *dst, Py_ssize_t ld, Py_ssize_t nseg, Py_ssize_t m,
+                                    blockstats *b)
 {
-    Py_ssize_t k = 0;
+    const Py_ssize_t isz = itemsize(dtype);
     if (dtype == DT_F64) { /* already float64: copy, with seg_stats' sweep */
-        SFX(decode)(src, dtype, dst, m);
-        SFX(seg_stats)(dst, m, b);
+        for (Py_ssize_t g = 0; g < nseg; g++)
+            memcpy(dst + g * ld, src + (size_t)(g * sstride) * 8, (size_t)m * sizeof(double));
+        SFX(seg_stats)(dst, ld, nseg, m, b);
         return;
     }
-    const __m256 fz = _mm256_setzero_ps();
+#if X86_LEVEL == 2
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512 lo0 = _mm512_set1_ps(INFINITY), lo1 = lo0, hi0 = _mm512_set1_ps(-INFINITY), hi1 = hi0;
+    __m512i z0 = _mm512_setzero_si512(), z1 = z0;
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+#else
     __m256 lo0 = _mm256_set1_ps(INFINITY), lo1 = lo0, hi0 = _mm256_set1_ps(-INFINITY), hi1 = hi0;
     __m256i z0 = _mm256_setzero_si256(), z1 = z0;
     __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+#endif
+    double ts = 0.0, lo = b->lo, hi = b->hi; /* the tails' Σx, and min/max of all */
+    long long tz = 0;
     if (dtype == DT_F16)
-        DS_STEP(LOAD_F16)
+        DS_SEGMENTS(LOAD_F16)
     else if (dtype == DT_BF16)
-        DS_STEP(LOAD_BF16)
+        DS_SEGMENTS(LOAD_BF16)
     else
-        DS_STEP(LOAD_F32)
-    float lo8[8], hi8[8];
-    int32_t zc[8];
-    double s4[4];
+        DS_SEGMENTS(LOAD_F32)
+    float lo8[DS_W], hi8[DS_W];
+    int32_t zc[DS_W];
+    double s4[DS_W / 2];
+#if X86_LEVEL == 2
+    _mm512_storeu_ps(lo8, _mm512_min_ps(lo0, lo1));
+    _mm512_storeu_ps(hi8, _mm512_max_ps(hi0, hi1));
+    _mm512_storeu_si512(zc, _mm512_add_epi32(z0, z1));
+    _mm512_storeu_pd(s4, _mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+#else
     _mm256_storeu_ps(lo8, _mm256_min_ps(lo0, lo1));
     _mm256_storeu_ps(hi8, _mm256_max_ps(hi0, hi1));
     _mm256_storeu_si256((__m256i *)zc, _mm256_add_epi32(z0, z1));
     _mm256_storeu_pd(s4, _mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
-    double lo = b->lo, hi = b->hi;
-    long long z = 0;
-    for (int l = 0; l < 8; l++) {
+#endif
+    double vs = 0.0;
+    for (int l = 0; l < DS_W; l++) {
         lo = lo8[l] < lo ? lo8[l] : lo;
         hi = hi8[l] > hi ? hi8[l] : hi;
-        z += zc[l];
+        tz += zc[l];
     }
-    b->sum += (s4[0] + s4[1]) + (s4[2] + s4[3]);
-    b->lo = lo, b->hi = hi, b->zeros += z;
-    if (k < m) { /* the tail */
-        SFX(decode)(src + k * itemsize(dtype), dtype, dst + k, m - k);
-        SFX(seg_stats)(dst + k, m - k, b);
-    }
+    for (int l = 0; l < DS_W / 2; l++)
+        vs += s4[l];
+    b->sum += vs + ts;
+    b->lo = lo, b->hi = hi, b->zeros += tz;
 }
-#undef DS_STEP
+#undef DS_SEGMENTS
+#undef DS_W
+#undef DS_FMIN
+#undef DS_FMAX
+#undef DS_ZADD
+#undef DS_LO
+#undef DS_HI
+#undef DS_ADDD
+#undef DS_STORED
 #undef LOAD_F16
 #undef LOAD_BF16
 #undef LOAD_F32
 #else
-static KATTR void SFX(decode_stats)(const unsigned char *src, int dtype, double *dst,
-                                    Py_ssize_t m, blockstats *b)
+static KATTR void SFX(decode_stats)(const unsigned char *src, Py_ssize_t sstride, int dtype,
+                                    double *dst, Py_ssize_t ld, Py_ssize_t nseg, Py_ssize_t m,
+                                    blockstats *b)
 {
-    SFX(decode)(src, dtype, dst, m);
-    SFX(seg_stats)(dst, m, b);
+    const Py_ssize_t isz = itemsize(dtype);
+    for (Py_ssize_t g = 0; g < nseg; g++)
+        SFX(decode)(src + (size_t)(g * sstride) * (size_t)isz, dtype, dst + g * ld, m);
+    SFX(seg_stats)(dst, ld, nseg, m, b);
 }
 #endif
 
@@ -305,111 +376,170 @@ static inline KATTR void SFX(hsum4_add)(double *g, VD c0, VD c1, VD c2, VD c3)
 }
 
 /* Dot-product kernel, rows mode: S holds rp rows of ld doubles (rows ≥ r and lanes ≥ kb are
- * zero), nk = kb rounded up to VW.  Tile: 2 rows i × 4 rows j, 8 vector accumulators
- *   c[a][t] += S[i+a][k..k+VW) ∘ S[j+t][k..k+VW),   G_ij = Σ_lanes c.
- * Only tiles reaching the upper triangle are run (j-block end ≥ i). */
-static KATTR void SFX(gram_dot)(const double *S, Py_ssize_t rp, Py_ssize_t ld, Py_ssize_t nk,
-                                double *G)
-{
-    for (Py_ssize_t i = 0; i < rp; i += 2) {
-        const double *a0 = S + i * ld, *a1 = a0 + ld;
-        for (Py_ssize_t j = i / 4 * 4; j < rp; j += 4) {
-            const double *b0 = S + j * ld, *b1 = b0 + ld, *b2 = b1 + ld, *b3 = b2 + ld;
-            VD c00 = SFX(vsplat)(0.0), c01 = c00, c02 = c00, c03 = c00;
-            VD c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-            for (Py_ssize_t k = 0; k < nk; k += VW) {
-                VD x0 = SFX(vload)(a0 + k), x1 = SFX(vload)(a1 + k), y;
-                y = SFX(vload)(b0 + k);
-                c00 += x0 * y;
-                c10 += x1 * y;
-                y = SFX(vload)(b1 + k);
-                c01 += x0 * y;
-                c11 += x1 * y;
-                y = SFX(vload)(b2 + k);
-                c02 += x0 * y;
-                c12 += x1 * y;
-                y = SFX(vload)(b3 + k);
-                c03 += x0 * y;
-                c13 += x1 * y;
-            }
-            SFX(hsum4_add)(G + i * rp + j, c00, c01, c02, c03);
-            SFX(hsum4_add)(G + (i + 1) * rp + j, c10, c11, c12, c13);
-        }
-    }
-}
-
-/* Outer-product kernel: D holds kb rows of rp doubles (row k = x(k), zero-padded).  Tile:
- * 4 rows i × 2·VW columns j, 8 vector accumulators
- *   c[a][t] += D[k][i+a] · D[k][j+t·VW .. +VW)   (a broadcast times a vector),
- * added into Gacc once per block.  Only tiles reaching the upper triangle are run. */
-static KATTR void SFX(gram_outer)(const double *D, Py_ssize_t rp, Py_ssize_t kb, double *G)
-{
-    for (Py_ssize_t i = 0; i < rp; i += 4) {
-        for (Py_ssize_t j = i / (2 * VW) * (2 * VW); j < rp; j += 2 * VW) {
-            VD c00 = SFX(vsplat)(0.0), c01 = c00, c10 = c00, c11 = c00;
-            VD c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-            const double *p = D;
-            for (Py_ssize_t k = 0; k < kb; k++, p += rp) {
-                VD y0 = SFX(vload)(p + j), y1 = SFX(vload)(p + j + VW), x;
-                x = SFX(vsplat)(p[i]);
-                c00 += x * y0;
-                c01 += x * y1;
-                x = SFX(vsplat)(p[i + 1]);
-                c10 += x * y0;
-                c11 += x * y1;
-                x = SFX(vsplat)(p[i + 2]);
-                c20 += x * y0;
-                c21 += x * y1;
-                x = SFX(vsplat)(p[i + 3]);
-                c30 += x * y0;
-                c31 += x * y1;
-            }
-            double *g = G + i * rp + j;
-            SFX(vstore)(g, SFX(vload)(g) + c00);
-            SFX(vstore)(g + VW, SFX(vload)(g + VW) + c01);
-            g += rp;
-            SFX(vstore)(g, SFX(vload)(g) + c10);
-            SFX(vstore)(g + VW, SFX(vload)(g + VW) + c11);
-            g += rp;
-            SFX(vstore)(g, SFX(vload)(g) + c20);
-            SFX(vstore)(g + VW, SFX(vload)(g + VW) + c21);
-            g += rp;
-            SFX(vstore)(g, SFX(vload)(g) + c30);
-            SFX(vstore)(g + VW, SFX(vload)(g + VW) + c31);
-        }
-    }
-}
-
-/* D[k][i] = S[i][k0 + k] for i < r, k < kb: a rows-mode block made k-major for gram_outer.
- * x86: 4×4 tiles transposed in registers (unpack, then swap 128-bit halves). */
-static KATTR void SFX(transpose)(const double *S, Py_ssize_t r, Py_ssize_t ld, Py_ssize_t k0,
-                                 Py_ssize_t kb, double *D, Py_ssize_t rp)
-{
-    Py_ssize_t i = 0;
-#if X86_LEVEL
-    for (; i + 4 <= r; i += 4) {
-        const double *s0 = S + i * ld + k0, *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
-        Py_ssize_t k = 0;
-        for (; k + 4 <= kb; k += 4) {
-            __m256d a = _mm256_loadu_pd(s0 + k), b = _mm256_loadu_pd(s1 + k);
-            __m256d c = _mm256_loadu_pd(s2 + k), d = _mm256_loadu_pd(s3 + k);
-            __m256d ab0 = _mm256_unpacklo_pd(a, b), ab1 = _mm256_unpackhi_pd(a, b);
-            __m256d cd0 = _mm256_unpacklo_pd(c, d), cd1 = _mm256_unpackhi_pd(c, d);
-            double *t = D + k * rp + i;
-            _mm256_storeu_pd(t, _mm256_permute2f128_pd(ab0, cd0, 0x20));
-            _mm256_storeu_pd(t + rp, _mm256_permute2f128_pd(ab1, cd1, 0x20));
-            _mm256_storeu_pd(t + 2 * rp, _mm256_permute2f128_pd(ab0, cd0, 0x31));
-            _mm256_storeu_pd(t + 3 * rp, _mm256_permute2f128_pd(ab1, cd1, 0x31));
-        }
-        for (; k < kb; k++) {
-            double *t = D + k * rp + i;
-            t[0] = s0[k], t[1] = s1[k], t[2] = s2[k], t[3] = s3[k];
-        }
-    }
+ * zero), nk = kb rounded up to VW.  Tile: DOT_MR rows i × 4 rows j, 4·DOT_MR vector
+ * accumulators
+ *   c[a][t] += S[i+a][k..k+VW) ∘ S[j+t][k..k+VW),   G_ij = Σ_lanes c,
+ * summed across lanes into Gacc once per tile and block (so a block is DOT_MIN_K vectors
+ * long at least).  Per step it loads DOT_MR + 4 vectors for 4·DOT_MR FMAs: AVX-512 runs
+ * 4 × 4 tiles (8 loads, 16 FMAs; its 32 registers hold them), the others 2 × 4 (16
+ * registers).  Only tiles reaching the upper triangle are run (j-block end ≥ i); with rp a
+ * multiple of 4, at r = 64 that is 2176 products per vector x(k) for the 2080 of i ≤ j.
+ *
+ * Rows mode takes this kernel at every rank: S is already "k-contiguous", where the outer
+ * kernel needs a transposed copy (its shuffles share the FMA port) and pads r to its
+ * 16-wide column blocks.  The j rows are taken in panels of about DOT_PANEL_DOUBLES that
+ * stay in L1 while every i tile above them streams past (S itself is rp·kb doubles: L2 at
+ * high rank). */
+#if VW == 8
+#define DOT_MR 4
+#else
+#define DOT_MR 2
 #endif
-    for (; i < r; i++)
-        for (Py_ssize_t k = 0; k < kb; k++)
-            D[k * rp + i] = S[i * ld + k0 + k];
+
+/* the number of tiles gram_dot runs (to spread the prefetches over them) */
+static KATTR Py_ssize_t SFX(dot_tiles)(Py_ssize_t rp)
+{
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < rp; i += DOT_MR)
+        n += (rp - i / 4 * 4) / 4;
+    return n;
+}
+
+static KATTR void SFX(gram_dot)(const double *S, Py_ssize_t rp, Py_ssize_t ld, Py_ssize_t nk,
+                                double *G, prefetcher *pf)
+{
+    Py_ssize_t panel = DOT_PANEL_DOUBLES / (ld > 0 ? ld : 1) / 4 * 4; /* j rows a panel */
+    if (panel < 4)
+        panel = 4;
+    for (Py_ssize_t p0 = 0; p0 < rp; p0 += panel) {
+        const Py_ssize_t p1 = p0 + panel < rp ? p0 + panel : rp;
+        for (Py_ssize_t i = 0; i < p1; i += DOT_MR) {
+            const Py_ssize_t jstart = i / 4 * 4 > p0 ? i / 4 * 4 : p0;
+            for (Py_ssize_t j = jstart; j < p1; j += 4) {
+                VD c[DOT_MR][4];
+#pragma GCC unroll 4
+                for (int a = 0; a < DOT_MR; a++)
+#pragma GCC unroll 4
+                    for (int t = 0; t < 4; t++)
+                        c[a][t] = SFX(vsplat)(0.0);
+                for (Py_ssize_t k = 0; k < nk; k += VW) {
+                    VD x[DOT_MR];
+#pragma GCC unroll 4
+                    for (int a = 0; a < DOT_MR; a++)
+                        x[a] = SFX(vload)(S + (i + a) * ld + k);
+#pragma GCC unroll 4
+                    for (int t = 0; t < 4; t++) {
+                        const VD y = SFX(vload)(S + (j + t) * ld + k);
+#pragma GCC unroll 4
+                        for (int a = 0; a < DOT_MR; a++)
+                            c[a][t] += x[a] * y;
+                    }
+                }
+#pragma GCC unroll 4
+                for (int a = 0; a < DOT_MR; a++)
+                    SFX(hsum4_add)(G + (i + a) * rp + j, c[a][0], c[a][1], c[a][2], c[a][3]);
+                prefetch_some(pf, pf->quota);
+            }
+        }
+    }
+}
+
+/* Outer-product kernel.  D holds kb rows of rp doubles (row k = x(k), zero-padded); rp is a
+ * multiple of the column block OUTER_NV·VW.  A tile is VW rows i0..i0+VW × nv vectors of
+ * columns starting at j, with VW·nv vector accumulators
+ *   c[a][t] += D[k][i0+a] · D[k][j+t·VW .. +VW)   (a broadcast times a vector),
+ * added into Gacc once per block.  Per k it loads nv vectors and VW scalars for VW·nv FMAs:
+ * with AVX-512, 10 loads for 16 FMAs, and 16 independent add chains (the 4-cycle FMA
+ * latency on two ports needs 8).
+ *
+ * The upper triangle: a column block j0..j0+OUTER_NV·VW is run for the row blocks i0 ≤ its
+ * last column, and in a row block at or below j0 the vectors wholly left of the diagonal
+ * (columns < i0) are skipped, so the waste is the diagonal VW×VW squares' lower halves: at
+ * r = 64 with AVX-512, 2304 products per vector x(k) for the 2080 of i ≤ j (the 4×16 tiles
+ * before this ran 2560). */
+#if VW == 8
+#define OUTER_NV 2 /* 8 rows × 16 columns: 16 of the 32 zmm registers accumulate */
+#elif VW == 4
+#define OUTER_NV 2 /* 4 × 8: 8 of the 16 ymm registers (4 × 12 would pad r = 16 to 24) */
+#else
+#define OUTER_NV 4 /* 2 × 8: 8 of the 16 (SSE2) or 32 (NEON) registers */
+#endif
+
+static inline __attribute__((always_inline)) KATTR void
+SFX(outer_tile)(const double *D, Py_ssize_t rp, Py_ssize_t kb, Py_ssize_t i0, Py_ssize_t j,
+                const int nv, double *G)
+{
+    VD c[VW][OUTER_NV];
+#pragma GCC unroll 8
+    for (int a = 0; a < VW; a++)
+#pragma GCC unroll 4
+        for (int t = 0; t < OUTER_NV; t++)
+            c[a][t] = SFX(vsplat)(0.0);
+    const double *p = D;
+    for (Py_ssize_t k = 0; k < kb; k++, p += rp) {
+        VD y[OUTER_NV];
+#pragma GCC unroll 4
+        for (int t = 0; t < OUTER_NV; t++)
+            if (t < nv)
+                y[t] = SFX(vload)(p + j + t * VW);
+#pragma GCC unroll 8
+        for (int a = 0; a < VW; a++) {
+            const VD x = SFX(vsplat)(p[i0 + a]);
+#pragma GCC unroll 4
+            for (int t = 0; t < OUTER_NV; t++)
+                if (t < nv)
+                    c[a][t] += x * y[t];
+        }
+    }
+#pragma GCC unroll 8
+    for (int a = 0; a < VW; a++) {
+        double *g = G + (i0 + a) * rp + j;
+#pragma GCC unroll 4
+        for (int t = 0; t < OUTER_NV; t++)
+            if (t < nv)
+                SFX(vstore)(g + t * VW, SFX(vload)(g + t * VW) + c[a][t]);
+    }
+}
+
+/* the number of tiles gram_outer runs */
+static KATTR Py_ssize_t SFX(outer_tiles)(Py_ssize_t rp)
+{
+    Py_ssize_t n = 0;
+    for (Py_ssize_t j0 = 0; j0 < rp; j0 += OUTER_NV * VW)
+        n += (j0 + OUTER_NV * VW) / VW;
+    return n;
+}
+
+static KATTR void SFX(gram_outer)(const double *D, Py_ssize_t rp, Py_ssize_t kb, double *G,
+                                  prefetcher *pf)
+{
+    const Py_ssize_t jb = OUTER_NV * VW;
+    for (Py_ssize_t j0 = 0; j0 < rp; j0 += jb) {
+        for (Py_ssize_t i0 = 0; i0 < j0 + jb; i0 += VW) {
+            /* vectors of this column block wholly left of the diagonal in rows i0..i0+VW */
+            const Py_ssize_t skip = i0 > j0 ? (i0 - j0) / VW : 0;
+            const Py_ssize_t j = j0 + skip * VW;
+            switch (OUTER_NV - skip) { /* nv a constant in each call: accumulators in registers */
+#if OUTER_NV > 3
+            case 4:
+                SFX(outer_tile)(D, rp, kb, i0, j, 4, G);
+                break;
+#endif
+#if OUTER_NV > 2
+            case 3:
+                SFX(outer_tile)(D, rp, kb, i0, j, 3, G);
+                break;
+#endif
+            case 2:
+                SFX(outer_tile)(D, rp, kb, i0, j, 2, G);
+                break;
+            default:
+                SFX(outer_tile)(D, rp, kb, i0, j, 1, G);
+                break;
+            }
+            prefetch_some(pf, pf->quota);
+        }
+    }
 }
 
 /* ---- the pass --------------------------------------------------------------------------- */
@@ -422,26 +552,28 @@ static KATTR int SFX(run)(pass_t *P)
     const Py_ssize_t r = rows_mode ? P->rows : P->cols;   /* the Gram's order */
     const Py_ssize_t len = rows_mode ? P->cols : P->rows; /* the number of vectors x(k) */
     const Py_ssize_t isz = itemsize(P->dtype);
-    const Py_ssize_t rpa = 2 * VW > 4 ? 2 * VW : 4; /* tile multiple of both kernels */
+    const int use_dot = rows_mode; /* see gram_dot */
+    /* padded order: the dot kernel's tiles are DOT_MR × 4 rows, the outer kernel's column
+     * blocks OUTER_NV·VW wide */
+    const Py_ssize_t rpa = use_dot ? 4 : OUTER_NV * VW;
     const Py_ssize_t rp = r > 0 ? (r + rpa - 1) / rpa * rpa : rpa;
-    const int use_dot = rows_mode && rp <= DOT_MAX_RANK;
     const unsigned char *src = (const unsigned char *)P->src;
 
-    /* Block length kb ≤ kbmax vectors, so that D is about BLOCK_DOUBLES (L1).  A rows-mode
-     * block for the outer kernel is decoded ROWS_BLOCK_MIN at a time at least (long rows
-     * for the decode sweep), then made k-major kdmax vectors at a time. */
-    Py_ssize_t kdmax = BLOCK_DOUBLES / rp;
-    if (kdmax < 2 * VW)
-        kdmax = 2 * VW;
-    Py_ssize_t kbmax = kdmax;
-    if (use_dot)
+    /* Block length kb ≤ kbmax vectors.  The dot kernel's S (rp × kb) and a cols-mode D
+     * (kb × rp) are about BLOCK_DOUBLES (L1); at high rank the kernels take at least
+     * DOT_MIN_K or OUTER_MIN_K vectors a block (S or D then sits in L2, but the dot kernel
+     * works in L1-sized panels and an outer tile streams one column block of D), so that
+     * adding the accumulators into Gacc stays rare. */
+    Py_ssize_t kbmax = BLOCK_DOUBLES / rp;
+    if (use_dot) {
+        if (kbmax < DOT_MIN_K)
+            kbmax = DOT_MIN_K;
         kbmax = kbmax / VW * VW;
-    else if (rows_mode && kbmax < ROWS_BLOCK_MIN)
-        kbmax = ROWS_BLOCK_MIN;
+    } else if (kbmax < OUTER_MIN_K) {
+        kbmax = OUTER_MIN_K;
+    }
     if (kbmax > len)
-        kbmax = (len + VW - 1) / VW * VW;
-    if (kdmax > kbmax)
-        kdmax = kbmax;
+        kbmax = use_dot ? (len + VW - 1) / VW * VW : len;
     const Py_ssize_t ld = kbmax; /* row stride of S in rows mode */
 
     buffer gbuf = {0}, sbuf = {0}, dbuf = {0};
@@ -449,15 +581,19 @@ static KATTR int SFX(run)(pass_t *P)
     int status = -1;
     if (r > 0 && len > 0) {
         G = buffer_zeros(&gbuf, (size_t)rp * (size_t)rp);
-        S = buffer_zeros(&sbuf, (size_t)(use_dot ? rp : r) * (size_t)ld);
-        if (!rows_mode && r == rp)
-            D = S; /* a cols-mode block is already k-major */
-        else if (!use_dot)
-            D = buffer_zeros(&dbuf, (size_t)kdmax * (size_t)rp);
-        if (!G || !S || (!use_dot && !D))
+        if (rows_mode)
+            S = buffer_zeros(&sbuf, (size_t)rp * (size_t)ld);
+        else if (r == rp)
+            S = D = buffer_zeros(&dbuf, (size_t)kbmax * (size_t)rp); /* already k-major */
+        else {
+            S = buffer_zeros(&sbuf, (size_t)kbmax * (size_t)r);
+            D = buffer_zeros(&dbuf, (size_t)kbmax * (size_t)rp);
+        }
+        if (!G || !S || (!rows_mode && !D))
             goto done;
     }
 
+    const Py_ssize_t tiles = use_dot ? SFX(dot_tiles)(rp) : SFX(outer_tiles)(rp);
     compsum total = {0.0, 0.0};
     moments mom = {0.0, 0.0, 0.0, 0.0, 0.0};
     long long zeros = 0, nonfinite = 0;
@@ -466,22 +602,34 @@ static KATTR int SFX(run)(pass_t *P)
     for (Py_ssize_t k0 = 0; r > 0 && k0 < len; k0 += kbmax) {
         const Py_ssize_t kb = len - k0 < kbmax ? len - k0 : kbmax;
         const Py_ssize_t nk = (kb + VW - 1) / VW * VW;
-        /* segments of S holding this block's values: rows mode r rows of kb at stride ld */
+        /* segments of S holding this block's values: rows mode r rows of kb at stride ld,
+         * cols mode one run of kb·r (in D itself when D needs no padding) */
         const Py_ssize_t nseg = rows_mode ? r : 1, seglen = rows_mode ? kb : kb * r;
 
         /* 1. decode, with Σx, min, max, zeros; redone entry by entry if the block holds NaN/Inf
          * (then Σx comes out non-finite) */
         blockstats bs = {0.0, INFINITY, -INFINITY, 0, 0};
-        if (rows_mode) {
-            for (Py_ssize_t i = 0; i < r; i++) {
-                SFX(decode_stats)(src + (size_t)(i * len + k0) * (size_t)isz, P->dtype,
-                                  S + i * ld, kb, &bs);
+        if (rows_mode)
+            SFX(decode_stats)(src + (size_t)k0 * (size_t)isz, len, P->dtype, S, ld, r, kb, &bs);
+        else
+            SFX(decode_stats)(src + (size_t)(k0 * r) * (size_t)isz, 0, P->dtype, S, 0, 1,
+                              kb * r, &bs);
+        /* the next block's bytes, asked for while this block's Gram runs: the stored factor
+         * comes from the page cache (DRAM), the r row streams of rows mode defeat the
+         * hardware prefetcher, and its one stream of cols mode stops while the Gram runs
+         * (10-15% of rows mode and ~8% of cols mode at r = 64, read from a file) */
+        const Py_ssize_t kn = len - k0 - kb < kbmax ? len - k0 - kb : kbmax;
+        prefetcher pf;
+        if (rows_mode)
+            prefetch_plan(&pf, src + (size_t)(k0 + kb) * (size_t)isz, r, len * isz, kn * isz,
+                          tiles);
+        else
+            prefetch_plan(&pf, src + (size_t)((k0 + kb) * r) * (size_t)isz, 1, 0,
+                          kn * r * isz, tiles);
+        if (use_dot && kb < nk) /* the dot kernel reads whole vectors */
+            for (Py_ssize_t i = 0; i < r; i++)
                 for (Py_ssize_t k = kb; k < nk; k++)
-                    S[i * ld + k] = 0.0; /* the dot kernel reads whole vectors */
-            }
-        } else {
-            SFX(decode_stats)(src + (size_t)(k0 * r) * (size_t)isz, P->dtype, S, kb * r, &bs);
-        }
+                    S[i * ld + k] = 0.0;
         if (!isfinite(bs.sum))
             blockstats_slow(S, nseg, seglen, ld, &bs);
         compsum_add(&total, bs.sum);
@@ -490,36 +638,27 @@ static KATTR int SFX(run)(pass_t *P)
         lo = bs.lo < lo ? bs.lo : lo;
         hi = bs.hi > hi ? bs.hi : hi;
 
-        /* 3. central moments of the block about its own mean, merged into the running ones */
+        /* 2. central moments of the block about its own mean, merged into the running ones */
         const double nfin = (double)(nseg * seglen - bs.nonfinite);
         if (P->moments && nfin > 0) {
             double mu = bs.sum / nfin, pw[3] = {0.0, 0.0, 0.0};
-            if (bs.nonfinite == 0) {
-                for (Py_ssize_t s = 0; s < nseg; s++)
-                    SFX(seg_moments)(S + s * ld, seglen, mu, pw);
-            } else {
+            if (bs.nonfinite == 0)
+                SFX(seg_moments)(S, ld, nseg, seglen, mu, pw);
+            else
                 moments_slow(S, nseg, seglen, ld, mu, pw);
-            }
             moments_merge(&mom, nfin, mu, pw[0], pw[1], pw[2]);
         }
 
-        /* 4. the Gram */
+        /* 3. the Gram */
         if (use_dot) {
-            SFX(gram_dot)(S, rp, ld, nk, G);
+            SFX(gram_dot)(S, rp, ld, nk, G, &pf);
         } else {
-            if (rows_mode) {
-                for (Py_ssize_t c0 = 0; c0 < kb; c0 += kdmax) {
-                    const Py_ssize_t kd = kb - c0 < kdmax ? kb - c0 : kdmax;
-                    SFX(transpose)(S, r, ld, c0, kd, D, rp);
-                    SFX(gram_outer)(D, rp, kd, G);
-                }
-            } else {
-                if (D != S)
-                    for (Py_ssize_t k = 0; k < kb; k++) /* pad each row from r to rp */
-                        memcpy(D + k * rp, S + k * r, (size_t)r * sizeof(double));
-                SFX(gram_outer)(D, rp, kb, G);
-            }
+            if (D != S)
+                for (Py_ssize_t k = 0; k < kb; k++) /* pad each row from r to rp */
+                    memcpy(D + k * rp, S + k * r, (size_t)r * sizeof(double));
+            SFX(gram_outer)(D, rp, kb, G, &pf);
         }
+        prefetch_some(&pf, PY_SSIZE_T_MAX); /* what the tiles left */
     }
 
     /* results: the Gram mirrored from its upper triangle */
@@ -541,5 +680,7 @@ done:
     return status;
 }
 
+#undef OUTER_NV
+#undef DOT_MR
 #undef VD
 #undef VL
