@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from loracheck.scaling import effective_scale, resolve_rank_alpha
 from loracheck.stats import (
     batch_delta_from_grams,
     batch_side_stats,
+    delta_from_grams,
     delta_stats,
     factor_stats,
     pair_stats,
@@ -246,6 +248,29 @@ def test_zero_nonfinite_and_errors() -> None:
     assert empty.numel == 0 and empty.std == 0.0
 
 
+@pytest.mark.parametrize("magnitude", [1e78, 1e-100])
+def test_float64_factors_at_the_ends_of_the_range(magnitude: float) -> None:
+    """F64 factors whose Grams are finite but whose products are not (1e78: tr(G_B·G_A) and
+    Rᵀ·G_B·R overflow) or underflow to zero (1e-100): ΔW's statistics still match an SVD, taken
+    in units of magnitude² (where the reference's own squares stay in range), and a pair of
+    ordinary magnitude in the same batch keeps its exact bits."""
+    rng = np.random.default_rng(11)
+    plain_a, plain_b = rng.normal(0, 1, (8, 96)), rng.normal(0, 1, (48, 8))
+    a, b = plain_a * magnitude, plain_b * magnitude
+    unit = magnitude * magnitude
+
+    def in_units(d: DeltaStats) -> DeltaStats:
+        return dataclasses.replace(d, frobenius=d.frobenius / unit, sigma_max=d.sigma_max / unit,
+                                   singular_values=tuple(x / unit for x in d.singular_values))
+
+    check_delta(in_units(delta_stats(a, b, 0.5)), plain_a, plain_b, 0.5)
+    g = [(x @ x.T, y.T @ y) for x, y in ((a, b), (plain_a, plain_b))]
+    batch = batch_delta_from_grams(np.stack([g[0][0], g[1][0]]), np.stack([g[0][1], g[1][1]]),
+                                   [0.5, 0.5])
+    check_delta(in_units(batch[0]), plain_a, plain_b, 0.5)
+    same(batch[1], delta_from_grams(g[1][0], g[1][1], 0.5))
+
+
 def test_large_mean_small_spread_and_dtypes() -> None:
     """DoRA magnitudes: |μ| ≫ σ must not cancel; float16 and float64 inputs work too."""
     rng = np.random.default_rng(5)
@@ -304,3 +329,77 @@ def test_batched_pairs_match_an_svd_on_adversarial_spectra(r: int, n_in: int, n_
     np.testing.assert_allclose(np.array(deltas[0].singular_values)[wide], ref["sigma"][wide],
                                rtol=1e-4)
     assert deltas[3] == DeltaStats(0.0, (0.0,) * r, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_a_batch_sorts_its_pairs_into_nan_zero_and_solved_by_each_pairs_own_grams() -> None:
+    """One batch of one rank holding a pair of every kind: each pair's ΔW is judged by its own
+    Grams and scale only. NaN or Inf in either Gram, or a NaN/Inf scale, gives the NaN
+    statistics; a zero B or a zero scale the zero update; the healthy pairs around them match
+    the float64 SVD of their materialised ΔW."""
+    rng = np.random.default_rng(7)
+    r, n_in, n_out = 4, 40, 24
+    healthy = [(rng.normal(0, 0.1, (r, n_in)), rng.normal(0, 0.05, (n_out, r)))
+               for _ in range(3)]
+    nan_a = rng.normal(0, 0.1, (r, n_in))
+    nan_a[1, 2] = np.nan
+    inf_b = rng.normal(0, 0.05, (n_out, r))
+    inf_b[3, 0] = np.inf
+    pairs = [healthy[0], (nan_a, healthy[1][1]), healthy[1], (healthy[2][0], inf_b),
+             (healthy[0][0], np.zeros((n_out, r))), healthy[2], healthy[0], healthy[1],
+             healthy[2]]
+    scales = [2.0, 1.0, 0.5, 1.0, 1.0, 1.0, float("nan"), 0.0, float("-inf")]
+    with np.errstate(invalid="ignore"):
+        g_a = np.stack([a @ a.T for a, _ in pairs])
+        g_b = np.stack([b.T @ b for _, b in pairs])
+    deltas = batch_delta_from_grams(g_a, g_b, scales)
+    for i in (0, 2, 5):
+        check_delta(deltas[i], *pairs[i], scales[i])
+    for i in (1, 3, 6, 8):
+        assert math.isnan(deltas[i].frobenius) and deltas[i].singular_values == (), i
+    zero = DeltaStats(0.0, (0.0,) * r, 0.0, 0.0, 0.0, 0.0)
+    assert deltas[4] == zero and deltas[7] == zero
+    # every pair finite, one NaN scale: only that pair is NaN
+    ok = batch_delta_from_grams(g_a[[0, 2, 5]], g_b[[0, 2, 5]], [2.0, float("nan"), 1.0])
+    check_delta(ok[0], *pairs[0], 2.0)
+    check_delta(ok[2], *pairs[5], 1.0)
+    assert math.isnan(ok[1].frobenius) and ok[1].singular_values == ()
+
+
+def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled() -> None:
+    """PairBatch groups Grams by rank and solves a group when it holds MAX_PAIRS pairs or
+    MAX_BYTES of Grams (8 pairs at r = 256): every record gets the ΔW statistics of its own
+    pair (against the float64 SVD), whatever group it was solved in."""
+    from loracheck.model import LayerRecord
+    from loracheck.pair_batch import MAX_BYTES, MAX_PAIRS, PairBatch
+
+    rng = np.random.default_rng(3)
+    calls: list[int] = []
+    import loracheck.stats as stats_module
+
+    real = stats_module.batch_delta_from_grams
+
+    def counted(g_a: np.ndarray, g_b: np.ndarray, scalings: Any) -> list[DeltaStats]:
+        calls.append(g_a.shape[0])
+        return real(g_a, g_b, scalings)
+
+    batch = PairBatch(None)
+    pairs: list[tuple[LayerRecord, np.ndarray, np.ndarray, float]] = []
+    stats_module.batch_delta_from_grams = counted  # type: ignore[assignment]
+    try:
+        for i in range(MAX_PAIRS + 5 + 9):
+            r = 4 if i < MAX_PAIRS + 5 else 256
+            a = rng.normal(0, 0.1, (r, 300))
+            b = rng.normal(0, 0.05, (280, r))
+            record = LayerRecord(name=f"m{i}", kind="linear", a=None, b=None, rank=r,
+                                 in_features=300, out_features=280, alpha=None,
+                                 alpha_source="missing", scaling=1.5)
+            batch.add_grams(record, a @ a.T, b.T @ b, 1.5)
+            pairs.append((record, a, b, 1.5))
+        batch.flush()
+    finally:
+        stats_module.batch_delta_from_grams = real  # type: ignore[assignment]
+    per_256 = MAX_BYTES // (2 * 256 * 256 * 8)
+    assert sorted(calls) == sorted([MAX_PAIRS, 5, per_256, 9 - per_256])
+    for record, a, b, s in pairs:
+        assert record.delta is not None and record.delta_from == "low-rank"
+        check_delta(record.delta, a, b, s)

@@ -13,7 +13,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
-from loracheck.model import Adapter, Diagnostic, Severity
+from loracheck.model import Adapter, Diagnostic, MethodKind, Severity
 from loracheck.rules.context import HELP_URL, Finding, Rule, RuleContext, Subject
 from loracheck.rules.registry import select_rules
 
@@ -141,15 +141,30 @@ def check_merged(record: MergeRecord, adapter: Adapter, settings: Settings) -> l
     return _judge(ctx, settings, Subject.MERGED)
 
 
+# (selection, subject, method) -> the selected rules that judge them, worked out once per run
+# (the selection is select_rules' cached tuple, kept here so that its id stays its own).
+_APPLICABLE: dict[tuple[int, Subject, MethodKind], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+
+
+def _applicable(rules: tuple[Rule, ...], subject: Subject, method: MethodKind
+                ) -> tuple[Rule, ...]:
+    key = (id(rules), subject, method)
+    cached = _APPLICABLE.get(key)
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    chosen = tuple(r for r in rules if r.subject is subject and method in r.methods)
+    if len(_APPLICABLE) > 64:
+        _APPLICABLE.clear()
+    _APPLICABLE[key] = (rules, chosen)
+    return chosen
+
+
 def _judge(ctx: RuleContext, settings: Settings, subject: Subject) -> list[Diagnostic]:
     adapter = ctx.adapter
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
     out: list[Diagnostic] = []
-    method = adapter.method
-    for rule in rules:
-        if rule.subject is not subject or method not in rule.methods:
-            continue
-        for finding in rule(ctx):
+    for rule in _applicable(rules, subject, adapter.method):
+        for finding in rule.check(ctx):
             diag = _diagnostic(rule, finding, adapter, settings)
             if file_ignored(diag.code, diag.path, settings.per_file_ignores, settings.root):
                 continue

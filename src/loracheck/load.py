@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from loracheck.discover import Unit, discover, is_pickle
-from loracheck.errors import ArtifactError
+from loracheck.errors import ArtifactError, DeadlineExceeded
 from loracheck.model import (
     Adapter,
     ExtraTensor,
@@ -38,7 +39,7 @@ from loracheck.scaling import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     # numpy is imported where tensors are read, so that checking config files never pays for it.
     import numpy as np
@@ -80,6 +81,11 @@ class TensorSource(Protocol):
     def close(self) -> None: ...
 
 
+# Released tensors whose spans follow each other are dropped together once they reach this
+# many bytes (one system call for many small tensors); RSS grows by at most this much.
+_RELEASE_BATCH = 4 << 20
+
+
 class _SafetensorsSource:
     thread_safe = True  # reads are slices of one read-only mapping
 
@@ -87,6 +93,8 @@ class _SafetensorsSource:
         from loracheck.safetensors_io import SafetensorsFile
 
         self._file = SafetensorsFile.open(path)
+        # Bytes [start, end) of released tensors whose pages are not dropped yet.
+        self._released: tuple[int, int] | None = None
 
     def refs(self) -> dict[str, TensorRef]:
         return {
@@ -102,12 +110,33 @@ class _SafetensorsSource:
         return view if view.dtype.isnative else None
 
     def release(self, key: str) -> None:
-        self._file.release(key)
+        """Drop the pages of ``key``: with the next released tensors when their spans touch
+        (within the margins that would be dropped anyway), else at once."""
+        from loracheck.safetensors_io import RELEASE_MARGIN
+
+        entry = self._file.entries[key]
+        start, end = entry.start, entry.end
+        if end <= start:
+            return
+        span = self._released
+        if span is not None:
+            if start - span[1] <= 2 * RELEASE_MARGIN and span[0] - end <= 2 * RELEASE_MARGIN:
+                start, end = min(start, span[0]), max(end, span[1])
+            else:
+                self._file.release_bytes(*span)
+        if end - start >= _RELEASE_BATCH:
+            self._released = None
+            self._file.release_bytes(start, end)
+        else:
+            self._released = (start, end)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._file.metadata)
 
     def close(self) -> None:
+        if self._released is not None:
+            self._file.release_bytes(*self._released)
+            self._released = None
         self._file.close()
 
 
@@ -330,15 +359,21 @@ class _PairThreads:
 
     def __init__(self, threads: int) -> None:
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loracheck-pair")
+        self._threads = threads
+        # Started with the first large pair: a unit of small pairs never needs it.
+        self._pool: ThreadPoolExecutor | None = None
         self._limit = threads + 1
         self._pending: deque[tuple[LayerRecord, Future[_Measured]]] = deque()
 
     def submit(self, record: LayerRecord, fn: Callable[[], _Measured]
                ) -> list[tuple[LayerRecord, Future[_Measured]]]:
         """Queue one pair; returns the pairs that must be completed now to stay in bounds."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self._threads,
+                                            thread_name_prefix="loracheck-pair")
         self._pending.append((record, self._pool.submit(fn)))
         done = []
         while len(self._pending) > self._limit:
@@ -354,7 +389,8 @@ class _PairThreads:
         """Stop: queued pairs are dropped, a pair being measured finishes in the background
         (a deadline or an error ends the unit without waiting for it)."""
         self._pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _measure(
@@ -392,9 +428,12 @@ def _measure(
         a_side = _fused_side(pair, source, a_ref, "A")
         b_side = _fused_side(pair, source, b_ref, "B") if a_side is not None else None
         if a_side is not None and b_side is not None:
-            (a_stats, g_a), (b_stats, g_b) = a_side, b_side
-            _finish(record, _Measured(None, None, a_stats, b_stats, g_a, g_b), source, sink,
-                    batch, release=False)
+            # _finish without a sink, and with the pages kept (a small pair's cost more to
+            # drop than they hold)
+            (record.a_stats, g_a), (record.b_stats, g_b) = a_side, b_side
+            if g_a.shape == g_b.shape:
+                batch.add_grams(record, g_a, g_b,
+                                record.scaling if record.scaling is not None else 1.0)
             return []
     if pair.mid_key is None and pair.a_rows is None and pair.b_rows is None and (
             numel <= SMALL_PAIR_NUMEL):
@@ -766,10 +805,6 @@ def _stats_flops(record: LayerRecord) -> float:
 
 
 def _check_time_left(record: LayerRecord, deadline: float) -> None:
-    import time
-
-    from loracheck.errors import DeadlineExceeded
-
     need = _stats_flops(record) / ASSUMED_FLOPS
     left = deadline - time.monotonic()
     # Once the deadline has passed, the interval timer ends the unit; this check is for the

@@ -39,8 +39,8 @@ class PairBatch:
         # (A shape, B shape) -> pending small pairs: (record, A (r, in), B (out, r), scale)
         self._small: dict[tuple[tuple[int, ...], tuple[int, ...]],
                           list[tuple[LayerRecord, np.ndarray, np.ndarray, float]]] = {}
-        # rank -> pending Grams: (record, G_A, G_B, scale)
-        self._grams: dict[int, list[tuple[LayerRecord, np.ndarray, np.ndarray, float]]] = {}
+        # rank -> the Grams waiting to be solved together
+        self._grams: dict[int, _GramGroup] = {}
 
     def add_factors(self, record: LayerRecord, a: np.ndarray, b: np.ndarray,
                     scaling: float) -> None:
@@ -55,9 +55,10 @@ class PairBatch:
                   scaling: float) -> None:
         """A pair whose factors were measured: only ΔW's statistics, from its Grams, wait."""
         r = g_a.shape[0]
-        group = self._grams.setdefault(r, [])
-        group.append((record, g_a, g_b, scaling))
-        if len(group) >= MAX_PAIRS or len(group) * 2 * g_a.nbytes >= MAX_BYTES:
+        group = self._grams.get(r)
+        if group is None:
+            group = self._grams[r] = _GramGroup(r)
+        if group.add(record, g_a, g_b, scaling):
             self._flush_grams(r)
 
     def flush(self) -> None:
@@ -90,16 +91,39 @@ class PairBatch:
                 self._sink(record, a, b)
 
     def _flush_grams(self, r: int) -> None:
-        import numpy as np
-
         from loracheck.stats import batch_delta_from_grams
 
-        group = self._grams.pop(r, [])
-        if not group:
+        group = self._grams.pop(r, None)
+        if group is None or not group.records:
             return
-        deltas = batch_delta_from_grams(np.stack([g for _, g, _, _ in group]),
-                                        np.stack([g for _, _, g, _ in group]),
-                                        [s for _, _, _, s in group])
-        for (record, _, _, _), delta in zip(group, deltas, strict=True):
+        k = len(group.records)
+        deltas = batch_delta_from_grams(group.g_a[:k], group.g_b[:k], group.scalings)
+        for record, delta in zip(group.records, deltas, strict=True):
             record.delta = delta
             record.delta_from = "low-rank"
+
+
+class _GramGroup:
+    """The Grams of pending pairs of one rank r, copied into two (capacity, r, r) buffers as they
+    come (what ``np.stack`` of them would give, without a list of arrays and a stack per
+    flush). The capacity is where the group must be flushed: :data:`MAX_PAIRS` pairs, or
+    :data:`MAX_BYTES` of Grams."""
+
+    def __init__(self, r: int) -> None:
+        import numpy as np
+
+        pair_bytes = 2 * r * r * 8
+        self.capacity = max(1, min(MAX_PAIRS, -(-MAX_BYTES // pair_bytes))) if r else MAX_PAIRS
+        self.g_a = np.empty((self.capacity, r, r), dtype=np.float64)
+        self.g_b = np.empty((self.capacity, r, r), dtype=np.float64)
+        self.records: list[LayerRecord] = []
+        self.scalings: list[float] = []
+
+    def add(self, record: LayerRecord, g_a: np.ndarray, g_b: np.ndarray, scaling: float) -> bool:
+        """Keep one pair's Grams; True when the group is full and must be flushed now."""
+        k = len(self.records)
+        self.g_a[k] = g_a
+        self.g_b[k] = g_b
+        self.records.append(record)
+        self.scalings.append(scaling)
+        return k + 1 >= self.capacity

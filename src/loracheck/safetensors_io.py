@@ -172,10 +172,6 @@ def _utf8_clean(s: str) -> bool:
     return True
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _fp8_table(dtype: str) -> npt.NDArray[np.float32]:
     """The float32 value of each of the 256 byte patterns of an 8-bit float format."""
     b = np.arange(256, dtype=np.int64)
@@ -251,6 +247,11 @@ def decode_array(
     if not raw.dtype.isnative:
         return raw.astype(raw.dtype.newbyteorder("="))
     return raw
+
+
+# The kernel maps pages around each fault too (fault-around, 64 KiB by default), so a margin
+# on both sides of a released span also drops the neighbours' pages that reading it mapped.
+RELEASE_MARGIN = 256 * 1024
 
 
 class SafetensorsFile:
@@ -371,14 +372,16 @@ class SafetensorsFile:
         cache). Keeps peak RSS flat when a large file is streamed one tensor pair at a time;
         arrays still viewing those pages remain valid and fault them back in if touched."""
         entry = self.entries[key]
-        if self._mmap is None or entry.end <= entry.start or not hasattr(mmap, "MADV_DONTNEED"):
+        self.release_bytes(entry.start, entry.end)
+
+    def release_bytes(self, start: int, end: int) -> None:
+        """:meth:`release` for the bytes [start, end) of the file (several tensors' spans at
+        once, one system call), with :data:`RELEASE_MARGIN` on both sides."""
+        if self._mmap is None or end <= start or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        # The kernel maps pages around each fault too (fault-around, 64 KiB by default), so a
-        # margin on both sides also drops the neighbours' pages that reading this one mapped.
-        margin = 256 * 1024
-        start = max(0, entry.start - margin)
+        start = max(0, start - RELEASE_MARGIN)
         start -= start % mmap.PAGESIZE
-        end = min(len(self._mmap), entry.end + margin)
+        end = min(len(self._mmap), end + RELEASE_MARGIN)
         with contextlib.suppress(OSError, ValueError):
             self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -433,7 +436,8 @@ def _parse_header(
             stripped = head.lstrip(" \t\r\n")
             if stripped and not stripped.startswith("{"):
                 fail("header is not a JSON object")
-            text, _ = codecs.utf_8_decode(raw, "strict", True)
+            # A header no longer than the prefix was decoded whole (final) just above.
+            text = head if n <= _PRECHECK_BYTES else codecs.utf_8_decode(raw, "strict", True)[0]
         except UnicodeDecodeError as e:
             fail(f"header is not valid UTF-8 (byte {e.start + 8})")
         finally:
@@ -442,7 +446,9 @@ def _parse_header(
         doc = json.loads(
             text,
             object_pairs_hook=_pairs_no_duplicates,
-            parse_int=_parse_int,
+            # Without a "-" anywhere there is no negative number: json's own int() reads the
+            # rest as _parse_int does, without a Python call per number.
+            parse_int=_parse_int if "-" in text else None,
             parse_float=_reject_float,
             parse_constant=_reject_constant,
         )
@@ -470,7 +476,7 @@ def _validate_entries(
     spans: list[tuple[int, int, str]] = []
     entries: dict[str, TensorEntry] = {}
     for key, info in doc.items():
-        if not _utf8_clean(key):
+        if not key.isascii() and not _utf8_clean(key):
             fail("header has a key that is not valid UTF-8 (lone surrogate)")
         if key == "__metadata__":
             # The Rust reader accepts a null __metadata__ as "none"; so do we.
@@ -491,13 +497,14 @@ def _validate_entries(
         for name in _ENTRY_FIELDS:
             if name not in info:
                 fail(f"{where}: entry has no {name!r}", key)
-        extra = [k for k in info if k not in _ENTRY_FIELDS]
-        if extra:
+        if len(info) != len(_ENTRY_FIELDS):  # every field is there: so one more is
+            extra = [k for k in info if k not in _ENTRY_FIELDS]
             fail(f"{where}: entry has an unexpected field {extra[0]!r}", key)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             fail(f"{where}: unknown dtype {str(dtype)[:40]!r}", key)
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        # JSON integers parse to exactly int (true/false to bool, not int's type)
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             fail(f"{where}: shape is not a list of non-negative integers", key)
         if len(shape) > MAX_NDIM:
             fail(f"{where}: shape has {len(shape)} dimensions (more than {MAX_NDIM})", key)
@@ -511,7 +518,7 @@ def _validate_entries(
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(_is_int(o) and o >= 0 for o in offsets)
+            or not all(type(o) is int and o >= 0 for o in offsets)
         ):
             fail(f"{where}: data_offsets is not a pair of non-negative integers", key)
         begin, end = offsets

@@ -144,7 +144,7 @@ def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> Fac
     n = sides.n
     if n == 0:
         return _EMPTY_FACTOR
-    diagonal = np.diagonal(sides.gram)
+    diagonal = sides.gram.diagonal()
     squares: list[float] = diagonal.tolist()
     sumsq = sum(squares)
     if sides.nonfinite or sides.m2 is None or sides.m4 is None or not (
@@ -157,9 +157,11 @@ def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> Fac
         means, cvs = _row_norms(diagonal[None])
         rn_mean, rn_cv = means[0], cvs[0]
     elif row_norms:  # a few values: Python floats cost less than numpy calls
-        norms = [math.sqrt(max(x, 0.0)) for x in squares]
+        # A Gram's diagonal holds sums of squares (never negative): max(x, 0) is x.
+        norms = (list(map(math.sqrt, squares)) if min(squares) >= 0.0
+                 else [math.sqrt(max(x, 0.0)) for x in squares])
         rn_mean = sum(norms) / len(norms)
-        spread = math.sqrt(sum((x - rn_mean) ** 2 for x in norms) / len(norms))
+        spread = math.sqrt(sum([(x - rn_mean) ** 2 for x in norms]) / len(norms))
         rn_cv = spread / rn_mean if rn_mean > 0.0 else None
     return FactorStats(
         numel=n, mean=sides.sum / n, std=math.sqrt(var), absmax=max(sides.max, -sides.min),
@@ -221,31 +223,73 @@ def _root_factors(g_a: np.ndarray) -> np.ndarray:
     return roots
 
 
+# A Gram whose trace lies outside [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT] is rescaled before the
+# solve: tr(G_B·G_A) and Rᵀ·G_B·R multiply two Grams, which overflows float64 for factors of
+# magnitude ~1e78 (an F64 file may hold them) although each Gram is finite.
+_SAFE_EXPONENT = 300
+
+
+def _half_exponent(trace: float) -> int:
+    """m with trace·4^-m near 1 when ``trace`` is finite, positive and outside the safe range;
+    0 otherwise (nothing to rescale, or nothing that rescaling rescues)."""
+    if not (math.isfinite(trace) and trace > 0.0):
+        return 0
+    exponent = math.frexp(trace)[1]
+    return exponent // 2 if abs(exponent) > _SAFE_EXPONENT else 0
+
+
+def _rescaled(d: DeltaStats, exponent: int) -> DeltaStats:
+    """``d`` of Grams scaled by 4^-m_A and 4^-m_B, for the unscaled factors (exponent =
+    m_A + m_B): ΔW's norms scale by 2^exponent, exactly; ranks and the alignment do not."""
+    return dataclasses.replace(
+        d, frobenius=math.ldexp(d.frobenius, exponent), sigma_max=math.ldexp(d.sigma_max, exponent),
+        singular_values=tuple(math.ldexp(x, exponent) for x in d.singular_values))
+
+
 @_QUIET
 def _deltas(g_a: np.ndarray, g_b: np.ndarray, scalings: Sequence[float]) -> list[DeltaStats]:
     """ΔW statistics of k pairs of one rank from their Grams (k, r, r): one batched Cholesky
     and one batched eigvalsh over the k cores instead of two solves per pair."""
     k, r = g_a.shape[0], g_a.shape[1]
-    s = np.abs(np.asarray(scalings, dtype=np.float64))
-    finite = (np.isfinite(g_a).all(axis=(1, 2)) & np.isfinite(g_b).all(axis=(1, 2))
-              & np.isfinite(s))
-    tr_a = np.einsum("kii->k", g_a)
-    tr_b = np.einsum("kii->k", g_b)
-    cross = np.maximum(np.einsum("kij,kij->k", g_b, g_a), 0.0)  # tr(G_B·G_A), both symmetric
-    solve = np.flatnonzero(finite & (cross > 0.0) & (s > 0.0)) if r else np.zeros(0, int)
-    sig = np.zeros((k, r))
-    if solve.size:
-        every = solve.size == k  # the usual case: no copies of the Grams
+    s = [abs(float(x)) for x in scalings]
+    cross_k = np.einsum("kij,kij->k", g_b, g_a)  # tr(G_B·G_A), both symmetric
+    tr_a = np.einsum("kii->k", g_a).tolist()
+    tr_b = np.einsum("kii->k", g_b).tolist()
+    m_a, m_b = [_half_exponent(t) for t in tr_a], [_half_exponent(t) for t in tr_b]
+    if any(m_a) or any(m_b):
+        # Powers of two scale exactly: the pairs in range get the same bits as unscaled.
+        scaled = _deltas(g_a * np.array([math.ldexp(1.0, -2 * m) for m in m_a])[:, None, None],
+                         g_b * np.array([math.ldexp(1.0, -2 * m) for m in m_b])[:, None, None],
+                         scalings)
+        return [_rescaled(d, ma + mb) if ma + mb else d
+                for d, ma, mb in zip(scaled, m_a, m_b, strict=True)]
+    cross = cross_k.tolist()
+    # A NaN or Inf in either Gram makes its pair's Σ G_B∘G_A non-finite (every term with it is
+    # ±Inf or NaN): only such pairs need the full check (a finite sum that overflowed is not one).
+    finite = [math.isfinite(c) for c in cross]
+    if not all(finite):
+        whole = (np.isfinite(g_a).all(axis=(1, 2)) & np.isfinite(g_b).all(axis=(1, 2))).tolist()
+        finite = [w and math.isfinite(s_i) for w, s_i in zip(whole, s, strict=True)]
+    elif not all(math.isfinite(s_i) for s_i in s):
+        finite = [math.isfinite(s_i) for s_i in s]
+    cross = [c if c > 0.0 or c != c else 0.0 for c in cross]  # np.maximum(·, 0.0), NaN kept
+    solve = [i for i in range(k) if finite[i] and cross[i] > 0.0 and s[i] > 0.0] if r else []
+    sig_rows: list[list[float]] = [[0.0] * r for _ in range(k)]
+    if solve:
+        every = len(solve) == k  # the usual case: no copies of the Grams
         root = _root_factors(g_a if every else g_a[solve])
         core = np.matmul(np.matmul(root.transpose(0, 2, 1), g_b if every else g_b[solve]), root)
         lam = np.linalg.eigvalsh((core + core.transpose(0, 2, 1)) * 0.5)
-        sig[solve] = np.sqrt(np.maximum(lam[:, ::-1], 0.0)) * s[solve, None]
-    solved = np.zeros(k, bool)
-    solved[solve] = True
+        scale = np.array(s if every else [s[i] for i in solve], dtype=np.float64)
+        solved_rows = (np.sqrt(np.maximum(lam[:, ::-1], 0.0)) * scale[:, None]).tolist()
+        for i, row in zip(solve, solved_rows, strict=True):
+            sig_rows[i] = row
+    solved = [False] * k
+    for i in solve:
+        solved[i] = True
     out: list[DeltaStats] = []
     # The rest is a few scalars per pair: Python floats cost less than numpy calls on k values.
-    rows = zip(finite.tolist(), solved.tolist(), s.tolist(), cross.tolist(), tr_a.tolist(),
-               tr_b.tolist(), sig.tolist(), strict=True)
+    rows = zip(finite, solved, s, cross, tr_a, tr_b, sig_rows, strict=True)
     for ok, was_solved, s_i, cross_i, ta, tb, sig_i in rows:
         if not ok:
             out.append(_NAN_DELTA)
