@@ -6,12 +6,13 @@ merely reading the bytes, with numpy/BLAS forming the same Grams, and with the n
 
 Prints, for each dtype/rank: the marginal wall time of `inspect` over a tiny adapter, as a
 ratio to the time a Python process takes to read the file's bytes once (warm cache, minus the
-bare interpreter start); at r=256, inspect's wall time as a ratio to a numpy process that
-decodes the same bytes to float64 and forms the same Grams with BLAS on every core (the flop
-floor of the method); start-up times and whether torch was imported; the speed-up over the
-naive approach (timed on a few layers and extrapolated to all 224, as stated); and peak RSS
-with 32 and 128 layers and at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16,
-fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
+bare interpreter start), each wall the best of 7 rounds that run the four commands in turn;
+at r=256, inspect's wall time as a ratio to a numpy process that decodes the same bytes to
+float64 and forms the same Grams with BLAS on every core (the flop floor of the method);
+start-up times and whether torch was imported; the speed-up over the naive approach (timed on
+a few layers and extrapolated to all 224, as stated); and peak RSS with 32 and 128 layers and
+at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16, fp32), <= 4x for fp16
+r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ def timed(cmd: list[str], repeat: int = 3,
             raise SystemExit(f"failed: {' '.join(cmd)}: {proc.stderr.read().decode()[-500:]}")
         best, peak = min(best, elapsed), max(peak, usage.ru_maxrss)
     return best, peak
+
+
+ROUNDS = 7
+
+
+def interleaved(cmds: list[list[str]], rounds: int = ROUNDS) -> list[float]:
+    """The best wall time of each command over ``rounds`` rounds that run them in turn."""
+    best = [float("inf")] * len(cmds)
+    for _ in range(rounds):
+        for i, cmd in enumerate(cmds):
+            best[i] = min(best[i], timed(cmd, 1)[0])
+    return best
 
 
 def read_bytes_cmd(path: Path) -> list[str]:
@@ -203,10 +216,14 @@ def main() -> None:
         folder = write_adapter(work / f"{dtype}-r{rank}", rank=rank, dtype=dtype)
         weights = folder / "adapter_model.safetensors"
         timed(read_bytes_cmd(weights), 1)  # warm the page cache
-        read_wall, _ = timed(read_bytes_cmd(weights))
-        big_wall, _ = timed(inspect_cmd(folder))
-        marginal = big_wall - tiny_wall
-        read_cost = read_wall - bare
+        # The four walls interleaved, best of each over ROUNDS rounds: the marginal is a
+        # difference of start-up-sized walls, and a burst of other load on a shared machine
+        # then lands on all four alike instead of on one of them.
+        bare_w, read_wall, tiny_w, big_wall = interleaved(
+            [[PY, "-c", "pass"], read_bytes_cmd(weights), inspect_cmd(tiny),
+             inspect_cmd(folder)])
+        marginal = big_wall - tiny_w
+        read_cost = read_wall - bare_w
         mb = weights.stat().st_size / 1e6
         print(f"| {dtype} r={rank} | {mb:.0f} | {read_cost:.3f} | {big_wall:.3f} | "
               f"{marginal:.3f} | {marginal / read_cost:.2f}x |")
