@@ -347,13 +347,13 @@ def test_loader_gives_the_same_records_with_and_without_the_kernel(
         path = next(p for p in sorted((fixtures / which).iterdir()) if p.is_dir())
     unit = next(u for u in discover([path]) if u.weights is not None)
     calls: list[str] = []
-    real = fused.side_pass
+    real = fused.side_pass_values  # the loader's lean entry to the kernel
 
-    def counted(*args: object, **kwargs: object) -> fused.SidePass:
+    def counted(*args: object, **kwargs: object) -> fused.PassValues:
         calls.append(str(args[1]))
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fused, "side_pass", counted)
+    monkeypatch.setattr(fused, "side_pass_values", counted)
     compiled = load_unit(unit)
     assert compiled is not None
     if which == "litgpt":  # a pickle: no stored-bytes view, numpy measures it

@@ -127,6 +127,23 @@ def compiled_side_pass(raw: np.ndarray, dtype: str, mode: Mode, *, fourth_moment
                     m2=m2 if fourth_moment else None, m4=m4 if fourth_moment else None)
 
 
+# (n, sum, zeros, nonfinite, min, max, m2, m4): SidePass's fields but the Gram, in that order
+PassValues = tuple[int, float, int, int, float, float, float, float]
+
+
+def side_pass_values(raw: np.ndarray, dtype: str, mode: Mode, gram: np.ndarray) -> PassValues:
+    """:func:`side_pass` with ``fourth_moment`` by the compiled kernel (COMPILED must be True),
+    lean for the loader's per-pair loop: the Gram goes into ``gram`` (a C-contiguous (r, r)
+    float64 the caller made) and the rest comes back as a plain tuple, without a
+    :class:`SidePass`. ``raw`` must be what :func:`side_pass` takes (checked by the kernel:
+    TypeError or ValueError otherwise)."""
+    assert _compiled is not None
+    rows, cols = raw.shape
+    values: PassValues = _compiled.side_pass(raw, rows, cols, _DTYPES[dtype][0], _MODES[mode],
+                                             1, gram, _variant)
+    return values
+
+
 def numpy_side_pass(raw: np.ndarray, dtype: str, mode: Mode, *, fourth_moment: bool = False
                     ) -> SidePass:
     """:func:`side_pass` in numpy: decode to float64, BLAS Gram, one pass per statistic."""

@@ -463,8 +463,8 @@ def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     :func:`_side` decodes the factor."""
     import numpy as np
 
-    from loracheck.fused import COMPILED, FUSED_DTYPES, Mode, side_pass
-    from loracheck.stats import from_pass
+    from loracheck.fused import COMPILED, FUSED_DTYPES, Mode, side_pass_values
+    from loracheck.stats import from_pass_values
 
     if not COMPILED or ref.dtype not in FUSED_DTYPES or pair.mid_key is not None or (
             (pair.a_rows if which == "A" else pair.b_rows) is not None) or len(ref.shape) < 2:
@@ -477,9 +477,11 @@ def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
         stored = stored.view(np.uint16)  # the pass reads fp16 as its bits, as bf16
     # Canonical A is (r, in) and B (out, r); a transposed (mlx) layout swaps the Gram's side.
     mode: Mode = "rows" if (which == "A") != pair.transposed else "cols"
-    result = side_pass(stored, ref.dtype, mode, fourth_moment=True)
-    stats = from_pass(result, kurtosis=which == "A")
-    return None if stats is None else (stats, result.gram)
+    r = stored.shape[0] if mode == "rows" else stored.shape[1]
+    gram = np.empty((r, r), dtype=np.float64)
+    stats = from_pass_values(side_pass_values(stored, ref.dtype, mode, gram), gram,
+                             kurtosis=which == "A")
+    return None if stats is None else (stats, gram)
 
 
 def _side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str, *, fused: bool

@@ -28,7 +28,7 @@ import numpy as np
 from loracheck.model import DeltaStats, FactorStats
 
 if TYPE_CHECKING:
-    from loracheck.fused import SidePass
+    from loracheck.fused import PassValues, SidePass
 
 _NAN_DELTA = DeltaStats(
     frobenius=math.nan,
@@ -141,16 +141,25 @@ def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> Fac
     :func:`factor_stats`, with σ² = m2/n from the pass's centred sums (so |μ| ≫ σ cannot cancel)
     and the row norms from the Gram's diagonal. None for a factor with NaN/Inf entries or sums
     that overflow: :func:`side_stats` on the decoded values takes those."""
-    n = sides.n
+    if sides.m2 is None or sides.m4 is None:
+        return None if sides.n else _EMPTY_FACTOR
+    return from_pass_values((sides.n, sides.sum, sides.zeros, sides.nonfinite, sides.min,
+                             sides.max, sides.m2, sides.m4), sides.gram, kurtosis=kurtosis,
+                            row_norms=row_norms)
+
+
+def from_pass_values(values: PassValues, gram: np.ndarray, *, kurtosis: bool,
+                     row_norms: bool = True) -> FactorStats | None:
+    """:func:`from_pass` from :func:`loracheck.fused.side_pass_values`' tuple and Gram."""
+    n, total, zeros, nonfinite, lo, hi, m2, m4 = values
     if n == 0:
         return _EMPTY_FACTOR
-    diagonal = sides.gram.diagonal()
+    diagonal = gram.diagonal()
     squares: list[float] = diagonal.tolist()
     sumsq = sum(squares)
-    if sides.nonfinite or sides.m2 is None or sides.m4 is None or not (
-            math.isfinite(sumsq) and math.isfinite(sides.sum) and math.isfinite(sides.m4)):
+    if nonfinite or not (math.isfinite(sumsq) and math.isfinite(total) and math.isfinite(m4)):
         return None
-    var = max(sides.m2 / n, 0.0)
+    var = max(m2 / n, 0.0)
     rn_mean: float | None = None
     rn_cv: float | None = None
     if row_norms and len(squares) > 256:
@@ -164,10 +173,10 @@ def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> Fac
         spread = math.sqrt(sum([(x - rn_mean) ** 2 for x in norms]) / len(norms))
         rn_cv = spread / rn_mean if rn_mean > 0.0 else None
     return FactorStats(
-        numel=n, mean=sides.sum / n, std=math.sqrt(var), absmax=max(sides.max, -sides.min),
-        zero_fraction=sides.zeros / n, nonfinite=0,
-        kurtosis=sides.m4 / n / (var * var) if kurtosis and var > 0.0 else None,
-        row_norm_mean=rn_mean, row_norm_cv=rn_cv, min=sides.min, max=sides.max,
+        numel=n, mean=total / n, std=math.sqrt(var), absmax=max(hi, -lo),
+        zero_fraction=zeros / n, nonfinite=0,
+        kurtosis=m4 / n / (var * var) if kurtosis and var > 0.0 else None,
+        row_norm_mean=rn_mean, row_norm_cv=rn_cv, min=lo, max=hi,
     )
 
 
