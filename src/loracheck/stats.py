@@ -28,7 +28,7 @@ import numpy as np
 from loracheck.model import DeltaStats, FactorStats
 
 if TYPE_CHECKING:
-    from loracheck.fused import PassValues, SidePass
+    from loracheck.fused import PassValues
 
 _NAN_DELTA = DeltaStats(
     frobenius=math.nan,
@@ -135,22 +135,13 @@ def _row_norms(sq_rows: np.ndarray) -> tuple[list[float | None], list[float | No
     return list(mean_norms), cv
 
 
-def from_pass(sides: SidePass, *, kurtosis: bool, row_norms: bool = True) -> FactorStats | None:
-    """A factor's statistics from one fused pass over its stored bytes
-    (:func:`loracheck.fused.side_pass` with ``fourth_moment``): the same formulas as
-    :func:`factor_stats`, with σ² = m2/n from the pass's centred sums (so |μ| ≫ σ cannot cancel)
-    and the row norms from the Gram's diagonal. None for a factor with NaN/Inf entries or sums
-    that overflow: :func:`side_stats` on the decoded values takes those."""
-    if sides.m2 is None or sides.m4 is None:
-        return None if sides.n else _EMPTY_FACTOR
-    return from_pass_values((sides.n, sides.sum, sides.zeros, sides.nonfinite, sides.min,
-                             sides.max, sides.m2, sides.m4), sides.gram, kurtosis=kurtosis,
-                            row_norms=row_norms)
-
-
 def from_pass_values(values: PassValues, gram: np.ndarray, *, kurtosis: bool,
                      row_norms: bool = True) -> FactorStats | None:
-    """:func:`from_pass` from :func:`loracheck.fused.side_pass_values`' tuple and Gram."""
+    """A factor's statistics from one fused pass over its stored bytes
+    (:func:`loracheck.fused.side_pass_values`: its tuple, and the Gram it filled): the same
+    formulas as :func:`factor_stats`, with σ² = m2/n from the pass's centred sums (so |μ| ≫ σ
+    cannot cancel) and the row norms from the Gram's diagonal. None for a factor with NaN/Inf
+    entries or sums that overflow: :func:`side_stats` on the decoded values takes those."""
     n, total, zeros, nonfinite, lo, hi, m2, m4 = values
     if n == 0:
         return _EMPTY_FACTOR
