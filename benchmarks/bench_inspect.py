@@ -9,10 +9,11 @@ ratio to the time a Python process takes to read the file's bytes once (warm cac
 bare interpreter start), each wall the best of 7 rounds that run the four commands in turn;
 at r=256, inspect's wall time as a ratio to a numpy process that decodes the same bytes to
 float64 and forms the same Grams with BLAS on every core (the flop floor of the method);
-start-up times and whether torch was imported; the speed-up over the naive approach (timed on
-a few layers and extrapolated to all 224, as stated); and peak RSS with 32 and 128 layers and
-at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16, fp32), <= 4x for fp16
-r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
+where the time goes (the compiled pass alone, loading with rules, the JSON renderer, each in a
+warm process); start-up times and whether torch was imported; the speed-up over the naive
+approach (timed on a few layers and extrapolated to all 224, as stated); and peak RSS with
+32 and 128 layers and at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16,
+fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
 """
 
 from __future__ import annotations
@@ -148,6 +149,60 @@ for key, info in header.items():
     return [PY, "-c", code]
 
 
+BREAKDOWN = """
+import json, mmap, struct, sys, time
+import numpy as np
+from loracheck.fused import COMPILED, side_pass_values
+from loracheck.render.json_out import render_json
+from loracheck.runner import RunOptions, run
+
+folder = sys.argv[1]
+path = folder + '/adapter_model.safetensors'
+
+def best(fn, rounds=5):
+    out = float('inf')
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - start)
+    return out
+
+def kernel():
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        header = json.loads(f.read(n))
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    data = np.frombuffer(mm, dtype=np.uint8, offset=8 + n)
+    kinds = {'F16': np.uint16, 'BF16': np.uint16, 'F32': np.float32}
+    for key, info in header.items():
+        if key == '__metadata__':
+            continue
+        begin, end = info['data_offsets']
+        raw = data[begin:end].view(kinds[info['dtype']]).reshape(info['shape'])
+        mode = 'rows' if 'lora_A' in key else 'cols'
+        r = raw.shape[0] if mode == 'rows' else raw.shape[1]
+        side_pass_values(raw, info['dtype'], mode, np.empty((r, r)))
+
+report = run([folder], RunOptions())[0]
+print(json.dumps({
+    'kernel': best(kernel) if COMPILED else float('nan'),
+    'run': best(lambda: run([folder], RunOptions())),
+    'json': best(lambda: render_json(report)),
+}))
+"""
+
+
+def breakdown(folder: Path) -> dict[str, float]:
+    """In one warm process: the compiled pass alone over every factor of the file (one thread,
+    the file's pages kept mapped between rounds), `runner.run` (load, statistics, rules) and
+    the JSON renderer, each the best of 5: where inspect's marginal time goes."""
+    proc = subprocess.run([PY, "-c", BREAKDOWN, str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"breakdown failed: {proc.stderr[-800:]}")
+    out = proc.stdout
+    return {k: float(v) for k, v in json.loads(out).items()}
+
+
 def blas_env() -> dict[str, str]:
     cores = str(os.cpu_count() or 1)
     return {**os.environ, "OPENBLAS_NUM_THREADS": cores, "OMP_NUM_THREADS": cores,
@@ -212,6 +267,7 @@ def main() -> None:
     print("\n| adapter | file MB | read bytes s | inspect s | marginal s | ratio (goal <= 2) |")
     print("|---|---|---|---|---|---|")
     big_for_naive = None
+    parts: list[tuple[str, float, dict[str, float]]] = []
     for dtype, rank in cases:
         folder = write_adapter(work / f"{dtype}-r{rank}", rank=rank, dtype=dtype)
         weights = folder / "adapter_model.safetensors"
@@ -229,6 +285,15 @@ def main() -> None:
               f"{marginal:.3f} | {marginal / read_cost:.2f}x |")
         if dtype == "F16" and rank == 16:
             big_for_naive = (folder, big_wall)
+        parts.append((f"{dtype} r={rank}", read_cost, breakdown(folder)))
+
+    print("\nwhere the time goes, in one warm process (best of 5; read = the row above's):")
+    print("| adapter | read s | compiled pass alone, 1 thread s | run (load, stats, rules) s "
+          "| JSON render s |")
+    print("|---|---|---|---|---|")
+    for name, read_cost, part in parts:
+        print(f"| {name} | {read_cost:.3f} | {part['kernel']:.3f} | {part['run']:.3f} | "
+              f"{part['json']:.3f} |")
 
     assert big_for_naive is not None
     folder, ours = big_for_naive
