@@ -150,11 +150,12 @@ for key, info in header.items():
 
 
 BREAKDOWN = """
-import json, mmap, struct, sys, time
+import json, sys, time
 import numpy as np
 from loracheck.fused import COMPILED, side_pass_values
 from loracheck.render.json_out import render_json
 from loracheck.runner import RunOptions, run
+from loracheck.safetensors_io import SafetensorsFile
 
 folder = sys.argv[1]
 path = folder + '/adapter_model.safetensors'
@@ -168,20 +169,14 @@ def best(fn, rounds=5):
     return out
 
 def kernel():
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    data = np.frombuffer(mm, dtype=np.uint8, offset=8 + n)
-    kinds = {'F16': np.uint16, 'BF16': np.uint16, 'F32': np.float32}
-    for key, info in header.items():
-        if key == '__metadata__':
-            continue
-        begin, end = info['data_offsets']
-        raw = data[begin:end].view(kinds[info['dtype']]).reshape(info['shape'])
-        mode = 'rows' if 'lora_A' in key else 'cols'
-        r = raw.shape[0] if mode == 'rows' else raw.shape[1]
-        side_pass_values(raw, info['dtype'], mode, np.empty((r, r)))
+    with SafetensorsFile.open(path) as st:
+        for key, entry in st.entries.items():
+            raw = st.read_raw(key).reshape(entry.shape)
+            if raw.dtype.kind == 'f' and raw.dtype.itemsize == 2:
+                raw = raw.view(np.uint16)  # the pass reads fp16 as its bits, as inspect does
+            mode = 'rows' if 'lora_A' in key else 'cols'
+            r = raw.shape[0] if mode == 'rows' else raw.shape[1]
+            side_pass_values(raw, entry.dtype, mode, np.empty((r, r)))
 
 report = run([folder], RunOptions())[0]
 print(json.dumps({
@@ -194,13 +189,13 @@ print(json.dumps({
 
 def breakdown(folder: Path) -> dict[str, float]:
     """In one warm process: the compiled pass alone over every factor of the file (one thread,
-    the file's pages kept mapped between rounds), `runner.run` (load, statistics, rules) and
-    the JSON renderer, each the best of 5: where inspect's marginal time goes."""
+    the file opened by loracheck's reader and mapped afresh each round, so its pages are
+    faulted in as inspect's are, but never dropped), `runner.run` (load, statistics, rules)
+    and the JSON renderer, each the best of 5: where inspect's marginal time goes."""
     proc = subprocess.run([PY, "-c", BREAKDOWN, str(folder)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"breakdown failed: {proc.stderr[-800:]}")
-    out = proc.stdout
-    return {k: float(v) for k, v in json.loads(out).items()}
+    return {k: float(v) for k, v in json.loads(proc.stdout).items()}
 
 
 def blas_env() -> dict[str, str]:
