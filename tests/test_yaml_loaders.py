@@ -94,8 +94,9 @@ def test_real_configs(loader: str, relative: str, corpus: Path,
                       composers: list[str]) -> None:
     text = (corpus / relative).read_text(encoding="utf-8")
     doc = read(text, loader)
-    # The C case really went through libyaml (these configs are not ones routed to Python).
-    assert composers == ["CLoader" if loader == "c" else "PythonLoader"]
+    # The C case really went through libyaml (these configs are not ones routed to Python),
+    # composed by libyaml itself (they are short and shallow).
+    assert composers == ["CComposed" if loader == "c" else "PythonLoader"]
     assert doc.data == yaml.safe_load(text)
     lines = text.splitlines()
     assert doc.key_lines
@@ -113,13 +114,86 @@ def test_real_configs(loader: str, relative: str, corpus: Path,
 
 
 @BOTH
-def test_every_corpus_yaml_reads_the_same_with_both(corpus: Path) -> None:
+@pytest.mark.parametrize("c_composer", [True, False], ids=["libyaml-composed", "py-composed"])
+def test_every_corpus_yaml_reads_the_same_with_both(
+    corpus: Path, c_composer: bool, monkeypatch: pytest.MonkeyPatch, composers: list[str],
+) -> None:
+    """libyaml's events composed by libyaml (the short and shallow configs, most of them) and
+    by PyYAML's composer (forced here for all) read as the pure-Python loader does."""
+    if not c_composer:
+        monkeypatch.setattr(documents, "_c_composes_safely", lambda text: False)
     paths = sorted(p for p in corpus.rglob("*") if p.suffix in (".yaml", ".yml"))
     assert len(paths) > 100
     for path in paths:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
         for variant in (text, text.replace("\n", "\r\n")):
             assert outcome(variant, "c") == outcome(variant, "python"), path
+    share = composers.count("CComposed") / composers.count("PythonLoader")
+    assert share > 0.9 if c_composer else share == 0
+
+
+def node_count_and_depth(root: yaml.Node) -> tuple[int, int]:
+    """Nodes (each once, as composed) and the deepest nesting of a composed document."""
+    seen: set[int] = set()
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        deepest = max(deepest, depth)
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+    return len(seen), deepest
+
+
+def densest(pattern: str, wrap: str = "{}") -> str:
+    """``pattern`` repeated as often as the C composer's length bound allows, in ``wrap``."""
+    reps = (documents._C_COMPOSE_MAX_CHARS - len(wrap) + 2) // len(pattern)
+    return wrap.replace("{}", pattern * reps)
+
+
+@BOTH
+@pytest.mark.parametrize("text", [
+    # the most nodes per character found: empty keys and values, flow pairs, bare entries
+    densest("?\n"), densest("? "), densest("a,", "{{}}"), densest("?,", "{{}}"),
+    densest("-\n"), densest("a\n- ", "a:\n- {}"),
+    # the deepest per character: compact block nesting, flow brackets, a sequence at its
+    # mapping's column
+    "- " * 99 + "x", "- " * 199 + "x", "[" * 190 + "]" * 190, "{a: " * 130 + "}" * 130,
+    "".join(" " * i + f"k{i}:\n" + " " * i + "-\n" for i in range(0, 60, 2)),
+    "- " * 95 + "[" * 190 + "]" * 190,
+])
+def test_text_the_c_composer_takes_stays_inside_both_limits(text: str) -> None:
+    """What _c_composes_safely admits has fewer than MAX_YAML_NODES nodes (libyaml's composer
+    counts none) and nests no deeper than its C-stack bound (measured by PyYAML's composer)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        assert not documents._c_composes_safely(text)  # deeper than the interpreter allows
+        return
+    except yaml.YAMLError:
+        pytest.skip("not YAML")
+    assert root is not None
+    nodes, depth = node_count_and_depth(root)
+    if documents._c_composes_safely(text):
+        assert nodes < MAX_YAML_NODES
+        assert depth <= documents._C_COMPOSE_MAX_DEPTH
+    else:
+        # the bound only ever errs on the safe side: refused here, then the text is long or
+        # deep
+        assert (len(text) > documents._C_COMPOSE_MAX_CHARS
+                or depth > documents._C_COMPOSE_MAX_DEPTH // 4 or nodes > 100), text[:40]
+
+
+def test_long_or_deep_text_goes_to_the_counting_composer() -> None:
+    assert documents._c_composes_safely("lora_r: 8\n" * 400)
+    assert not documents._c_composes_safely("lora_r: 8\n" * 600)  # past half the node limit
+    assert not documents._c_composes_safely("x: " + "[" * 300 + "]" * 300)
+    assert not documents._c_composes_safely("x: " + "y" * 200)  # a 203-character line
 
 
 def billion_laughs() -> str:
@@ -226,17 +300,20 @@ def test_unsafe_tags_are_never_constructed(loader: str, template: str, tmp_path:
 
 
 @BOTH
+@pytest.mark.parametrize("composer", ["CComposed", "CLoader"])
 @pytest.mark.parametrize("template", UNSAFE)
 def test_the_c_parser_forced_onto_tagged_text_constructs_nothing(
-    template: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, composers: list[str],
+    template: str, composer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    composers: list[str],
 ) -> None:
-    """Tagged text goes to the Python parser; were it read by libyaml, SafeConstructor still
-    refuses every python/ tag."""
+    """Tagged text goes to the Python parser; were it read by libyaml (composed by libyaml or
+    by PyYAML), SafeConstructor still refuses every python/ tag."""
     monkeypatch.setattr(documents, "_c_reads_alike", lambda text: True)
+    monkeypatch.setattr(documents, "_c_composes_safely", lambda text: composer == "CComposed")
     marker = tmp_path / "MARKER"
     text = template.format(m=marker)
     detail, line = refusal(text, "c")
-    assert composers[0] == "CLoader"
+    assert composers[0] == composer
     assert detail.startswith("invalid YAML: could not determine a constructor for the tag")
     assert not marker.exists()
     assert (detail, line) == refusal(text, "python")

@@ -254,10 +254,32 @@ def _c_reads_alike(text: str) -> bool:
     return "?" not in text or ("[" not in text and "{" not in text)
 
 
+# libyaml's own composer (C, ~2x faster than PyYAML's Python one on a config) counts no nodes
+# and recurses in C without the interpreter's guard, so it takes only text on which neither can
+# matter. Nodes: each takes a character of text bar a few empty ones ("?" alone composes a
+# mapping, an empty key and an empty value; "{a,b}" one node per character), so text of fewer
+# than half MAX_YAML_NODES characters stays below it. Depth: a nested block collection starts
+# at a greater column than its parent, or at the same one once (a sequence as a mapping's
+# value), and a flow one needs a bracket, so 2 x the longest line (split at "\n" only, the
+# rarer breaks making it longer) + the brackets bounds the depth; 400 levels take ~110 KB of C
+# stack (990 overflowed a 256 KiB thread).
+_C_COMPOSE_MAX_CHARS = MAX_YAML_NODES // 2 - 8
+_C_COMPOSE_MAX_DEPTH = 400
+
+
+def _c_composes_safely(text: str) -> bool:
+    """True when libyaml's composer can take ``text``: too short for the node limit and too
+    shallow for the C stack (see above)."""
+    if len(text) > _C_COMPOSE_MAX_CHARS:
+        return False
+    depth = 2 * max(map(len, text.split("\n"))) + text.count("[") + text.count("{") + 2
+    return depth <= _C_COMPOSE_MAX_DEPTH
+
+
 def available_yaml_loaders() -> tuple[str, ...]:
     """The YAML loaders this PyYAML offers, the default (fastest) first: ("c", "python") when
     PyYAML was built with libyaml, else ("python",)."""
-    return tuple(_yaml_loader_classes())
+    return tuple(name for name in _yaml_loader_classes() if name in ("c", "python"))
 
 
 def default_yaml_loader() -> str:
@@ -267,7 +289,8 @@ def default_yaml_loader() -> str:
 
 @functools.cache
 def _yaml_loader_classes() -> dict[str, type[Any]]:
-    """Loader classes by name ("c" first when there), built once per process."""
+    """Loader classes by name ("c" first when there, then its "c-composed" variant), built
+    once per process."""
     import yaml
     from yaml.composer import Composer
 
@@ -296,7 +319,12 @@ def _yaml_loader_classes() -> dict[str, type[Any]]:
                 yaml.CSafeLoader.__init__(self, stream)
                 Composer.__init__(self)
 
+        class CComposed(yaml.CSafeLoader):
+            """libyaml's events composed by libyaml, built by SafeConstructor: for text
+            _c_composes_safely admits."""
+
         classes["c"] = CLoader
+        classes["c-composed"] = CComposed
     classes["python"] = PythonLoader
     return classes
 
@@ -367,7 +395,8 @@ def _compose_and_construct(
     composed = None
     if (loader or default_yaml_loader()) == "c" and _c_reads_alike(text):
         try:
-            composed = _compose(classes["c"], text)
+            cls = classes["c-composed"] if _c_composes_safely(text) else classes["c"]
+            composed = _compose(cls, text)
         except (yaml.YAMLError, RecursionError, ValueError):
             # libyaml words its errors (and may place them) differently: the pure-Python
             # parser reads the text again and gives the verdict. _NodeLimit is ours, the same
