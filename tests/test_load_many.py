@@ -116,3 +116,30 @@ def test_small_runs_stay_in_process_unless_jobs_is_given(tmp_path: Path) -> None
     import os
 
     assert worth_a_pool(discover([str(big)]), None) == min(os.cpu_count() or 1, 2)
+
+
+def test_loose_configs_count_as_a_fraction_of_a_unit(tmp_path: Path) -> None:
+    """A config costs a fraction of an adapter: 1,000 configs stay in this process (the pool
+    was slower there), 2,000 get one worker per CPU, as 400 tiny adapters do."""
+    import os
+
+    from loracheck.discover import Unit
+    from loracheck.runner import CONFIGS_PER_UNIT, POOL_MIN_UNITS, worth_a_pool
+
+    def configs(n: int) -> list[Unit]:
+        return [Unit(f"c{i}.yaml", "config", None, tmp_path / f"c{i}.yaml", explicit=False)
+                for i in range(n)]
+
+    def adapters(n: int) -> list[Unit]:
+        return [Unit(f"a{i}", "weights", tmp_path / f"a{i}.safetensors", None, explicit=False)
+                for i in range(n)]
+
+    every_cpu = os.cpu_count() or 1
+    assert worth_a_pool(configs(1000), None) == 1
+    assert worth_a_pool(configs(POOL_MIN_UNITS * CONFIGS_PER_UNIT), None) == every_cpu
+    assert worth_a_pool(adapters(POOL_MIN_UNITS - 1), None) == 1
+    assert worth_a_pool(adapters(POOL_MIN_UNITS), None) == every_cpu
+    # mixed: 300 adapters and 500 configs are 400 units of work
+    assert worth_a_pool(adapters(300) + configs(499), None) == 1
+    assert worth_a_pool(adapters(300) + configs(500), None) == every_cpu
+    assert worth_a_pool(configs(1000), 2) == 2  # --jobs is honoured

@@ -258,11 +258,15 @@ def _process_batch_in_worker(batch: Sequence[Unit], timeout: float) -> list[Judg
     return [_process_with_deadline(unit, _WORKER_JOB[0], timeout) for unit in batch]
 
 
-# A run whose weights files hold less than this in all, with fewer than POOL_MIN_UNITS units
-# (configs count: parsing and judging them is Python work too), is read in this process when
-# --jobs is not given: a pool costs more than it saves (start-up, shipping results back).
+# A run whose weights files hold less than this in all, with fewer than POOL_MIN_UNITS units,
+# is read in this process when --jobs is not given: a pool costs more than it saves (start-up,
+# each worker's imports, shipping results back). A loose config counts as 1/CONFIGS_PER_UNIT
+# of a unit: it costs ~0.35 ms to read and judge against ~1.2 ms for a tiny adapter, and
+# bench_many_files printed the pool slower than --jobs 1 at 1,000 configs, faster at 10,000
+# (break-even near 2,000), and faster for tiny adapters from a few hundred.
 POOL_MIN_BYTES = 64 * 2**20
 POOL_MIN_UNITS = 400
+CONFIGS_PER_UNIT = 5
 # Units are sent to workers in batches of up to this many (one process round trip per batch),
 # a weights file of BATCH_ALONE_BYTES or more alone.
 BATCH_UNITS = 32
@@ -278,7 +282,8 @@ def _size(path: Path | None) -> int:
 
 def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
     """The number of worker processes for ``units``: 1 (this process) for a single unit or a
-    single weights file among a few configs, and for a small run when ``jobs`` was not
+    single weights file among a few configs, and for a small run (few bytes, less work than
+    POOL_MIN_UNITS units, configs counted at 1/CONFIGS_PER_UNIT) when ``jobs`` was not
     given."""
     heavy = [u for u in units if u.weights is not None]
     if len(units) <= 1 or (len(heavy) <= 1 and len(units) < POOL_MIN_UNITS):
@@ -286,7 +291,8 @@ def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
     if jobs is not None:
         return max(1, min(jobs, len(units)))
     total = sum(_size(u.weights) for u in heavy)
-    if total < POOL_MIN_BYTES and len(units) < POOL_MIN_UNITS:
+    work = len(heavy) + (len(units) - len(heavy)) / CONFIGS_PER_UNIT
+    if total < POOL_MIN_BYTES and work < POOL_MIN_UNITS:
         return 1
     return max(1, min(_cpus(), len(units)))
 
