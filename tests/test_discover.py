@@ -72,3 +72,38 @@ def test_trainer_side_files_are_never_units(tmp_path: Path) -> None:
     (folder / "optimizer.pt").write_bytes(b"pickle")
     units = discover([tmp_path])
     assert [u.kind for u in units] == ["peft"]
+
+
+def test_the_walks_listing_answers_like_the_file_system(tmp_path: Path) -> None:
+    """Siblings are looked up in the folder's listing first (no system call for a name that is
+    not there), then on disk: a symlinked config still counts, a folder of that name does not,
+    and every walk gives the units that naming each folder gives."""
+    linked = _peft_dir(tmp_path / "linked")
+    real = tmp_path / "elsewhere.json"
+    (linked / "adapter_config.json").rename(real)
+    os.symlink(real, linked / "adapter_config.json")
+    dir_config = tmp_path / "dir-config"
+    dir_config.mkdir()
+    (dir_config / "adapter_model.safetensors").write_bytes(b"\0" * 8)
+    (dir_config / "adapter_config.json").mkdir()
+    both = _peft_dir(tmp_path / "both")
+    (both / "adapter_model.bin").write_bytes(b"\0" * 8)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (loose / "kohya.safetensors").write_bytes(b"\0" * 8)
+    walked = {Path(u.path): (u.kind, u.weights, u.config) for u in discover([tmp_path])}
+    assert walked[linked] == ("peft", linked / "adapter_model.safetensors",
+                              linked / "adapter_config.json")
+    assert walked[dir_config] == ("peft", dir_config / "adapter_model.safetensors", None)
+    # a folder with both PEFT weights files: two units of one path, each once
+    assert sorted(str(u.weights) for u in discover([tmp_path]) if Path(u.path) == both) == [
+        str(both / "adapter_model.bin"), str(both / "adapter_model.safetensors")]
+    # a loose weights file takes the folder's config, which is then no unit of its own
+    assert walked[loose / "kohya.safetensors"] == ("weights", loose / "kohya.safetensors",
+                                                   loose / "adapter_config.json")
+    assert loose / "adapter_config.json" not in walked
+    for folder in (linked, dir_config, loose):
+        named = {Path(u.path): (u.kind, u.weights, u.config)
+                 for u in discover([folder])}
+        assert all(walked[path] == unit for path, unit in named.items() if path in walked)

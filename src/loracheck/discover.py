@@ -120,55 +120,69 @@ def _missing(path: Path) -> bool:
     return False
 
 
-def _folder_unit(folder: Path, explicit: bool) -> Unit | None:
-    """The PEFT or mlx unit a folder holds, if it holds one."""
+def _has_file(folder: Path, name: str, listing: frozenset[str] | None) -> bool:
+    """Whether ``folder / name`` is a regular file (a symlink to one counts). ``listing``, the
+    names the walk saw in ``folder``, answers "no" for a name not among them without a system
+    call; a name among them is still asked of the file system (it may be a folder or a link)."""
+    if listing is not None and name not in listing:
+        return False
+    return _is_file(folder / name)
+
+
+def _folder_unit(folder: Path, explicit: bool,
+                 listing: frozenset[str] | None = None) -> Unit | None:
+    """The PEFT or mlx unit a folder holds, if it holds one (``listing``: see _has_file)."""
     config = folder / PEFT_CONFIG
+    has_config = _has_file(folder, PEFT_CONFIG, listing)
     for name in PEFT_WEIGHTS:
-        weights = folder / name
-        if _is_file(weights):
-            return Unit(_display(folder), "peft", weights, config if _is_file(config) else None,
+        if _has_file(folder, name, listing):
+            return Unit(_display(folder), "peft", folder / name, config if has_config else None,
                         explicit)
-    mlx = folder / MLX_WEIGHTS
-    if _is_file(mlx):
-        return Unit(_display(folder), "mlx", mlx, config if _is_file(config) else None, explicit)
-    if _is_file(config):
+    if _has_file(folder, MLX_WEIGHTS, listing):
+        return Unit(_display(folder), "mlx", folder / MLX_WEIGHTS,
+                    config if has_config else None, explicit)
+    if has_config:
         # A config without weights (e.g. weights not pulled yet): checked as a config.
         return Unit(_display(config), "config", None, config, explicit)
     return None
 
 
-def _file_unit(path: Path, explicit: bool) -> Unit | None:
+def _file_unit(path: Path, explicit: bool,
+               listing: frozenset[str] | None = None) -> Unit | None:
+    """The unit a file belongs to (``listing``: the names beside it, see _has_file)."""
     name = path.name
     folder = path.parent
     if name in PEFT_WEIGHTS:
         # The weights file named, even where the folder holds the other one too.
         config = folder / PEFT_CONFIG
-        return Unit(_display(folder), "peft", path, config if _is_file(config) else None,
-                    explicit)
+        return Unit(_display(folder), "peft", path,
+                    config if _has_file(folder, PEFT_CONFIG, listing) else None, explicit)
     if name in (PEFT_CONFIG, MLX_WEIGHTS):
-        return _folder_unit(folder, explicit)
+        return _folder_unit(folder, explicit, listing)
     if name in IGNORED_FILES:
         return None
     suffix = path.suffix.lower()
     if name.endswith(LITGPT_SUFFIX):
         config = folder / LITGPT_CONFIG
-        return Unit(_display(path), "weights", path, config if _is_file(config) else None,
-                    explicit)
+        return Unit(_display(path), "weights", path,
+                    config if _has_file(folder, LITGPT_CONFIG, listing) else None, explicit)
     if suffix in WEIGHT_SUFFIXES:
         # A folder's adapter_config.json describes its PEFT weights file when there is one
         # (torchtune writes adapter_model.pt in its own keys beside adapter_model.safetensors
         # in PEFT's, and the merged model-*.safetensors too): other weights stand alone.
         sibling = folder / PEFT_CONFIG
-        owned = any(_is_file(folder / name) for name in PEFT_WEIGHTS)
-        own_config = sibling if _is_file(sibling) and not owned else None
+        owned = any(_has_file(folder, name, listing) for name in PEFT_WEIGHTS)
+        own_config = sibling if not owned and _has_file(folder, PEFT_CONFIG, listing) else None
         return Unit(_display(path), "weights", path, own_config, explicit)
     if suffix in CONFIG_SUFFIXES:
         return Unit(_display(path), "config", None, path, explicit)
     return None
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Regular files under ``root`` in a deterministic order (depth first, names sorted): no
+def _walk(root: Path) -> Iterator[tuple[Path, frozenset[str]]]:
+    """Regular files under ``root``, each with the names of everything in its folder (so that
+    siblings that are not there cost no system call), in a deterministic order (depth first,
+    names sorted): no
     symlinks (to files or folders), FIFOs, sockets or devices (opening a FIFO blocks until a
     writer comes). The file type comes with the folder listing, so there is no system call per
     file. Iterative, so any depth works (``os.walk`` recurses on Python < 3.12 and hits the
@@ -188,6 +202,7 @@ def _walk(root: Path) -> Iterator[Path]:
         except OSError:
             continue
         subfolders = []
+        listing = frozenset(entry.name for entry in entries)
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -198,7 +213,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 if entry.name not in SKIP_DIRS:
                     subfolders.append(Path(entry.path))
             elif is_file:
-                yield Path(entry.path)
+                yield Path(entry.path), listing
         stack.extend(reversed(subfolders))
 
 
@@ -242,15 +257,20 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
                 handled.add(folder_unit.weights)
                 if folder_unit.config is not None:
                     handled.add(folder_unit.config)
-            for file in _walk(path):
+            for file, listing in _walk(path):
                 if file in handled:
                     continue
-                if file.name == TORCHTUNE_COPY and _is_file(file.parent / PEFT_WEIGHTS[0]):
+                if file.name == TORCHTUNE_COPY and _has_file(file.parent, PEFT_WEIGHTS[0],
+                                                             listing):
                     # torchtune saves each adapter twice: adapter_model.pt in its own keys and
                     # adapter_model.safetensors in PEFT's (torchtune 0.6, FullModelHF-
                     # Checkpointer.save_checkpoint); the folder's PEFT unit covers it.
                     continue
-                add(_file_unit(file, explicit=False))
+                walked = _file_unit(file, explicit=False, listing=listing)
+                add(walked)
+                if walked is not None and walked.weights is not None and walked.config is not None:
+                    # its other file, met next, would give the same unit again
+                    handled.update((walked.weights, walked.config))
         else:
             explicit = not handed_over and lora_shaped(path)
             unit = _file_unit(path, explicit=explicit)
