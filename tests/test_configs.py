@@ -452,3 +452,14 @@ def test_diffusers_metadata_json_file(tmp_path: Path) -> None:
     assert (spec.rank, spec.alpha, spec.target_modules) == (4, 4.0, ["to_q"])
     assert spec.extras["component"] == "unet"
     assert spec.lines["lora_adapter_metadata"] == 4
+
+
+@pytest.mark.parametrize(("size", "limit"), [(0, 10), (100, 50), (100, 100), (100, 101),
+                                             (5000, 4097)])
+def test_read_prefix_reads_up_to_its_limit(tmp_path: Path, size: int, limit: int) -> None:
+    from loracheck.configs.documents import read_prefix
+
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    path.write_bytes(data)
+    assert read_prefix(path, limit) == data[:limit]

@@ -123,17 +123,26 @@ class Doc:
         return {p[-1] for p, _ in self.walk() if isinstance(p[-1], str)}
 
 
+def read_prefix(path: Path, limit: int) -> bytes:
+    """Up to ``limit`` bytes from the start of a file: all of it when shorter. Unbuffered, and
+    asked for what the file holds (+1, to see its end) before the rest of ``limit`` (only if it
+    grew meanwhile): a read of ``limit`` bytes allocates them up front, a buffered one adds a
+    copy and system calls, and both showed per small config file."""
+    with open(path, "rb", buffering=0) as handle:
+        want = min(os.fstat(handle.fileno()).st_size + 1, limit)
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit and (chunk := handle.read(want - got if got < want else limit - got)):
+            chunks.append(chunk)
+            got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def read_text(path: Path, cap: int = MAX_CONFIG_BYTES) -> str:
     """The file's text; refuses files over ``cap`` bytes and text that is not UTF-8."""
     name = str(path)
     try:
-        with open(path, "rb") as handle:
-            # read(n) allocates n bytes up front: ask for what the file holds, then for the
-            # rest of cap + 1 only if it grew meanwhile (and so may be refused).
-            size = os.fstat(handle.fileno()).st_size
-            raw = handle.read(min(cap, size) + 1)
-            if len(raw) > size:
-                raw += handle.read(cap + 1 - len(raw))
+        raw = read_prefix(path, cap + 1)
     except OSError as err:
         raise ArtifactError(name, f"cannot read file: {err.strerror or err}") from None
     return decode_text(name, raw, cap)

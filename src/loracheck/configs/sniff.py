@@ -8,7 +8,6 @@ calls the same function.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -218,16 +217,10 @@ def head_text(path: Path) -> str:
 
 def head_bytes(path: Path) -> bytes:
     """Up to SNIFF_BYTES + 1 bytes of a file: all of it when shorter than SNIFF_BYTES + 1."""
+    from loracheck.configs.documents import read_prefix
+
     try:
-        with open(path, "rb", buffering=0) as handle:
-            # Asked for what the file holds (+1 to see its end), not for SNIFF_BYTES + 1: a
-            # buffer that large is mapped and unmapped for every small config.
-            want = min(os.fstat(handle.fileno()).st_size + 1, SNIFF_BYTES + 1)
-            chunks = []
-            while want > 0 and (chunk := handle.read(want)):
-                chunks.append(chunk)
-                want -= len(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return read_prefix(path, SNIFF_BYTES + 1)
     except OSError as err:
         raise ArtifactError(str(path), f"cannot read file: {err.strerror or err}") from None
 
