@@ -120,19 +120,34 @@ def _missing(path: Path) -> bool:
     return False
 
 
-def _has_file(folder: Path, name: str, listing: frozenset[str] | None) -> bool:
-    """Whether ``folder / name`` is a regular file (a symlink to one counts). ``listing``, the
-    names the walk saw in ``folder``, answers "no" for a name not among them without a system
-    call; a name among them is still asked of the file system (it may be a folder or a link)."""
-    if listing is not None and name not in listing:
-        return False
+@dataclass(frozen=True)
+class Listing:
+    """What the walk's scandir of one folder said: every name in it, and the names that are
+    regular files by the listing's own file types (a symlink is neither: it is asked of the
+    file system, which follows it)."""
+
+    names: frozenset[str]
+    regular: frozenset[str]
+
+
+def _has_file(folder: Path, name: str, listing: Listing | None) -> bool:
+    """Whether ``folder / name`` is a regular file (a symlink to one counts). ``listing``, what
+    the walk saw in ``folder``, answers without a system call for a name that is not there or
+    that it saw as a regular file; any other name is asked of the file system (a symlink, or a
+    name the listing saw as a folder, a FIFO or a device)."""
+    if listing is not None:
+        if name in listing.regular:
+            return True
+        if name not in listing.names:
+            return False
     return _is_file(folder / name)
 
 
-def _folder_unit(folder: Path, explicit: bool,
-                 listing: frozenset[str] | None = None) -> Unit | None:
-    """The PEFT or mlx unit a folder holds, if it holds one (``listing``: see _has_file)."""
-    config = folder / PEFT_CONFIG
+def _folder_unit(folder: Path, explicit: bool, listing: Listing | None = None,
+                 config: Path | None = None) -> Unit | None:
+    """The PEFT or mlx unit a folder holds, if it holds one (``listing``: see _has_file;
+    ``config``: its adapter_config.json's path, when the caller has it already)."""
+    config = config or folder / PEFT_CONFIG
     has_config = _has_file(folder, PEFT_CONFIG, listing)
     for name in PEFT_WEIGHTS:
         if _has_file(folder, name, listing):
@@ -148,7 +163,7 @@ def _folder_unit(folder: Path, explicit: bool,
 
 
 def _file_unit(path: Path, explicit: bool,
-               listing: frozenset[str] | None = None) -> Unit | None:
+               listing: Listing | None = None) -> Unit | None:
     """The unit a file belongs to (``listing``: the names beside it, see _has_file)."""
     name = path.name
     folder = path.parent
@@ -157,7 +172,9 @@ def _file_unit(path: Path, explicit: bool,
         config = folder / PEFT_CONFIG
         return Unit(_display(folder), "peft", path,
                     config if _has_file(folder, PEFT_CONFIG, listing) else None, explicit)
-    if name in (PEFT_CONFIG, MLX_WEIGHTS):
+    if name == PEFT_CONFIG:
+        return _folder_unit(folder, explicit, listing, config=path)
+    if name == MLX_WEIGHTS:
         return _folder_unit(folder, explicit, listing)
     if name in IGNORED_FILES:
         return None
@@ -179,21 +196,20 @@ def _file_unit(path: Path, explicit: bool,
     return None
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, frozenset[str]]]:
-    """Regular files under ``root``, each with the names of everything in its folder (so that
-    siblings that are not there cost no system call), in a deterministic order (depth first,
-    names sorted): no
-    symlinks (to files or folders), FIFOs, sockets or devices (opening a FIFO blocks until a
-    writer comes). The file type comes with the folder listing, so there is no system call per
-    file. Iterative, so any depth works (``os.walk`` recurses on Python < 3.12 and hits the
-    recursion limit near 1,000 nested folders); a folder met twice (a bind mount loop) is
-    walked once."""
+def _walk(root: Path) -> Iterator[tuple[Path, list[str], Listing]]:
+    """The folders under ``root`` (itself first) that hold regular files, each with the names
+    of those files and its :class:`Listing` (so that siblings cost no system call), in a
+    deterministic order (depth first, names sorted). No symlinks (to files or folders), FIFOs,
+    sockets or devices (opening a FIFO blocks until a writer comes): the file type comes with
+    the folder listing, so there is no system call per file. Iterative, so any depth works
+    (``os.walk`` recurses on Python < 3.12 and hits the recursion limit near 1,000 nested
+    folders); a folder met twice (a bind mount loop) is walked once."""
     stack = [root]
     seen: set[tuple[int, int]] = set()
     while stack:
         folder = stack.pop()
         try:
-            info = folder.stat()
+            info = os.stat(folder)
             if (info.st_dev, info.st_ino) in seen:
                 continue
             seen.add((info.st_dev, info.st_ino))
@@ -202,18 +218,18 @@ def _walk(root: Path) -> Iterator[tuple[Path, frozenset[str]]]:
         except OSError:
             continue
         subfolders = []
-        listing = frozenset(entry.name for entry in entries)
+        files = []
         for entry in entries:
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                is_file = not is_dir and entry.is_file(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in SKIP_DIRS:
+                        subfolders.append(folder / entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(entry.name)
             except OSError:
                 continue
-            if is_dir:
-                if entry.name not in SKIP_DIRS:
-                    subfolders.append(Path(entry.path))
-            elif is_file:
-                yield Path(entry.path), listing
+        if files:
+            yield folder, files, Listing(frozenset(e.name for e in entries), frozenset(files))
         stack.extend(reversed(subfolders))
 
 
@@ -252,25 +268,29 @@ def discover(paths: Sequence[str | Path], *, handed_over: bool = False) -> list[
             folder_unit = _folder_unit(path, explicit=True)
             if folder_unit is not None and folder_unit.kind != "config":
                 add(folder_unit)
-            handled: set[Path] = set()
+            # Names already covered in their folder: the named folder's own unit, and the other
+            # file of a pair met first (a unit's files are siblings).
+            root_handled: set[str] = set()
             if folder_unit is not None and folder_unit.weights is not None:
-                handled.add(folder_unit.weights)
+                root_handled.add(folder_unit.weights.name)
                 if folder_unit.config is not None:
-                    handled.add(folder_unit.config)
-            for file, listing in _walk(path):
-                if file in handled:
-                    continue
-                if file.name == TORCHTUNE_COPY and _has_file(file.parent, PEFT_WEIGHTS[0],
-                                                             listing):
-                    # torchtune saves each adapter twice: adapter_model.pt in its own keys and
-                    # adapter_model.safetensors in PEFT's (torchtune 0.6, FullModelHF-
-                    # Checkpointer.save_checkpoint); the folder's PEFT unit covers it.
-                    continue
-                walked = _file_unit(file, explicit=False, listing=listing)
-                add(walked)
-                if walked is not None and walked.weights is not None and walked.config is not None:
-                    # its other file, met next, would give the same unit again
-                    handled.update((walked.weights, walked.config))
+                    root_handled.add(folder_unit.config.name)
+            for folder, files, listing in _walk(path):
+                handled = root_handled if folder == path else set()
+                for name in files:
+                    if name in handled:
+                        continue
+                    if name == TORCHTUNE_COPY and _has_file(folder, PEFT_WEIGHTS[0], listing):
+                        # torchtune saves each adapter twice: adapter_model.pt in its own keys
+                        # and adapter_model.safetensors in PEFT's (torchtune 0.6, FullModelHF-
+                        # Checkpointer.save_checkpoint); the folder's PEFT unit covers it.
+                        continue
+                    walked = _file_unit(folder / name, explicit=False, listing=listing)
+                    add(walked)
+                    if walked is not None and walked.weights is not None and (
+                            walked.config is not None):
+                        # its other file, met next, would give the same unit again
+                        handled.update((walked.weights.name, walked.config.name))
         else:
             explicit = not handed_over and lora_shaped(path)
             unit = _file_unit(path, explicit=explicit)
