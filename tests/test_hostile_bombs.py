@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from builders import kohya_file, run_capped, write_safetensors
+from loracheck.safetensors_io import READ_WHOLE_BYTES
 
 PEFT_CONFIG = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
 A_KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -174,9 +175,11 @@ def catastrophic_regex(root: Path) -> Path:
 def _truncated(root: Path) -> Path:
     folder = _peft_folder(root, "shrinking")
     rng = np.random.default_rng(0)
+    # Mapped, not read whole (a file up to READ_WHOLE_BYTES is bytes in hand: no hazard).
+    width = READ_WHOLE_BYTES // 16
     write_safetensors(folder / "adapter_model.safetensors", {
-        A_KEY: rng.normal(size=(4, 4096)).astype(np.float32),
-        B_KEY: rng.normal(size=(4096, 4)).astype(np.float32)})
+        A_KEY: rng.normal(size=(4, width)).astype(np.float32),
+        B_KEY: rng.normal(size=(width, 4)).astype(np.float32)})
     return folder / "adapter_model.safetensors"
 
 

@@ -17,7 +17,12 @@ from safetensors.numpy import load_file, save_file
 
 from builders import kohya_file, peft_adapter, write_safetensors
 from loracheck.errors import ArtifactError
-from loracheck.safetensors_io import SafetensorsFile, TensorEntry, is_lfs_pointer
+from loracheck.safetensors_io import (
+    READ_WHOLE_BYTES,
+    SafetensorsFile,
+    TensorEntry,
+    is_lfs_pointer,
+)
 
 
 def _raw_file(
@@ -218,6 +223,35 @@ def test_tensor_entry_properties() -> None:
     e = TensorEntry("k", "F16", (2, 3), 100, 112)
     assert (e.nbytes, e.numel) == (12, 6)
     assert TensorEntry("s", "F32", (), 8, 12).numel == 1
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_read_whole_and_mapped_files_read_alike(tmp_path: Path, mapped: bool) -> None:
+    """A file up to READ_WHOLE_BYTES is read whole, a larger one mapped: the same arrays and
+    header either way. Truncated after opening, the mapped file says so; the small one reads
+    the bytes it holds (nothing can be pulled from under them)."""
+    width = READ_WHOLE_BYTES // 8 if mapped else 64
+    rng = np.random.default_rng(3)
+    tensors = {"a": rng.normal(size=(4, width)).astype(np.float32),
+               "b": rng.normal(size=(width, 4)).astype(np.float16)}
+    path = write_safetensors(tmp_path / "x.safetensors", tensors, {"note": "kept"})
+    assert (path.stat().st_size > READ_WHOLE_BYTES) is mapped
+    with SafetensorsFile.open(path) as f:
+        assert f.metadata == {"note": "kept"} and f.file_size == path.stat().st_size
+        for key, want in tensors.items():
+            got = f.read(key)
+            assert got.shape == want.shape and not f.read_raw(key).flags.writeable
+            np.testing.assert_array_equal(got, want.astype(np.float32))
+    f = SafetensorsFile.open(path)
+    os.truncate(path, f.header_size + 8)
+    try:
+        if mapped:
+            with pytest.raises(ArtifactError, match="truncated while being read"):
+                f.read("a")
+        else:
+            np.testing.assert_array_equal(f.read("a"), tensors["a"])
+    finally:
+        f.close()
 
 
 # --- LFS pointers, empty and short files ------------------------------------------------------

@@ -202,15 +202,13 @@ def _read_spec(path: Path, adapter: Adapter) -> LoraSpec | None:
 
 
 def _open_source(path: Path, adapter: Adapter) -> TensorSource | None:
-    from loracheck.safetensors_io import is_lfs_pointer
+    from loracheck.safetensors_io import LFS_POINTER_DETAIL, is_lfs_pointer
 
     try:
-        if is_lfs_pointer(path):
-            adapter.faults.append(Fault(
-                "LC003", str(path),
-                "Git LFS pointer, not weights: run `git lfs pull` to fetch the file"))
-            return None
         if is_pickle(path):
+            if is_lfs_pointer(path):  # SafetensorsFile.open tells its own files apart
+                adapter.faults.append(Fault("LC003", str(path), LFS_POINTER_DETAIL))
+                return None
             adapter.faults.append(Fault(
                 "LC215", str(path),
                 "pickle checkpoint: loading it with torch.load can execute code; "

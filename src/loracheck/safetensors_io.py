@@ -1,4 +1,5 @@
-"""A torch-free reader for safetensors files: full header validation, memory-mapped tensor reads.
+"""A torch-free reader for safetensors files: full header validation, tensors read from a
+read-only memory mapping (a small file: from its bytes, read whole).
 
 Layout: an 8-byte little-endian u64 ``N``, then ``N`` bytes of UTF-8 JSON mapping tensor names to
 ``{"dtype", "shape", "data_offsets"}`` (plus an optional ``"__metadata__"`` map of str -> str), then
@@ -30,8 +31,10 @@ from loracheck.errors import ArtifactError
 __all__ = [
     "DTYPE_BITS",
     "LFS_MAGIC",
+    "LFS_POINTER_DETAIL",
     "MAX_HEADER_BYTES",
     "RAW_DTYPES",
+    "READ_WHOLE_BYTES",
     "SafetensorsFile",
     "TensorEntry",
     "decode_array",
@@ -39,6 +42,11 @@ __all__ = [
 ]
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_DETAIL = "Git LFS pointer, not the file's content (run `git lfs pull`)"
+# A file up to this size is read whole (one read), not mapped: for a tiny adapter the mapping's
+# system calls (mmap, a size check per tensor, munmap) cost more than the copy, and bytes in
+# hand cannot be truncated under the reader.
+READ_WHOLE_BYTES = 1 << 20
 # The same cap as the safetensors Rust library (MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
 # numpy cannot build arrays with more dimensions than this (NPY_MAXDIMS in numpy 2).
@@ -254,8 +262,35 @@ def decode_array(
 RELEASE_MARGIN = 256 * 1024
 
 
+def _read_or_map(path: str) -> bytes | mmap.mmap:
+    """The file's bytes: read whole up to :data:`READ_WHOLE_BYTES`, else a read-only mapping.
+    ArtifactError for an empty file; OSError or ValueError when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise ArtifactError(path, "empty file")
+        if size > READ_WHOLE_BYTES:
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        chunks = []
+        left = size
+        while left > 0:  # a file that shrank since fstat ends early: what was read is the file
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not data:
+            raise ArtifactError(path, "empty file")
+        return data
+    finally:
+        os.close(fd)
+
+
 class SafetensorsFile:
-    """An open, validated safetensors file whose tensors are read on demand from a read-only mmap.
+    """An open, validated safetensors file whose tensors are read on demand from a read-only
+    mapping, or from the file's bytes when it is small (:data:`READ_WHOLE_BYTES`).
 
     ``entries`` keeps the header's key order; ``metadata`` is ``__metadata__`` (empty if absent).
     Use :meth:`open` (or ``with SafetensorsFile.open(p) as f``); arrays from :meth:`read` may be
@@ -275,14 +310,14 @@ class SafetensorsFile:
         header_size: int,
         entries: dict[str, TensorEntry],
         metadata: dict[str, str],
-        mapping: mmap.mmap | None,
+        buffer: bytes | mmap.mmap | None,
     ) -> None:
         self.path = path
         self.file_size = file_size
         self.header_size = header_size
         self.entries = entries
         self.metadata = metadata
-        self._mmap = mapping
+        self._buffer = buffer
         self._closed = False
 
     # --- opening and validation -----------------------------------------------------------
@@ -291,37 +326,25 @@ class SafetensorsFile:
     def open(cls, path: str | Path) -> SafetensorsFile:
         """Open ``path`` read-only and validate its whole header; raise ArtifactError on a fault."""
         spath = os.fspath(path)
-        mapping: mmap.mmap | None = None
         try:
-            with open(spath, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    raise ArtifactError(spath, "empty file")
-                if size < 8:
-                    prefix = f.read(8)
-                else:
-                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                    prefix = mapping[:8]
+            buffer = _read_or_map(spath)
         except (OSError, ValueError) as e:
             detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ArtifactError(spath, f"cannot read file: {detail}") from None
+        size = len(buffer)
         try:
-            if LFS_MAGIC.startswith(prefix) and is_lfs_pointer(spath):
-                raise ArtifactError(
-                    spath,
-                    "Git LFS pointer, not the file's content (run `git lfs pull`)",
-                    code="LC003",
-                )
-            if mapping is None:
+            if buffer[: len(LFS_MAGIC)] == LFS_MAGIC:
+                raise ArtifactError(spath, LFS_POINTER_DETAIL, code="LC003")
+            if size < 8:
                 raise ArtifactError(
                     spath, f"file is {size} bytes, shorter than the 8-byte header length"
                 )
-            header_size, entries, metadata = _parse_header(spath, mapping, size)
+            header_size, entries, metadata = _parse_header(spath, buffer, size)
         except BaseException:
-            if mapping is not None:
-                mapping.close()
+            if isinstance(buffer, mmap.mmap):
+                buffer.close()
             raise
-        return cls(spath, size, header_size, entries, metadata, mapping)
+        return cls(spath, size, header_size, entries, metadata, buffer)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -342,7 +365,8 @@ class SafetensorsFile:
         a big tensor block by block (:func:`decode_array` on each slice) or compare raw bits.
         Same errors as :meth:`read`."""
         entry = self.entries[key]
-        if self._closed or self._mmap is None:
+        buffer = self._buffer
+        if self._closed or buffer is None:
             raise ValueError(f"{self.path}: read from a closed SafetensorsFile")
         raw_dtype = RAW_DTYPES.get(entry.dtype)
         if raw_dtype is None:
@@ -358,13 +382,13 @@ class SafetensorsFile:
         else:
             # Touching a mapped page past the end of a file truncated since it was opened (a
             # trainer rewriting its checkpoint) kills the process with SIGBUS: the file's
-            # current size is checked before each span is viewed.
-            now = self._mmap.size()
+            # current size is checked before each span is viewed (bytes read whole need not).
+            now = buffer.size() if isinstance(buffer, mmap.mmap) else len(buffer)
             if now < entry.end:
                 raise ArtifactError(
                     self.path, f"file was truncated while being read: it has {now} bytes now "
                     f"and tensor {key!r} ends at byte {entry.end}", location=key)
-            raw = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=entry.start)
+            raw = np.frombuffer(buffer, dtype=dt, count=numel, offset=entry.start)
         return raw
 
     def release(self, key: str) -> None:
@@ -377,24 +401,26 @@ class SafetensorsFile:
     def release_bytes(self, start: int, end: int) -> None:
         """:meth:`release` for the bytes [start, end) of the file (several tensors' spans at
         once, one system call), with :data:`RELEASE_MARGIN` on both sides."""
-        if self._mmap is None or end <= start or not hasattr(mmap, "MADV_DONTNEED"):
-            return
+        mapping = self._buffer
+        if not isinstance(mapping, mmap.mmap) or end <= start or not hasattr(
+                mmap, "MADV_DONTNEED"):
+            return  # bytes read whole are this process's own: nothing to drop
         start = max(0, start - RELEASE_MARGIN)
         start -= start % mmap.PAGESIZE
-        end = min(len(self._mmap), end + RELEASE_MARGIN)
+        end = min(len(mapping), end + RELEASE_MARGIN)
         with contextlib.suppress(OSError, ValueError):
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     # --- lifetime ---------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the mapping (arrays already returned by read() keep it alive until freed)."""
         self._closed = True
-        if self._mmap is not None:
+        if isinstance(self._buffer, mmap.mmap):
             # Views handed out by read() may still export the buffer; it is unmapped with them.
             with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
+                self._buffer.close()
+        self._buffer = None
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -412,9 +438,10 @@ class SafetensorsFile:
 
 
 def _parse_header(
-    path: str, mapping: mmap.mmap, size: int
+    path: str, mapping: bytes | mmap.mmap, size: int
 ) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
-    """Validate the header at the start of ``mapping``; return (N, entries, metadata)."""
+    """Validate the header at the start of ``mapping`` (the file's bytes or their mapping);
+    return (N, entries, metadata)."""
 
     def fail(detail: str) -> NoReturn:
         raise ArtifactError(path, detail)
