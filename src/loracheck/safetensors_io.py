@@ -45,8 +45,9 @@ LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_DETAIL = "Git LFS pointer, not the file's content (run `git lfs pull`)"
 # A file up to this size is read whole (one read), not mapped: for a tiny adapter the mapping's
 # system calls (mmap, a size check per tensor, munmap) cost more than the copy, and bytes in
-# hand cannot be truncated under the reader.
-READ_WHOLE_BYTES = 1 << 20
+# hand cannot be truncated under the reader. Small, because the bytes stay in memory while the
+# file is open, and `merged` holds every shard of a model open at once.
+READ_WHOLE_BYTES = 1 << 16
 # The same cap as the safetensors Rust library (MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
 # numpy cannot build arrays with more dimensions than this (NPY_MAXDIMS in numpy 2).
