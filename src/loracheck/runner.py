@@ -290,11 +290,21 @@ def worth_a_pool(units: Sequence[Unit], jobs: int | None) -> int:
         return 1
     if jobs is not None:
         return max(1, min(jobs, len(units)))
-    total = sum(_size(u.weights) for u in heavy)
     work = len(heavy) + (len(units) - len(heavy)) / CONFIGS_PER_UNIT
-    if total < POOL_MIN_BYTES and work < POOL_MIN_UNITS:
+    if work < POOL_MIN_UNITS and not _holds_at_least(heavy, POOL_MIN_BYTES):
         return 1
     return max(1, min(_cpus(), len(units)))
+
+
+def _holds_at_least(units: Sequence[Unit], limit: int) -> bool:
+    """Whether the weights files of ``units`` hold ``limit`` bytes or more (asked of the file
+    system one file at a time, until the answer is known)."""
+    total = 0
+    for unit in units:
+        total += _size(unit.weights)
+        if total >= limit:
+            return True
+    return False
 
 
 def _batches(units: Sequence[Unit], workers: int) -> list[list[Unit]]:

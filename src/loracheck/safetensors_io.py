@@ -148,11 +148,13 @@ class _HeaderFault(Exception):
 
 
 def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _HeaderFault(f"header has a duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) < len(pairs):  # a key came twice: name the first one repeated
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _HeaderFault(f"header has a duplicate key {k!r}")
+            seen.add(k)
     return out
 
 
