@@ -30,7 +30,7 @@ from loracheck.model import (
     StageSource,
     TensorRef,
 )
-from loracheck.pair_batch import PairBatch
+from loracheck.pair_batch import SMALL_PAIR_NUMEL, PairBatch
 from loracheck.scaling import (
     PEFT_DEFAULT_ALPHA,
     effective_scale,
@@ -403,12 +403,10 @@ def _measure(
     ``batch`` defers (a small pair's statistics, ΔW's from the Grams) is filled when it is
     flushed; a large pair goes to ``threads`` when given, and the pairs returned are the ones
     to complete now (:func:`_complete`)."""
-    from loracheck.keys import canonical_factor
-    from loracheck.pair_batch import SMALL_PAIR_NUMEL
-    from loracheck.stats import factor_stats
+    from loracheck import keys, stats  # modules, not names: this runs for every pair
 
     if record.magnitude is not None and 0 not in record.magnitude.shape:
-        record.magnitude_stats = factor_stats(source.read(record.magnitude.key))
+        record.magnitude_stats = stats.factor_stats(source.read(record.magnitude.key))
     if pair.kind in ("loha", "lokr"):
         _measure_lycoris(record, pair, source)
         return []
@@ -435,8 +433,8 @@ def _measure(
             return []
     if pair.mid_key is None and pair.a_rows is None and pair.b_rows is None and (
             numel <= SMALL_PAIR_NUMEL):
-        a = canonical_factor(pair, source.read(record.a.key, float64=True))
-        b = canonical_factor(pair, source.read(record.b.key, float64=True))
+        a = keys.canonical_factor(pair, source.read(record.a.key, float64=True))
+        b = keys.canonical_factor(pair, source.read(record.b.key, float64=True))
         if a.ndim != 2 or b.ndim != 2:
             raise ValueError(f"factors must be 2-D, not A {a.shape} and B {b.shape}")
         scaling = record.scaling if record.scaling is not None else 1.0
@@ -461,10 +459,10 @@ def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     :func:`_side` decodes the factor."""
     import numpy as np
 
-    from loracheck.fused import COMPILED, FUSED_DTYPES, Mode, side_pass_values
-    from loracheck.stats import from_pass_values
+    # Two module objects, not five names: this runs for every factor of every tiny adapter.
+    from loracheck import fused, stats
 
-    if not COMPILED or ref.dtype not in FUSED_DTYPES or pair.mid_key is not None or (
+    if not fused.COMPILED or ref.dtype not in fused.FUSED_DTYPES or pair.mid_key is not None or (
             (pair.a_rows if which == "A" else pair.b_rows) is not None) or len(ref.shape) < 2:
         return None
     flat = source.raw(ref.key)
@@ -474,12 +472,12 @@ def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     if stored.dtype.kind == "f" and stored.dtype.itemsize == 2:
         stored = stored.view(np.uint16)  # the pass reads fp16 as its bits, as bf16
     # Canonical A is (r, in) and B (out, r); a transposed (mlx) layout swaps the Gram's side.
-    mode: Mode = "rows" if (which == "A") != pair.transposed else "cols"
+    mode: fused.Mode = "rows" if (which == "A") != pair.transposed else "cols"
     r = stored.shape[0] if mode == "rows" else stored.shape[1]
     gram = np.empty((r, r), dtype=np.float64)
-    stats = from_pass_values(side_pass_values(stored, ref.dtype, mode, gram), gram,
-                             kurtosis=which == "A")
-    return None if stats is None else (stats, gram)
+    measured = stats.from_pass_values(fused.side_pass_values(stored, ref.dtype, mode, gram), gram,
+                                      kurtosis=which == "A")
+    return None if measured is None else (measured, gram)
 
 
 def _side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str, *, fused: bool
