@@ -80,6 +80,9 @@ def make_tree(root: Path, n: int, kind: str = "mixed") -> Path:
             (root / f"cfg{i:05d}.yaml").write_text(CONFIG_TEXT.format(i=i))
         else:
             write_adapter(root / f"adapter{i:05d}", rng)
+    # Written back to disk now, so that the kernel's writeback of the fresh files does not land
+    # in the first timed run.
+    os.sync()
     return root
 
 
