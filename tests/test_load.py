@@ -280,3 +280,24 @@ def test_load_factors_returns_canonical_copies(peft_dirs: dict[tuple[str, int], 
         np.testing.assert_array_equal(a, expected[name][0])
         np.testing.assert_array_equal(b, expected[name][1])
     assert len(adapter.layers) == len(factors)
+
+
+@pytest.mark.parametrize("weights", ["adapter_model.safetensors", "adapter_model.bin"])
+def test_an_lfs_pointer_is_one_lc003_whichever_the_weights_format(tmp_path: Path,
+                                                                 weights: str) -> None:
+    """The safetensors reader tells a pointer apart itself; a pickle is checked before it is
+    opened (no LC215 for a file that is no pickle). Either way one LC003, with one message."""
+    from loracheck.safetensors_io import LFS_POINTER_DETAIL
+
+    folder = tmp_path / "pulled-without-lfs"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    (folder / weights).write_bytes(b"version https://git-lfs.github.com/spec/v1\n"
+                                   b"oid sha256:" + b"0" * 64 + b"\nsize 16800560\n")
+    (unit,) = discover([folder])
+    adapter = load_unit(unit)
+    assert adapter is not None
+    assert [(f.code, f.path, f.detail) for f in adapter.faults] == [
+        ("LC003", str(folder / weights), LFS_POINTER_DETAIL)]
+    assert not adapter.layers
