@@ -252,6 +252,44 @@ def test_two_threads_at_once() -> None:
         assert np.array_equal(a.gram, b.gram) and (a.sum, a.m4) == (b.sum, b.m4)
 
 
+@pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
+def test_many_passes_in_one_call_equal_one_call_each() -> None:
+    """side_pass_many (one GIL release for a chunk of factors) gives, item by item, exactly
+    what side_pass_values gives for that item alone: every dtype and mode, ranks below and
+    above the AVX-512 cut (r <= 8 runs AVX2), an empty factor and one holding NaN/Inf."""
+    items: list[fused.PassItem] = []
+    for i, (dtype, mode, shape) in enumerate([
+            ("F16", "rows", (16, 4099)), ("BF16", "cols", (515, 17)), ("F32", "rows", (4, 300)),
+            ("F64", "cols", (129, 64)), ("F16", "cols", (0, 8)), ("BF16", "rows", (3, 1000))]):
+        raw = encode(factor(shape, mode, i), dtype)
+        items.append((raw, dtype, mode, np.empty((shape[0], shape[0]))))
+    broken = encode(factor((8, 700), "rows", 9), "F16")
+    broken[3, 5], broken[6, 1] = 0x7E00, 0x7C00  # NaN, +Inf
+    items.append((broken, "F16", "rows", np.empty((8, 8))))
+    many = fused.side_pass_many(items)
+    assert len(many) == len(items)
+    for (raw, dtype, mode, gram), got in zip(items, many, strict=True):
+        alone = np.empty_like(gram)
+        want = fused.side_pass_values(raw, dtype, mode, alone)
+        assert np.array_equal(gram, alone, equal_nan=True)
+        assert [x for x in got if x == x] == [x for x in want if x == x]  # NaN where NaN
+        assert [x != x for x in got] == [x != x for x in want]
+    assert many[-1][3] == 2  # the broken factor's NaN and Inf, counted
+    assert fused.side_pass_many([]) == []
+
+
+@pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
+def test_many_passes_refuse_a_bad_item_whole() -> None:
+    """One bad item refuses the call, before any pass runs (nothing half-written)."""
+    good = encode(factor((4, 100), "rows", 1), "F32")
+    gram = np.full((4, 4), -1.0)
+    with pytest.raises(ValueError, match="gram_out"):
+        fused.side_pass_many([(good, "F32", "rows", gram), (good, "F32", "rows", np.empty(3))])
+    assert (gram == -1.0).all()
+    with pytest.raises(TypeError, match="tuple"):
+        fused._compiled.side_pass_many([[good, 4, 100, 2, 0, 1, gram]], 0)
+
+
 def _compiler_present() -> bool:
     cc = sysconfig.get_config_var("CC")
     header = Path(sysconfig.get_paths()["include"]) / "Python.h"

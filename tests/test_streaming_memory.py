@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -84,3 +85,41 @@ def test_pairs_in_flight_give_the_same_records_in_bounded_memory(tmp_path: Path)
     pair_bytes = 2 * 16 * 8192 * 8  # one pair in float64
     assert peaks[large] <= peaks[small] + 2 * pair_bytes, peaks
     assert peaks[large] <= 12 * pair_bytes, peaks
+
+
+def test_chunked_pairs_with_a_broken_factor_equal_one_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With threads, fp16 pairs go to the compiled pass in chunks (one call for several
+    pairs); a factor holding NaN/Inf in a chunk is decoded and measured again alone. Every
+    record equals the one-thread record exactly."""
+    from loracheck import fused
+    from loracheck.load import LoadOptions
+
+    if not fused.COMPILED:
+        pytest.skip("the compiled kernel is not built or not selected")
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for i in range(9):  # 2 x 256 KiB of fp16 a pair: past the threads' threshold
+        a = rng.normal(0, 0.02, size=(16, 8192)).astype(np.float16)
+        if i == 4:
+            a[2, 7], a[9, 100] = np.nan, np.inf
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = a
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
+            0, 1e-3, size=(8192, 16)).astype(np.float16)
+    (unit,) = discover([write_safetensors(tmp_path / "mixed.safetensors", tensors)])
+    one = load_unit(unit, LoadOptions(threads=1))
+    chunks: list[int] = []
+    many_passes = fused.side_pass_many
+
+    def counted(items: list[fused.PassItem]) -> list[fused.PassValues]:
+        chunks.append(len(items))
+        return many_passes(items)
+
+    monkeypatch.setattr(fused, "side_pass_many", counted)
+    many = load_unit(unit, LoadOptions(threads=3))
+    assert one is not None and many is not None
+    assert sum(chunks) == 18 and len(chunks) < 9, chunks  # several pairs a call
+    assert one.layers == many.layers
+    broken = many.layers[4]
+    assert broken.a_stats is not None and broken.a_stats.nonfinite == 2
+    assert broken.delta is not None and math.isnan(broken.delta.frobenius)

@@ -2,6 +2,8 @@
  *
  *   side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)
  *       -> (n, sum, zeros, nonfinite, min, max, m2, m4)
+ *   side_pass_many([(raw, rows, cols, dtype, mode, moments, gram_out), ...], variant)
+ *       -> [(n, sum, ...), ...]   the same passes, one after another, the GIL released once
  *
  * raw       the stored 2-D tensor (rows, cols), C-contiguous, any buffer: F16/BF16 as 16-bit
  *           words, F32, F64 (native byte order, as numpy views them)
@@ -323,7 +325,69 @@ static const char *best_variant(void)
     return "baseline";
 }
 
+/* ---- one pass ---------------------------------------------------------------------------- */
+
+/* The variant that runs P: the best the CPU has (variant 0), the baseline (1) or AVX2 (2). */
+static int pass_level(const pass_t *P, int variant)
+{
+#if HAVE_AVX2_VARIANT
+    int level = variant == 0 && !fpu_flushes_denormals() ? cpu_level
+                : variant == 2 && cpu_level >= 1 ? 1 : 0;
+    const Py_ssize_t r = P->mode == MODE_ROWS ? P->rows : P->cols;
+    if (level == 2 && r <= 8)
+        level = 1; /* AVX-512 tiles pad r to 16: four times the work at r ≤ 4 */
+    return level;
+#else
+    (void)P, (void)variant;
+    return 0;
+#endif
+}
+
+/* Runs P without the GIL; 0, or -1 when scratch could not be allocated. */
+static int run_pass(pass_t *P, int level)
+{
+#if HAVE_AVX2_VARIANT
+    if (level == 2)
+        return run_avx512(P);
+    if (level == 1)
+        return run_avx2(P);
+#endif
+    (void)level;
+    return run_base(P);
+}
+
 /* ---- Python ------------------------------------------------------------------------------- */
+
+/* Checks one pass's arguments against its buffers and fills P; -1 with ValueError set. */
+static int prepare_pass(pass_t *P, const Py_buffer *raw, Py_ssize_t rows, Py_ssize_t cols,
+                        int dtype, int mode, int moments_flag, Py_buffer *gram)
+{
+    if (dtype < DT_F16 || dtype > DT_F64 || (mode != MODE_ROWS && mode != MODE_COLS)) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: unknown dtype or mode");
+        return -1;
+    }
+    const Py_ssize_t isz = itemsize(dtype);
+    if (rows < 0 || cols < 0 || (cols > 0 && rows > PY_SSIZE_T_MAX / cols / isz)
+        || raw->len != rows * cols * isz) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: buffer size does not match rows x cols");
+        return -1;
+    }
+    const Py_ssize_t r = mode == MODE_ROWS ? rows : cols;
+    if (gram->len != r * r * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "side_pass: gram_out must hold r*r float64");
+        return -1;
+    }
+    memset(P, 0, sizeof *P);
+    P->src = raw->buf, P->rows = rows, P->cols = cols, P->dtype = dtype, P->mode = mode;
+    P->moments = moments_flag != 0, P->gram = (double *)gram->buf;
+    return 0;
+}
+
+static PyObject *pass_result(const pass_t *P)
+{
+    return Py_BuildValue("(ndLLdddd)", P->rows * P->cols, P->sum, P->zeros, P->nonfinite,
+                         P->min, P->max, P->m2, P->m4);
+}
 
 static PyObject *py_side_pass(PyObject *self, PyObject *args)
 {
@@ -335,49 +399,83 @@ static PyObject *py_side_pass(PyObject *self, PyObject *args)
                           &gram, &variant))
         return NULL;
     PyObject *result = NULL;
-    if (dtype < DT_F16 || dtype > DT_F64 || (mode != MODE_ROWS && mode != MODE_COLS)) {
-        PyErr_SetString(PyExc_ValueError, "side_pass: unknown dtype or mode");
-        goto out;
-    }
-    const Py_ssize_t isz = itemsize(dtype);
-    if (rows < 0 || cols < 0 || (cols > 0 && rows > PY_SSIZE_T_MAX / cols / isz)
-        || raw.len != rows * cols * isz) {
-        PyErr_SetString(PyExc_ValueError, "side_pass: buffer size does not match rows x cols");
-        goto out;
-    }
-    const Py_ssize_t r = mode == MODE_ROWS ? rows : cols;
-    if (gram.len != r * r * (Py_ssize_t)sizeof(double)) {
-        PyErr_SetString(PyExc_ValueError, "side_pass: gram_out must hold r*r float64");
-        goto out;
-    }
     pass_t P;
-    memset(&P, 0, sizeof P);
-    P.src = raw.buf, P.rows = rows, P.cols = cols, P.dtype = dtype, P.mode = mode;
-    P.moments = moments_flag != 0, P.gram = (double *)gram.buf;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-#if HAVE_AVX2_VARIANT
-    int level = variant == 0 && !fpu_flushes_denormals() ? cpu_level
-                : variant == 2 && cpu_level >= 1 ? 1 : 0;
-    if (level == 2 && r <= 8)
-        level = 1; /* AVX-512 tiles pad r to 16: four times the work at r ≤ 4 */
-    if (level == 2)
-        status = run_avx512(&P);
-    else if (level == 1)
-        status = run_avx2(&P);
-    else
-#endif
-        status = run_base(&P);
-    Py_END_ALLOW_THREADS
-    if (status != 0) {
+    if (prepare_pass(&P, &raw, rows, cols, dtype, mode, moments_flag, &gram) == 0) {
+        int status;
+        Py_BEGIN_ALLOW_THREADS
+        status = run_pass(&P, pass_level(&P, variant));
+        Py_END_ALLOW_THREADS
+        if (status != 0)
+            PyErr_NoMemory();
+        else
+            result = pass_result(&P);
+    }
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&gram);
+    return result;
+}
+
+/* side_pass_many(items, variant): items a list of (raw, rows, cols, dtype, mode, moments,
+ * gram_out), each as side_pass takes them; the passes run one after another without the GIL
+ * (one release for all of them) and the results come back in the items' order. */
+static PyObject *py_side_pass_many(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *items;
+    int variant;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &items, &variant))
+        return NULL;
+    const Py_ssize_t count = PyList_GET_SIZE(items);
+    const size_t slots = (size_t)(count > 0 ? count : 1);
+    Py_buffer *bufs = PyMem_Calloc(slots * 2, sizeof(Py_buffer));
+    pass_t *passes = PyMem_Calloc(slots, sizeof(pass_t));
+    PyObject *result = NULL;
+    Py_ssize_t held = 0; /* items whose two buffers are held */
+    if (!bufs || !passes) {
         PyErr_NoMemory();
         goto out;
     }
-    result = Py_BuildValue("(ndLLdddd)", rows * cols, P.sum, P.zeros, P.nonfinite, P.min,
-                           P.max, P.m2, P.m4);
+    for (; held < count; held++) {
+        Py_ssize_t rows, cols;
+        int dtype, mode, moments_flag;
+        PyObject *item = PyList_GET_ITEM(items, held);
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "side_pass_many: each item must be a tuple");
+            goto out;
+        }
+        if (!PyArg_ParseTuple(item, "y*nniiiw*", &bufs[2 * held], &rows, &cols, &dtype, &mode,
+                              &moments_flag, &bufs[2 * held + 1]))
+            goto out;
+        if (prepare_pass(&passes[held], &bufs[2 * held], rows, cols, dtype, mode, moments_flag,
+                         &bufs[2 * held + 1]) != 0) {
+            held++; /* its buffers are held: release them below */
+            goto out;
+        }
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count && !failed; i++)
+        failed = run_pass(&passes[i], pass_level(&passes[i], variant)) != 0;
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    result = PyList_New(count);
+    for (Py_ssize_t i = 0; result && i < count; i++) {
+        PyObject *one = pass_result(&passes[i]);
+        if (!one)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, one);
+    }
 out:
-    PyBuffer_Release(&raw);
-    PyBuffer_Release(&gram);
+    for (Py_ssize_t i = 0; i < held; i++) {
+        PyBuffer_Release(&bufs[2 * i]);
+        PyBuffer_Release(&bufs[2 * i + 1]);
+    }
+    PyMem_Free(bufs);
+    PyMem_Free(passes);
     return result;
 }
 
@@ -391,6 +489,8 @@ static PyMethodDef methods[] = {
     {"side_pass", py_side_pass, METH_VARARGS,
      "side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)"
      " -> (n, sum, zeros, nonfinite, min, max, m2, m4)"},
+    {"side_pass_many", py_side_pass_many, METH_VARARGS,
+     "side_pass_many(items, variant) -> [side_pass's tuple for each item]"},
     {"variant", py_variant, METH_NOARGS, "The instruction set side_pass uses by default."},
     {NULL, NULL, 0, NULL},
 };

@@ -6,6 +6,7 @@ in the input never raise: they become :class:`Fault` records that the input rule
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError, DeadlineExceeded
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     # numpy is imported where tensors are read, so that checking config files never pays for it.
     import numpy as np
 
+    from loracheck.fused import PassItem, PassValues
     from loracheck.keys import KeyGrouping, PairKeys
 
 Progress = Callable[[int, int], None]
@@ -350,43 +352,126 @@ class _Measured:
     g_b: np.ndarray
 
 
-class _PairThreads:
-    """Large pairs measured on ``threads`` worker threads, at most ``threads + 1`` in flight
-    (so memory is bounded by that many pairs), and completed in file order on the caller's
-    thread, which alone touches the records and the batch."""
+# A pair measured, to be completed: its record and what gives its _Measured (or raises
+# ArtifactError).
+_Ready = tuple[LayerRecord, Callable[[], _Measured]]
 
-    def __init__(self, threads: int) -> None:
+# Fused pairs go to the kernel in chunks of about this many stored bytes (or _CHUNK_PAIRS
+# pairs), one side_pass_many call each: the GIL is taken and given back once a chunk, not
+# twice a factor, and a few chunks in flight keep few pages resident.
+_CHUNK_BYTES = 1 << 20
+_CHUNK_PAIRS = 32
+
+
+@dataclass
+class _Chunk:
+    """Pairs whose factors the compiled pass reads from their stored bytes, measured by one
+    :func:`fused.side_pass_many` call; ``items`` holds each pair's A and B in turn."""
+
+    pairs: list[tuple[LayerRecord, PairKeys]] = field(default_factory=list)
+    items: list[PassItem] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class _PairThreads:
+    """Large pairs measured on ``threads`` pool threads, completed in file order on the
+    caller's thread, which alone touches the records and the batch.
+
+    A pair that the compiled pass reads from its stored bytes joins a :class:`_Chunk`, and a
+    full chunk is one job (the kernel releases the GIL for the whole chunk); any other pair is
+    one job of its own (numpy releases the GIL in its decode and Grams). Each thread runs one
+    job at a time, with no barrier between threads, while the caller prepares the next jobs
+    and completes the finished ones. In flight: at most threads + 1 single pairs and
+    threads + 2 chunks, so memory is bounded by that many pairs and chunks."""
+
+    def __init__(self, threads: int, source: TensorSource) -> None:
         from collections import deque
 
         self._threads = threads
+        self._source = source
         # Started with the first large pair: a unit of small pairs never needs it.
         self._pool: ThreadPoolExecutor | None = None
-        self._limit = threads + 1
-        self._pending: deque[tuple[LayerRecord, Future[_Measured]]] = deque()
+        # (a pair's record or a chunk, its future), in file order
+        self._pending: deque[tuple[LayerRecord | _Chunk, Future[Any]]] = deque()
+        self._singles = 0  # pending single pairs
+        self._chunks = 0  # pending chunks
+        self._chunk = _Chunk()
 
-    def submit(self, record: LayerRecord, fn: Callable[[], _Measured]
-               ) -> list[tuple[LayerRecord, Future[_Measured]]]:
-        """Queue one pair; returns the pairs that must be completed now to stay in bounds."""
+    def _start(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(max_workers=self._threads,
                                             thread_name_prefix="loracheck-pair")
-        self._pending.append((record, self._pool.submit(fn)))
-        done = []
-        while len(self._pending) > self._limit:
-            done.append(self._pending.popleft())
-        return done
+        return self._pool.submit(fn, *args)
 
-    def drain(self) -> list[tuple[LayerRecord, Future[_Measured]]]:
-        done = list(self._pending)
-        self._pending.clear()
-        return done
+    def submit(self, record: LayerRecord, fn: Callable[[], _Measured]) -> list[_Ready]:
+        """Queue one pair's closure; returns the pairs that must be completed now to stay in
+        bounds."""
+        ready = self._send_chunk()  # the open chunk's pairs come first in the file
+        self._pending.append((record, self._start(fn)))
+        self._singles += 1
+        return ready + self._due()
+
+    def submit_fused(self, record: LayerRecord, pair: PairKeys, a: PassItem, b: PassItem
+                     ) -> list[_Ready]:
+        """Queue one pair for the compiled pass (its two factors' items); returns the pairs
+        that must be completed now."""
+        chunk = self._chunk
+        chunk.pairs.append((record, pair))
+        chunk.items += (a, b)
+        chunk.nbytes += a[0].nbytes + b[0].nbytes
+        if chunk.nbytes < _CHUNK_BYTES and len(chunk.pairs) < _CHUNK_PAIRS:
+            return []
+        return self._send_chunk()
+
+    def _send_chunk(self) -> list[_Ready]:
+        from loracheck import fused
+
+        chunk = self._chunk
+        if not chunk.pairs:
+            return []
+        self._chunk = _Chunk()
+        self._pending.append((chunk, self._start(fused.side_pass_many, chunk.items)))
+        self._chunks += 1
+        return self._due()
+
+    def _due(self, *, everything: bool = False) -> list[_Ready]:
+        ready: list[_Ready] = []
+        while self._pending and (everything or self._singles > self._threads + 1
+                                 or self._chunks > self._threads + 2):
+            what, future = self._pending.popleft()
+            if isinstance(what, _Chunk):
+                self._chunks -= 1
+                ready += self._chunk_ready(what, future.result())
+            else:
+                self._singles -= 1
+                ready.append((what, future.result))
+        return ready
+
+    def _chunk_ready(self, chunk: _Chunk, values: list[PassValues]) -> list[_Ready]:
+        source = self._source
+
+        def measured(i: int, pair: PairKeys, record: LayerRecord) -> _Measured:
+            assert record.a is not None and record.b is not None
+            a, a_stats, g_a = _from_values(pair, source, record.a, "A", values[2 * i],
+                                           chunk.items[2 * i][3])
+            b, b_stats, g_b = _from_values(pair, source, record.b, "B", values[2 * i + 1],
+                                           chunk.items[2 * i + 1][3])
+            return _Measured(a, b, a_stats, b_stats, g_a, g_b)
+
+        return [(record, functools.partial(measured, i, pair, record))
+                for i, (record, pair) in enumerate(chunk.pairs)]
+
+    def drain(self) -> list[_Ready]:
+        """Every pair queued, to be completed now."""
+        return self._send_chunk() + self._due(everything=True)
 
     def close(self) -> None:
-        """Stop: queued pairs are dropped, a pair being measured finishes in the background
-        (a deadline or an error ends the unit without waiting for it)."""
+        """Stop: queued pairs are dropped, pairs being measured finish in the background
+        (a deadline or an error ends the unit without waiting for them)."""
         self._pending.clear()
+        self._chunk = _Chunk()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -398,7 +483,7 @@ def _measure(
     sink: FactorSink | None,
     batch: PairBatch,
     threads: _PairThreads | None,
-) -> list[tuple[LayerRecord, Future[_Measured]]]:
+) -> list[_Ready]:
     """Fill the record's statistics from one (A, B) pair, then let the arrays go. What
     ``batch`` defers (a small pair's statistics, ΔW's from the Grams) is filled when it is
     flushed; a large pair goes to ``threads`` when given, and the pairs returned are the ones
@@ -446,21 +531,26 @@ def _measure(
         return _Measured(a, b, a_stats, b_stats, g_a, g_b)
 
     if threads is not None and source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
+        if fused:
+            a_item = _fused_item(pair, source, a_ref, "A")
+            b_item = _fused_item(pair, source, b_ref, "B") if a_item is not None else None
+            if a_item is not None and b_item is not None:
+                return threads.submit_fused(record, pair, a_item, b_item)
         return threads.submit(record, measure)
     _finish(record, measure(), source, sink, batch)
     return []
 
 
-def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
-                ) -> tuple[FactorStats, np.ndarray] | None:
-    """One factor's statistics and Gram by the compiled fused pass over its stored bytes
-    (:mod:`loracheck.fused`), without a float64 copy; None where it does not apply (no
-    compiled kernel, another dtype, row slices or a Tucker core, NaN/Inf entries): then
-    :func:`_side` decodes the factor."""
+def _fused_item(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
+                ) -> PassItem | None:
+    """What the compiled fused pass (:mod:`loracheck.fused`) takes for one factor: its stored
+    bytes as a 2-D view, dtype, mode and a Gram to fill; None where the pass does not apply
+    (no compiled kernel, another dtype, row slices or a Tucker core, a foreign byte order):
+    then :func:`_side` decodes the factor."""
     import numpy as np
 
     # Two module objects, not five names: this runs for every factor of every tiny adapter.
-    from loracheck import fused, stats
+    from loracheck import fused
 
     if not fused.COMPILED or ref.dtype not in fused.FUSED_DTYPES or pair.mid_key is not None or (
             (pair.a_rows if which == "A" else pair.b_rows) is not None) or len(ref.shape) < 2:
@@ -474,10 +564,36 @@ def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     # Canonical A is (r, in) and B (out, r); a transposed (mlx) layout swaps the Gram's side.
     mode: fused.Mode = "rows" if (which == "A") != pair.transposed else "cols"
     r = stored.shape[0] if mode == "rows" else stored.shape[1]
-    gram = np.empty((r, r), dtype=np.float64)
-    measured = stats.from_pass_values(fused.side_pass_values(stored, ref.dtype, mode, gram), gram,
+    return stored, ref.dtype, mode, np.empty((r, r), dtype=np.float64)
+
+
+def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
+                ) -> tuple[FactorStats, np.ndarray] | None:
+    """One factor's statistics and Gram by the compiled fused pass over its stored bytes,
+    without a float64 copy; None where it does not apply (:func:`_fused_item`) or the factor
+    holds NaN/Inf: then :func:`_side` decodes the factor."""
+    from loracheck import fused, stats
+
+    item = _fused_item(pair, source, ref, which)
+    if item is None:
+        return None
+    gram = item[3]
+    measured = stats.from_pass_values(fused.side_pass_values(*item), gram,
                                       kurtosis=which == "A")
     return None if measured is None else (measured, gram)
+
+
+def _from_values(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str,
+                 values: PassValues, gram: np.ndarray
+                 ) -> tuple[np.ndarray | None, FactorStats, np.ndarray]:
+    """:func:`_side`'s result from a fused pass already run (``values``, ``gram``): a factor
+    the pass cannot take (NaN/Inf) is decoded and measured again."""
+    from loracheck import stats
+
+    measured = stats.from_pass_values(values, gram, kurtosis=which == "A")
+    if measured is None:
+        return _side(pair, source, ref, which, fused=False)
+    return None, measured, gram
 
 
 def _side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str, *, fused: bool
@@ -872,12 +988,13 @@ def _load_weights(
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)
     batch = PairBatch(sink)
-    threads = _PairThreads(opts.threads) if opts.measure and opts.threads > 1 else None
+    threads = (_PairThreads(opts.threads, source) if opts.measure and opts.threads > 1
+               else None)
 
-    def complete(ready: list[tuple[LayerRecord, Future[_Measured]]]) -> None:
-        for record, future in ready:
+    def complete(ready: list[_Ready]) -> None:
+        for record, measured in ready:
             try:
-                _finish(record, future.result(), source, sink, batch)
+                _finish(record, measured(), source, sink, batch)
             except ArtifactError as err:
                 _fault(adapter, err)
 
