@@ -248,6 +248,10 @@ def test_read_whole_and_mapped_files_read_alike(tmp_path: Path, mapped: bool) ->
         if mapped:
             with pytest.raises(ArtifactError, match="truncated while being read"):
                 f.read("a")
+            f.read_raw("a", check_size=False)  # a view, not touched: the caller checks
+            with pytest.raises(ArtifactError, match="tensor 'b' ends at byte") as err:
+                f.check_size(["b", "a"])  # both are cut: the first one named is reported
+            assert err.value.location == "b"
         else:
             np.testing.assert_array_equal(f.read("a"), tensors["a"])
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -123,3 +124,47 @@ def test_chunked_pairs_with_a_broken_factor_equal_one_thread(
     broken = many.layers[4]
     assert broken.a_stats is not None and broken.a_stats.nonfinite == 2
     assert broken.delta is not None and math.isnan(broken.delta.frobenius)
+
+
+def test_file_truncated_under_chunked_pairs_faults_as_one_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk's views are taken without the truncation check and checked once, when the
+    chunk is sent. A file cut short after it was opened (a trainer rewriting it) then gives
+    the same records and the same "truncated" faults as one thread's check per tensor, and
+    no SIGBUS."""
+    from loracheck import fused
+    from loracheck.load import LoadOptions
+
+    if not fused.COMPILED:
+        pytest.skip("the compiled kernel is not built or not selected")
+    rng = np.random.default_rng(5)
+    tensors = {}
+    for i in range(9):
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
+            0, 0.02, size=(16, 8192)).astype(np.float16)
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
+            0, 1e-3, size=(8192, 16)).astype(np.float16)
+    path = write_safetensors(tmp_path / "shrinking.safetensors", tensors)
+    whole = path.read_bytes()
+    cut = len(whole) // 2  # in the middle of the pairs
+    opened = SafetensorsFile.open.__func__  # type: ignore[attr-defined]
+
+    def open_then_truncate(cls: type[SafetensorsFile], p: Path) -> SafetensorsFile:
+        file: SafetensorsFile = opened(cls, p)
+        os.truncate(p, cut)
+        return file
+
+    monkeypatch.setattr(SafetensorsFile, "open", classmethod(open_then_truncate))
+    results = []
+    for threads in (1, 3):
+        path.write_bytes(whole)
+        (unit,) = discover([path])
+        results.append(load_unit(unit, LoadOptions(threads=threads)))
+    one, many = results
+    assert one is not None and many is not None
+    assert one.faults == many.faults
+    assert 0 < len(one.faults) < 9
+    assert all("truncated while being read" in f.detail for f in one.faults)
+    assert one.layers == many.layers
+    measured = [layer for layer in many.layers if layer.a_stats is not None]
+    assert 0 < len(measured) < 9

@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -71,9 +71,15 @@ class TensorSource(Protocol):
 
     def read(self, key: str, *, float64: bool = False) -> np.ndarray: ...
 
-    def raw(self, key: str) -> np.ndarray | None:
+    def raw(self, key: str, *, check_size: bool = True) -> np.ndarray | None:
         """The tensor's stored bytes as a flat native-order view (uint16 for F16/BF16), for the
-        fused statistics pass; None when this source has no such view."""
+        fused statistics pass; None when this source has no such view. With
+        ``check_size=False`` the caller calls :meth:`check_size` before touching the view."""
+        ...
+
+    def check_size(self, keys: Sequence[str]) -> None:
+        """Raise ArtifactError when the file no longer holds all of ``keys`` (truncated since
+        it was opened): one check for many views taken with ``check_size=False``."""
         ...
 
     def release(self, key: str) -> None: ...
@@ -107,9 +113,12 @@ class _SafetensorsSource:
     def read(self, key: str, *, float64: bool = False) -> np.ndarray:
         return self._file.read(key, float64=float64)
 
-    def raw(self, key: str) -> np.ndarray | None:
-        view = self._file.read_raw(key)
+    def raw(self, key: str, *, check_size: bool = True) -> np.ndarray | None:
+        view = self._file.read_raw(key, check_size=check_size)
         return view if view.dtype.isnative else None
+
+    def check_size(self, keys: Sequence[str]) -> None:
+        self._file.check_size(keys)
 
     def release(self, key: str) -> None:
         """Drop the pages of ``key``: with the next released tensors when their spans touch
@@ -161,8 +170,11 @@ class _PickleSource:
     def read(self, key: str, *, float64: bool = False) -> np.ndarray:
         return self._checkpoint.read(key)
 
-    def raw(self, key: str) -> np.ndarray | None:
+    def raw(self, key: str, *, check_size: bool = True) -> np.ndarray | None:
         return None  # tensors are assembled from zip records: the decoded read is the view
+
+    def check_size(self, keys: Sequence[str]) -> None:
+        """Nothing is mapped: a truncated zip record fails when it is read."""
 
     def release(self, key: str) -> None:
         """Nothing to release: tensors are read from the zip on demand."""
@@ -366,9 +378,12 @@ _CHUNK_PAIRS = 32
 @dataclass
 class _Chunk:
     """Pairs whose factors the compiled pass reads from their stored bytes, measured by one
-    :func:`fused.side_pass_many` call; ``items`` holds each pair's A and B in turn."""
+    :func:`fused.side_pass_many` call; ``items`` holds each pair's A and B in turn, viewed
+    without the truncation check (one check for the chunk, when it is sent). Each pair keeps
+    its closure for :meth:`_PairThreads.submit`, in case that check fails."""
 
-    pairs: list[tuple[LayerRecord, PairKeys]] = field(default_factory=list)
+    pairs: list[tuple[LayerRecord, PairKeys, Callable[[], _Measured]]] = field(
+        default_factory=list)
     items: list[PassItem] = field(default_factory=list)
     nbytes: int = 0
 
@@ -413,12 +428,12 @@ class _PairThreads:
         self._singles += 1
         return ready + self._due()
 
-    def submit_fused(self, record: LayerRecord, pair: PairKeys, a: PassItem, b: PassItem
-                     ) -> list[_Ready]:
-        """Queue one pair for the compiled pass (its two factors' items); returns the pairs
-        that must be completed now."""
+    def submit_fused(self, record: LayerRecord, pair: PairKeys, a: PassItem, b: PassItem,
+                     fn: Callable[[], _Measured]) -> list[_Ready]:
+        """Queue one pair for the compiled pass (its two factors' items, ``fn`` measuring it
+        otherwise); returns the pairs that must be completed now."""
         chunk = self._chunk
-        chunk.pairs.append((record, pair))
+        chunk.pairs.append((record, pair, fn))
         chunk.items += (a, b)
         chunk.nbytes += a[0].nbytes + b[0].nbytes
         if chunk.nbytes < _CHUNK_BYTES and len(chunk.pairs) < _CHUNK_PAIRS:
@@ -432,6 +447,16 @@ class _PairThreads:
         if not chunk.pairs:
             return []
         self._chunk = _Chunk()
+        try:
+            self._source.check_size([ref.key for record, _, _ in chunk.pairs
+                                     for ref in (record.a, record.b) if ref is not None])
+        except ArtifactError:
+            # The file shrank under us: each pair is measured on its own, with its own check,
+            # and the ones whose bytes are gone become faults.
+            for record, _, fn in chunk.pairs:
+                self._pending.append((record, self._start(fn)))
+                self._singles += 1
+            return self._due()
         self._pending.append((chunk, self._start(fused.side_pass_many, chunk.items)))
         self._chunks += 1
         return self._due()
@@ -461,7 +486,7 @@ class _PairThreads:
             return _Measured(a, b, a_stats, b_stats, g_a, g_b)
 
         return [(record, functools.partial(measured, i, pair, record))
-                for i, (record, pair) in enumerate(chunk.pairs)]
+                for i, (record, pair, _) in enumerate(chunk.pairs)]
 
     def drain(self) -> list[_Ready]:
         """Every pair queued, to be completed now."""
@@ -532,21 +557,22 @@ def _measure(
 
     if threads is not None and source.thread_safe and numel >= _PARALLEL_PAIR_NUMEL:
         if fused:
-            a_item = _fused_item(pair, source, a_ref, "A")
-            b_item = _fused_item(pair, source, b_ref, "B") if a_item is not None else None
+            a_item = _fused_item(pair, source, a_ref, "A", check_size=False)
+            b_item = (_fused_item(pair, source, b_ref, "B", check_size=False)
+                      if a_item is not None else None)
             if a_item is not None and b_item is not None:
-                return threads.submit_fused(record, pair, a_item, b_item)
+                return threads.submit_fused(record, pair, a_item, b_item, measure)
         return threads.submit(record, measure)
     _finish(record, measure(), source, sink, batch)
     return []
 
 
-def _fused_item(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
-                ) -> PassItem | None:
+def _fused_item(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str, *,
+                check_size: bool = True) -> PassItem | None:
     """What the compiled fused pass (:mod:`loracheck.fused`) takes for one factor: its stored
     bytes as a 2-D view, dtype, mode and a Gram to fill; None where the pass does not apply
     (no compiled kernel, another dtype, row slices or a Tucker core, a foreign byte order):
-    then :func:`_side` decodes the factor."""
+    then :func:`_side` decodes the factor. ``check_size``: as :meth:`TensorSource.raw`'s."""
     import numpy as np
 
     # Two module objects, not five names: this runs for every factor of every tiny adapter.
@@ -555,7 +581,7 @@ def _fused_item(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     if not fused.COMPILED or ref.dtype not in fused.FUSED_DTYPES or pair.mid_key is not None or (
             (pair.a_rows if which == "A" else pair.b_rows) is not None) or len(ref.shape) < 2:
         return None
-    flat = source.raw(ref.key)
+    flat = source.raw(ref.key, check_size=check_size)
     if flat is None:
         return None
     stored = flat.reshape(ref.shape[0], -1)

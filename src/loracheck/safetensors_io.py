@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -362,11 +363,13 @@ class SafetensorsFile:
         entry = self.entries[key]
         return decode_array(self.read_raw(key), entry.dtype, float64=float64).reshape(entry.shape)
 
-    def read_raw(self, key: str) -> npt.NDArray[Any]:
+    def read_raw(self, key: str, *, check_size: bool = True) -> npt.NDArray[Any]:
         """The tensor ``key`` undecoded, as the flat read-only view of its bytes that
         :data:`RAW_DTYPES` names (BF16 as uint16, F32 as float32, ...): for callers that decode
         a big tensor block by block (:func:`decode_array` on each slice) or compare raw bits.
-        Same errors as :meth:`read`."""
+        Same errors as :meth:`read`. ``check_size=False`` skips the truncation check: the
+        caller makes it, with :meth:`check_size`, before the view's pages are touched (one
+        check for many views)."""
         entry = self.entries[key]
         buffer = self._buffer
         if self._closed or buffer is None:
@@ -383,16 +386,29 @@ class SafetensorsFile:
         if numel == 0:
             raw: npt.NDArray[Any] = np.zeros(0, dtype=dt)
         else:
-            # Touching a mapped page past the end of a file truncated since it was opened (a
-            # trainer rewriting its checkpoint) kills the process with SIGBUS: the file's
-            # current size is checked before each span is viewed (bytes read whole need not).
-            now = buffer.size() if isinstance(buffer, mmap.mmap) else len(buffer)
-            if now < entry.end:
-                raise ArtifactError(
-                    self.path, f"file was truncated while being read: it has {now} bytes now "
-                    f"and tensor {key!r} ends at byte {entry.end}", location=key)
+            if check_size:
+                self.check_size((key,))
             raw = np.frombuffer(buffer, dtype=dt, count=numel, offset=entry.start)
         return raw
+
+    def check_size(self, keys: Iterable[str]) -> None:
+        """Raise ArtifactError (located at the first such key) when the file, truncated since
+        it was opened, no longer holds the bytes of all of ``keys``.
+
+        Touching a mapped page past the end of a truncated file (a trainer rewriting its
+        checkpoint) kills the process with SIGBUS, so the current size is looked up before a
+        span is viewed; bytes read whole need no check. One look-up (a system call that lets
+        other threads take the GIL) serves any number of keys."""
+        buffer = self._buffer
+        if not isinstance(buffer, mmap.mmap):
+            return
+        now = buffer.size()
+        for key in keys:
+            end = self.entries[key].end
+            if now < end:
+                raise ArtifactError(
+                    self.path, f"file was truncated while being read: it has {now} bytes now "
+                    f"and tensor {key!r} ends at byte {end}", location=key)
 
     def release(self, key: str) -> None:
         """Drop the pages of ``key`` from this process's resident set (they stay in the page
