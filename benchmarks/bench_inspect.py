@@ -150,9 +150,10 @@ for key, info in header.items():
 
 
 BREAKDOWN = """
-import json, sys, time
+import json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
 import numpy as np
-from loracheck.fused import COMPILED, side_pass_values
+from loracheck.fused import COMPILED, side_pass_many, side_pass_values
 from loracheck.render.json_out import render_json
 from loracheck.runner import RunOptions, run
 from loracheck.safetensors_io import SafetensorsFile
@@ -168,19 +169,33 @@ def best(fn, rounds=5):
         out = min(out, time.perf_counter() - start)
     return out
 
+def items(st):
+    for key, entry in st.entries.items():
+        raw = st.read_raw(key).reshape(entry.shape)
+        if raw.dtype.kind == 'f' and raw.dtype.itemsize == 2:
+            raw = raw.view(np.uint16)  # the pass reads fp16 as its bits, as inspect does
+        mode = 'rows' if 'lora_A' in key else 'cols'
+        r = raw.shape[0] if mode == 'rows' else raw.shape[1]
+        yield raw, entry.dtype, mode, np.empty((r, r))
+
 def kernel():
     with SafetensorsFile.open(path) as st:
-        for key, entry in st.entries.items():
-            raw = st.read_raw(key).reshape(entry.shape)
-            if raw.dtype.kind == 'f' and raw.dtype.itemsize == 2:
-                raw = raw.view(np.uint16)  # the pass reads fp16 as its bits, as inspect does
-            mode = 'rows' if 'lora_A' in key else 'cols'
-            r = raw.shape[0] if mode == 'rows' else raw.shape[1]
-            side_pass_values(raw, entry.dtype, mode, np.empty((r, r)))
+        for item in items(st):
+            side_pass_values(*item)
+
+def kernel_all_cores():
+    # every factor in chunks of 64, one side_pass_many call each, on a pool of one thread per
+    # CPU: what the pass alone costs when nothing else runs beside it
+    with SafetensorsFile.open(path) as st:
+        every = list(items(st))
+        chunks = [every[i:i + 64] for i in range(0, len(every), 64)]
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(side_pass_many, chunks))
 
 report = run([folder], RunOptions())[0]
 print(json.dumps({
     'kernel': best(kernel) if COMPILED else float('nan'),
+    'kernel_all': best(kernel_all_cores) if COMPILED else float('nan'),
     'run': best(lambda: run([folder], RunOptions())),
     'json': best(lambda: render_json(report)),
 }))
@@ -188,9 +203,10 @@ print(json.dumps({
 
 
 def breakdown(folder: Path) -> dict[str, float]:
-    """In one warm process: the compiled pass alone over every factor of the file (one thread,
-    the file opened by loracheck's reader and mapped afresh each round, so its pages are
-    faulted in as inspect's are, but never dropped), `runner.run` (load, statistics, rules)
+    """In one warm process: the compiled pass alone over every factor of the file (on one
+    thread, and in chunks on one thread per CPU; the file opened by loracheck's reader and
+    mapped afresh each round, so its pages are faulted in as inspect's are, but never
+    dropped), `runner.run` (load, statistics, rules)
     and the JSON renderer, each the best of 5: where inspect's marginal time goes."""
     proc = subprocess.run([PY, "-c", BREAKDOWN, str(folder)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -283,12 +299,12 @@ def main() -> None:
         parts.append((f"{dtype} r={rank}", read_cost, breakdown(folder)))
 
     print("\nwhere the time goes, in one warm process (best of 5; read = the row above's):")
-    print("| adapter | read s | compiled pass alone, 1 thread s | run (load, stats, rules) s "
-          "| JSON render s |")
-    print("|---|---|---|---|---|")
+    print(f"| adapter | read s | compiled pass alone, 1 thread s | the pass, {os.cpu_count()} "
+          "threads s | run (load, stats, rules) s | JSON render s |")
+    print("|---|---|---|---|---|---|")
     for name, read_cost, part in parts:
-        print(f"| {name} | {read_cost:.3f} | {part['kernel']:.3f} | {part['run']:.3f} | "
-              f"{part['json']:.3f} |")
+        print(f"| {name} | {read_cost:.3f} | {part['kernel']:.3f} | {part['kernel_all']:.3f} | "
+              f"{part['run']:.3f} | {part['json']:.3f} |")
 
     assert big_for_naive is not None
     folder, ours = big_for_naive
