@@ -126,6 +126,48 @@ def test_chunked_pairs_with_a_broken_factor_equal_one_thread(
     assert broken.delta is not None and math.isnan(broken.delta.frobenius)
 
 
+def test_caller_runs_a_chunk_instead_of_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads the pool holds one and the caller's thread is the second: while the
+    pool thread is held on the first chunk, the caller runs a later one itself rather than
+    wait (a held pool thread would otherwise leave it waiting for ever, bounded here by the
+    event's timeout). Every record equals the one-thread record exactly."""
+    import threading
+
+    from loracheck import fused
+    from loracheck.load import LoadOptions
+
+    if not fused.COMPILED:
+        pytest.skip("the compiled kernel is not built or not selected")
+    rng = np.random.default_rng(4)
+    tensors = {}
+    for i in range(9):
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
+            0, 0.02, size=(16, 8192)).astype(np.float16)
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
+            0, 1e-3, size=(8192, 16)).astype(np.float16)
+    (unit,) = discover([write_safetensors(tmp_path / "help.safetensors", tensors)])
+    one = load_unit(unit, LoadOptions(threads=1))
+    on_caller = threading.Event()
+    callers: list[bool] = []
+    many_passes = fused.side_pass_many
+
+    def held(items: list[fused.PassItem]) -> list[fused.PassValues]:
+        mine = threading.current_thread() is threading.main_thread()
+        callers.append(mine)
+        if mine:
+            on_caller.set()
+        else:
+            on_caller.wait(timeout=30)
+        return many_passes(items)
+
+    monkeypatch.setattr(fused, "side_pass_many", held)
+    many = load_unit(unit, LoadOptions(threads=2))
+    assert one is not None and many is not None
+    assert on_caller.is_set() and True in callers and False in callers, callers
+    assert one.layers == many.layers
+
+
 def test_file_truncated_under_chunked_pairs_faults_as_one_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk's views are taken without the truncation check and checked once, when the

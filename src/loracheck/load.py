@@ -389,8 +389,10 @@ class _Chunk:
 
 
 class _PairThreads:
-    """Large pairs measured on ``threads`` pool threads, completed in file order on the
-    caller's thread, which alone touches the records and the batch.
+    """Large pairs measured on ``threads`` threads (threads - 1 in a pool, and the caller's
+    whenever it would wait: :meth:`_help`), completed in file order on the caller's thread,
+    which alone touches the records and the batch. Three threads on two cores would starve
+    the caller, whose per-pair Python is the serial path at low rank.
 
     A pair that the compiled pass reads from its stored bytes joins a :class:`_Chunk`, and a
     full chunk is one job (the kernel releases the GIL for the whole chunk); any other pair is
@@ -406,25 +408,27 @@ class _PairThreads:
         self._source = source
         # Started with the first large pair: a unit of small pairs never needs it.
         self._pool: ThreadPoolExecutor | None = None
-        # (a pair's record or a chunk, its future), in file order
-        self._pending: deque[tuple[LayerRecord | _Chunk, Future[Any]]] = deque()
+        # (a pair's record or a chunk, its future, its job), in file order
+        self._pending: deque[tuple[LayerRecord | _Chunk, Future[Any], Callable[[], Any]]] = (
+            deque())
         self._singles = 0  # pending single pairs
         self._chunks = 0  # pending chunks
         self._chunk = _Chunk()
 
-    def _start(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def _queue(self, what: LayerRecord | _Chunk, job: Callable[[], Any]) -> None:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(max_workers=self._threads,
+            # The caller's thread is the last worker (:meth:`_help`).
+            self._pool = ThreadPoolExecutor(max_workers=max(self._threads - 1, 1),
                                             thread_name_prefix="loracheck-pair")
-        return self._pool.submit(fn, *args)
+        self._pending.append((what, self._pool.submit(job), job))
 
     def submit(self, record: LayerRecord, fn: Callable[[], _Measured]) -> list[_Ready]:
         """Queue one pair's closure; returns the pairs that must be completed now to stay in
         bounds."""
         ready = self._send_chunk()  # the open chunk's pairs come first in the file
-        self._pending.append((record, self._start(fn)))
+        self._queue(record, fn)
         self._singles += 1
         return ready + self._due()
 
@@ -454,10 +458,10 @@ class _PairThreads:
             # The file shrank under us: each pair is measured on its own, with its own check,
             # and the ones whose bytes are gone become faults.
             for record, _, fn in chunk.pairs:
-                self._pending.append((record, self._start(fn)))
+                self._queue(record, fn)
                 self._singles += 1
             return self._due()
-        self._pending.append((chunk, self._start(fused.side_pass_many, chunk.items)))
+        self._queue(chunk, functools.partial(fused.side_pass_many, chunk.items))
         self._chunks += 1
         return self._due()
 
@@ -465,7 +469,9 @@ class _PairThreads:
         ready: list[_Ready] = []
         while self._pending and (everything or self._singles > self._threads + 1
                                  or self._chunks > self._threads + 2):
-            what, future = self._pending.popleft()
+            if not self._pending[0][1].done():
+                self._help()
+            what, future, _ = self._pending.popleft()
             if isinstance(what, _Chunk):
                 self._chunks -= 1
                 ready += self._chunk_ready(what, future.result())
@@ -473,6 +479,22 @@ class _PairThreads:
                 self._singles -= 1
                 ready.append((what, future.result))
         return ready
+
+    def _help(self) -> None:
+        """Rather than wait for the oldest job, run the newest one no pool thread has started,
+        here: the caller's thread is the pool's last worker whenever it would idle."""
+        from concurrent.futures import Future
+
+        for index in range(len(self._pending) - 1, -1, -1):
+            what, future, job = self._pending[index]
+            if future.cancel():  # False once a pool thread runs it
+                done: Future[Any] = Future()
+                try:
+                    done.set_result(job())
+                except Exception as err:  # as the pool would: raised when its result is taken
+                    done.set_exception(err)
+                self._pending[index] = (what, done, job)
+                return
 
     def _chunk_ready(self, chunk: _Chunk, values: list[PassValues]) -> list[_Ready]:
         source = self._source
