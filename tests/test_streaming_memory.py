@@ -126,6 +126,18 @@ def test_chunked_pairs_with_a_broken_factor_equal_one_thread(
     assert broken.delta is not None and math.isnan(broken.delta.frobenius)
 
 
+def _fp16_pairs(seed: int) -> dict[str, np.ndarray]:
+    """Nine fp16 q_proj pairs, 2 x 256 KiB each: past the threads' threshold, a few a chunk."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(9):
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
+            0, 0.02, size=(16, 8192)).astype(np.float16)
+        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
+            0, 1e-3, size=(8192, 16)).astype(np.float16)
+    return tensors
+
+
 def test_caller_runs_a_chunk_instead_of_waiting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With two threads the pool holds one and the caller's thread is the second: while the
@@ -139,14 +151,7 @@ def test_caller_runs_a_chunk_instead_of_waiting(
 
     if not fused.COMPILED:
         pytest.skip("the compiled kernel is not built or not selected")
-    rng = np.random.default_rng(4)
-    tensors = {}
-    for i in range(9):
-        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
-            0, 0.02, size=(16, 8192)).astype(np.float16)
-        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
-            0, 1e-3, size=(8192, 16)).astype(np.float16)
-    (unit,) = discover([write_safetensors(tmp_path / "help.safetensors", tensors)])
+    (unit,) = discover([write_safetensors(tmp_path / "help.safetensors", _fp16_pairs(4))])
     one = load_unit(unit, LoadOptions(threads=1))
     on_caller = threading.Event()
     callers: list[bool] = []
@@ -179,14 +184,7 @@ def test_file_truncated_under_chunked_pairs_faults_as_one_thread(
 
     if not fused.COMPILED:
         pytest.skip("the compiled kernel is not built or not selected")
-    rng = np.random.default_rng(5)
-    tensors = {}
-    for i in range(9):
-        tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
-            0, 0.02, size=(16, 8192)).astype(np.float16)
-        tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
-            0, 1e-3, size=(8192, 16)).astype(np.float16)
-    path = write_safetensors(tmp_path / "shrinking.safetensors", tensors)
+    path = write_safetensors(tmp_path / "shrinking.safetensors", _fp16_pairs(5))
     whole = path.read_bytes()
     cut = len(whole) // 2  # in the middle of the pairs
     opened = SafetensorsFile.open.__func__  # type: ignore[attr-defined]
