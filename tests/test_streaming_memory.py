@@ -6,6 +6,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -171,6 +172,45 @@ def test_caller_runs_a_chunk_instead_of_waiting(
     assert one is not None and many is not None
     assert on_caller.is_set() and True in callers and False in callers, callers
     assert one.layers == many.layers
+
+
+def test_deadline_on_the_caller_running_a_chunk_ends_the_unit_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit's alarm raises on the caller's thread; when that thread is running a chunk
+    for the pool it ends the unit there, not when the chunk's turn to be completed comes."""
+    import threading
+
+    from loracheck import fused, load
+    from loracheck.errors import DeadlineExceeded
+    from loracheck.load import LoadOptions
+    from loracheck.model import LayerRecord
+
+    if not fused.COMPILED:
+        pytest.skip("the compiled kernel is not built or not selected")
+    (unit,) = discover([write_safetensors(tmp_path / "late.safetensors", _fp16_pairs(6))])
+    on_caller = threading.Event()
+    finished: list[str] = []  # pairs completed into their records, on the caller's thread
+    at_alarm: list[int] = []
+    many_passes = fused.side_pass_many
+    finish = load._finish
+
+    def alarmed(items: list[fused.PassItem]) -> list[fused.PassValues]:
+        if threading.current_thread() is threading.main_thread():
+            at_alarm.append(len(finished))
+            on_caller.set()
+            raise DeadlineExceeded("the alarm")
+        on_caller.wait(timeout=30)
+        return many_passes(items)
+
+    def counted(record: LayerRecord, *args: Any, **kwargs: Any) -> None:
+        finished.append(record.name)
+        finish(record, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "side_pass_many", alarmed)
+    monkeypatch.setattr(load, "_finish", counted)
+    with pytest.raises(DeadlineExceeded, match="the alarm"):
+        load_unit(unit, LoadOptions(threads=2))
+    assert at_alarm == [len(finished)], (at_alarm, finished)  # nothing completed after it
 
 
 def test_file_truncated_under_chunked_pairs_faults_as_one_thread(

@@ -491,6 +491,8 @@ class _PairThreads:
                 done: Future[Any] = Future()
                 try:
                     done.set_result(job())
+                except DeadlineExceeded:
+                    raise  # the unit's alarm, raised on this thread: it ends the unit now
                 except Exception as err:  # as the pool would: raised when its result is taken
                     done.set_exception(err)
                 self._pending[index] = (what, done, job)
