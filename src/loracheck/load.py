@@ -40,12 +40,11 @@ from loracheck.scaling import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     # numpy is imported where tensors are read, so that checking config files never pays for it.
     import numpy as np
 
     from loracheck.fused import PassItem, PassValues
+    from loracheck.job_pool import Job, JobPool
     from loracheck.keys import KeyGrouping, PairKeys
 
 Progress = Callable[[int, int], None]
@@ -404,25 +403,21 @@ class _PairThreads:
     def __init__(self, threads: int, source: TensorSource) -> None:
         from collections import deque
 
+        from loracheck.job_pool import JobPool
+
         self._threads = threads
         self._source = source
-        # Started with the first large pair: a unit of small pairs never needs it.
-        self._pool: ThreadPoolExecutor | None = None
-        # (a pair's record or a chunk, its future, its job), in file order
-        self._pending: deque[tuple[LayerRecord | _Chunk, Future[Any], Callable[[], Any]]] = (
-            deque())
+        # The caller's thread is the last worker (:meth:`_help`); the pool's threads start with
+        # the first job, so a unit of small pairs never starts them.
+        self._pool: JobPool = JobPool(max(threads - 1, 1), "loracheck-pair")
+        # (a pair's record or a chunk, its job), in file order
+        self._pending: deque[tuple[LayerRecord | _Chunk, Job[Any]]] = deque()
         self._singles = 0  # pending single pairs
         self._chunks = 0  # pending chunks
         self._chunk = _Chunk()
 
-    def _queue(self, what: LayerRecord | _Chunk, job: Callable[[], Any]) -> None:
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            # The caller's thread is the last worker (:meth:`_help`).
-            self._pool = ThreadPoolExecutor(max_workers=max(self._threads - 1, 1),
-                                            thread_name_prefix="loracheck-pair")
-        self._pending.append((what, self._pool.submit(job), job))
+    def _queue(self, what: LayerRecord | _Chunk, fn: Callable[[], Any]) -> None:
+        self._pending.append((what, self._pool.submit(fn)))
 
     def submit(self, record: LayerRecord, fn: Callable[[], _Measured]) -> list[_Ready]:
         """Queue one pair's closure; returns the pairs that must be completed now to stay in
@@ -471,32 +466,23 @@ class _PairThreads:
                                  or self._chunks > self._threads + 2):
             if not self._pending[0][1].done():
                 self._help()
-            what, future, _ = self._pending.popleft()
+            what, job = self._pending.popleft()
             if isinstance(what, _Chunk):
                 self._chunks -= 1
-                ready += self._chunk_ready(what, future.result())
+                ready += self._chunk_ready(what, job.result())
             else:
                 self._singles -= 1
-                ready.append((what, future.result))
+                ready.append((what, job.result))
         return ready
 
     def _help(self) -> None:
         """Rather than wait for the oldest job, run the newest one no pool thread has started,
-        here: the caller's thread is the pool's last worker whenever it would idle."""
-        from concurrent.futures import Future
-
-        for index in range(len(self._pending) - 1, -1, -1):
-            what, future, job = self._pending[index]
-            if future.cancel():  # False once a pool thread runs it
-                done: Future[Any] = Future()
-                try:
-                    done.set_result(job())
-                except DeadlineExceeded:
-                    raise  # the unit's alarm, raised on this thread: it ends the unit now
-                except Exception as err:  # as the pool would: raised when its result is taken
-                    done.set_exception(err)
-                self._pending[index] = (what, done, job)
-                return
+        here: the caller's thread is the pool's last worker whenever it would idle. Its
+        exception is kept for when its result is taken, as a pool thread's would be, but for
+        the unit's alarm (raised on this thread): that ends the unit now."""
+        job = self._pool.take_newest()
+        if job is not None:
+            job.run(raise_now=DeadlineExceeded)
 
     def _chunk_ready(self, chunk: _Chunk, values: list[PassValues]) -> list[_Ready]:
         source = self._source
@@ -521,8 +507,7 @@ class _PairThreads:
         (a deadline or an error ends the unit without waiting for them)."""
         self._pending.clear()
         self._chunk = _Chunk()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
 
 def _measure(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -400,9 +401,7 @@ def dumps(data: Any) -> str:
     json's indenting encoder is pure Python (about 10x slower than the compact C encoder).
     The layers are set aside before the rest is cleaned (see :func:`_one_line`).
     """
-    import secrets
-
-    nonce = secrets.token_hex(8)
+    nonce = os.urandom(8).hex()  # not the secrets module: it imports hashlib, random, ...
     compact: dict[str, str] = {}
     files = data.get("files") if isinstance(data, dict) else None
     if isinstance(files, list):
