@@ -262,20 +262,42 @@ def test_many_passes_in_one_call_equal_one_call_each() -> None:
             ("F16", "rows", (16, 4099)), ("BF16", "cols", (515, 17)), ("F32", "rows", (4, 300)),
             ("F64", "cols", (129, 64)), ("F16", "cols", (0, 8)), ("BF16", "rows", (3, 1000))]):
         raw = encode(factor(shape, mode, i), dtype)
-        items.append((raw, dtype, mode, np.empty((shape[0], shape[0]))))
+        items.append((raw, dtype, mode, np.empty((shape[0], shape[0])), i % 2 == 0))
     broken = encode(factor((8, 700), "rows", 9), "F16")
     broken[3, 5], broken[6, 1] = 0x7E00, 0x7C00  # NaN, +Inf
-    items.append((broken, "F16", "rows", np.empty((8, 8))))
+    items.append((broken, "F16", "rows", np.empty((8, 8)), True))
     many = fused.side_pass_many(items)
     assert len(many) == len(items)
-    for (raw, dtype, mode, gram), got in zip(items, many, strict=True):
+    for (raw, dtype, mode, gram, moments), got in zip(items, many, strict=True):
         alone = np.empty_like(gram)
-        want = fused.side_pass_values(raw, dtype, mode, alone)
+        want = fused.side_pass_values(raw, dtype, mode, alone, moments)
         assert np.array_equal(gram, alone, equal_nan=True)
         assert [x for x in got if x == x] == [x for x in want if x == x]  # NaN where NaN
         assert [x != x for x in got] == [x != x for x in want]
+        assert (got[6] != got[6]) == (not moments)  # m2 is NaN without the central sums
     assert many[-1][3] == 2  # the broken factor's NaN and Inf, counted
     assert fused.side_pass_many([]) == []
+
+
+@pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["rows", "cols"])
+def test_the_gram_diagonal_statistics_match_numpy(dtype: str, mode: str) -> None:
+    """Σx², and the mean and population std of the r rank-axis norms (A's rows, B's columns),
+    from the Gram's diagonal: numpy's on the decoded factor, to 1e-13 relative; a zero
+    factor gives zeros."""
+    for i, shape in enumerate(s for s in SHAPES if s[0] > 0):
+        raw = encode(factor(shape, mode, i, mean=1e-3), dtype)
+        x = reference_decode(raw, dtype)
+        values = fused.side_pass_values(raw, dtype, mode, np.empty((shape[0], shape[0])),
+                                        False)
+        norms = np.linalg.norm(x, axis=1 if mode == "rows" else 0)
+        for got, want in ((values[8], float((x * x).sum())), (values[9], float(norms.mean())),
+                          (values[10], float(norms.std()))):
+            assert abs(got - want) <= 1e-13 * abs(want), (shape, got, want)
+    zero = encode(np.zeros((16, 40) if mode == "rows" else (40, 16)), dtype)
+    assert fused.side_pass_values(zero, dtype, mode, np.empty((16, 16)), True)[8:] == (
+        0.0, 0.0, 0.0)
 
 
 @pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
@@ -284,7 +306,8 @@ def test_many_passes_refuse_a_bad_item_whole() -> None:
     good = encode(factor((4, 100), "rows", 1), "F32")
     gram = np.full((4, 4), -1.0)
     with pytest.raises(ValueError, match="gram_out"):
-        fused.side_pass_many([(good, "F32", "rows", gram), (good, "F32", "rows", np.empty(3))])
+        fused.side_pass_many([(good, "F32", "rows", gram, True),
+                              (good, "F32", "rows", np.empty(3), True)])
     assert (gram == -1.0).all()
     with pytest.raises(TypeError, match="tuple"):
         fused._compiled.side_pass_many([[good, 4, 100, 2, 0, 1, gram]], 0)
@@ -411,3 +434,43 @@ def test_loader_gives_the_same_records_with_and_without_the_kernel(
     assert compiled.init is not None and plain.init is not None
     _records_close(compiled.init, plain.init)
     assert compiled.stage == plain.stage
+
+
+@pytest.mark.skipif(fused._compiled is None, reason="loracheck._fused is not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_b_sigma_from_the_sum_of_squares_and_its_two_pass_fallback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """B's pass takes no central sums: σ² = Σx²/n − μ². A B whose mean dwarfs its spread
+    (that difference cancels) is decoded and measured two-pass instead, a zero B is not; each
+    σ within 1e-12 relative of numpy's std of the decoded factor (0 exactly for zeros)."""
+    from builders import write_safetensors
+
+    from loracheck import load, stats
+    from loracheck.discover import discover
+    from loracheck.model import FactorStats
+
+    rng = np.random.default_rng(7)
+    bs = {"zero": np.zeros((4096, 16)), "offset": 0.5 + 1e-5 * rng.normal(size=(4096, 16)),
+          "trained": 1e-3 * rng.normal(size=(4096, 16))}
+    tensors = {}
+    for name, b in bs.items():
+        tensors[f"base_model.model.{name}.q_proj.lora_A.weight"] = rng.normal(
+            0, 0.02, size=(16, 4096)).astype(np.float32)
+        tensors[f"base_model.model.{name}.q_proj.lora_B.weight"] = b.astype(np.float32)
+    (unit,) = discover([write_safetensors(tmp_path / "b.safetensors", tensors)])
+    decoded: list[tuple[str, float]] = []  # the factors measured on their decoded values
+    side_stats = stats.side_stats
+
+    def counted(x: np.ndarray, side: str, **kwargs: bool) -> tuple[FactorStats, np.ndarray]:
+        decoded.append((side, float(x.mean())))
+        return side_stats(x, side, **kwargs)
+
+    monkeypatch.setattr(stats, "side_stats", counted)
+    adapter = load.load_unit(unit, load.LoadOptions(threads=threads))
+    assert adapter is not None and len(adapter.layers) == 3
+    assert [(side, round(mean, 3)) for side, mean in decoded] == [("B", 0.5)]
+    for layer in adapter.layers:
+        want = np.asarray(bs[layer.name.split(".")[0]], dtype=np.float32).astype(np.float64)
+        assert layer.b_stats is not None
+        assert abs(layer.b_stats.std - want.std()) <= 1e-12 * want.std()
+        assert layer.b_stats.mean == pytest.approx(want.mean(), rel=1e-12, abs=0.0)

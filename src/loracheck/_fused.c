@@ -1,7 +1,7 @@
 /* loracheck._fused: the statistics of one LoRA factor in a single pass over its stored bytes.
  *
  *   side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)
- *       -> (n, sum, zeros, nonfinite, min, max, m2, m4)
+ *       -> (n, sum, zeros, nonfinite, min, max, m2, m4, sumsq, norm_mean, norm_spread)
  *   side_pass_many([(raw, rows, cols, dtype, mode, moments, gram_out), ...], variant)
  *       -> [(n, sum, ...), ...]   the same passes, one after another, the GIL released once
  *
@@ -10,6 +10,8 @@
  * dtype     0 F16, 1 BF16, 2 F32, 3 F64
  * mode      0 rows: G = X·Xᵀ (r = rows), 1 cols: G = Xᵀ·X (r = cols)
  * moments   non-zero: also the central power sums m2 = Σ(x−μ)², m4 = Σ(x−μ)⁴ (else NaN)
+ * sumsq, norm_mean, norm_spread   from G's diagonal: Σx² = tr G, and the mean and the spread
+ *           (population std) of the r norms √G_ii (rows of X in rows mode, columns in cols)
  * gram_out  a writable buffer of r·r float64: receives G (symmetric, row-major)
  * variant   0 the best this CPU runs, 1 the portable baseline, 2 AVX2 (where the CPU has it)
  *
@@ -383,10 +385,36 @@ static int prepare_pass(pass_t *P, const Py_buffer *raw, Py_ssize_t rows, Py_ssi
     return 0;
 }
 
+/* From the Gram's diagonal G_ii = ‖x_i‖²: Σ G_ii (Σx²), and the mean and spread of the r
+ * norms √G_ii (the spread two-pass, √(Σ(‖x_i‖ − mean)²/r), as numpy's std), each summed in
+ * index order; NaN for r = 0. */
+static void diagonal_stats(const double *G, Py_ssize_t r, double *sumsq, double *mean,
+                           double *spread)
+{
+    double sq = 0.0, norms = 0.0;
+    for (Py_ssize_t i = 0; i < r; i++) {
+        const double d = G[i * r + i];
+        sq += d;
+        norms += sqrt(d > 0.0 ? d : 0.0); /* never negative; NaN only beside NaN entries */
+    }
+    const double mu = r > 0 ? norms / (double)r : NAN;
+    double dev = 0.0;
+    for (Py_ssize_t i = 0; i < r; i++) {
+        const double d = G[i * r + i], e = sqrt(d > 0.0 ? d : 0.0) - mu;
+        dev += e * e;
+    }
+    *sumsq = sq;
+    *mean = mu;
+    *spread = r > 0 ? sqrt(dev / (double)r) : NAN;
+}
+
 static PyObject *pass_result(const pass_t *P)
 {
-    return Py_BuildValue("(ndLLdddd)", P->rows * P->cols, P->sum, P->zeros, P->nonfinite,
-                         P->min, P->max, P->m2, P->m4);
+    const Py_ssize_t r = P->mode == MODE_ROWS ? P->rows : P->cols;
+    double sumsq, mean, spread;
+    diagonal_stats(P->gram, r, &sumsq, &mean, &spread);
+    return Py_BuildValue("(ndLLddddddd)", P->rows * P->cols, P->sum, P->zeros, P->nonfinite,
+                         P->min, P->max, P->m2, P->m4, sumsq, mean, spread);
 }
 
 static PyObject *py_side_pass(PyObject *self, PyObject *args)
@@ -488,7 +516,7 @@ static PyObject *py_variant(PyObject *self, PyObject *noargs)
 static PyMethodDef methods[] = {
     {"side_pass", py_side_pass, METH_VARARGS,
      "side_pass(raw, rows, cols, dtype, mode, moments, gram_out, variant)"
-     " -> (n, sum, zeros, nonfinite, min, max, m2, m4)"},
+     " -> (n, sum, zeros, nonfinite, min, max, m2, m4, sumsq, norm_mean, norm_spread)"},
     {"side_pass_many", py_side_pass_many, METH_VARARGS,
      "side_pass_many(items, variant) -> [side_pass's tuple for each item]"},
     {"variant", py_variant, METH_NOARGS, "The instruction set side_pass uses by default."},

@@ -122,31 +122,35 @@ def compiled_side_pass(raw: np.ndarray, dtype: str, mode: Mode, *, fourth_moment
     rows, cols = _check(raw, dtype, mode)
     r = rows if mode == "rows" else cols
     gram = np.empty((r, r), dtype=np.float64)
-    n, total, zeros, nonfinite, lo, hi, m2, m4 = _compiled.side_pass(
+    n, total, zeros, nonfinite, lo, hi, m2, m4, *_ = _compiled.side_pass(
         raw, rows, cols, _DTYPES[dtype][0], _MODES[mode], int(fourth_moment), gram, variant)
     return SidePass(n=n, sum=total, zeros=zeros, nonfinite=nonfinite, min=lo, max=hi, gram=gram,
                     m2=m2 if fourth_moment else None, m4=m4 if fourth_moment else None)
 
 
-# (n, sum, zeros, nonfinite, min, max, m2, m4): SidePass's fields but the Gram, in that order
-PassValues = tuple[int, float, int, int, float, float, float, float]
+# (n, sum, zeros, nonfinite, min, max, m2, m4, sumsq, norm_mean, norm_spread): SidePass's
+# fields but the Gram (m2, m4 NaN without the fourth moment), then from the Gram's diagonal
+# Σx² = tr G and the mean and population std of the r norms √G_ii, each summed in index order.
+PassValues = tuple[int, float, int, int, float, float, float, float, float, float, float]
 
 
-def side_pass_values(raw: np.ndarray, dtype: str, mode: Mode, gram: np.ndarray) -> PassValues:
-    """:func:`side_pass` with ``fourth_moment`` by the compiled kernel (COMPILED must be True),
-    lean for the loader's per-pair loop: the Gram goes into ``gram`` (a C-contiguous (r, r)
-    float64 the caller made) and the rest comes back as a plain tuple, without a
+def side_pass_values(raw: np.ndarray, dtype: str, mode: Mode, gram: np.ndarray,
+                     fourth_moment: bool) -> PassValues:
+    """:func:`side_pass` by the compiled kernel (COMPILED must be True), lean for the loader's
+    per-pair loop: the Gram goes into ``gram`` (a C-contiguous (r, r) float64 the caller
+    made) and the rest comes back as a plain tuple (:data:`PassValues`), without a
     :class:`SidePass`. ``raw`` must be what :func:`side_pass` takes (checked by the kernel:
     TypeError or ValueError otherwise)."""
     assert _compiled is not None
     rows, cols = raw.shape
     values: PassValues = _compiled.side_pass(raw, rows, cols, _DTYPES[dtype][0], _MODES[mode],
-                                             1, gram, _variant)
+                                             int(fourth_moment), gram, _variant)
     return values
 
 
-# One factor for side_pass_many: (raw, dtype, mode, gram), as side_pass_values takes them.
-PassItem = tuple[np.ndarray, str, Mode, np.ndarray]
+# One factor for side_pass_many: (raw, dtype, mode, gram, fourth_moment), as
+# side_pass_values takes them.
+PassItem = tuple[np.ndarray, str, Mode, np.ndarray, bool]
 
 
 def side_pass_many(items: Sequence[PassItem]) -> list[PassValues]:
@@ -156,8 +160,8 @@ def side_pass_many(items: Sequence[PassItem]) -> list[PassValues]:
     to that item's own side_pass_values; the results come in the items' order."""
     assert _compiled is not None
     values: list[PassValues] = _compiled.side_pass_many(
-        [(raw, raw.shape[0], raw.shape[1], _DTYPES[dtype][0], _MODES[mode], 1, gram)
-         for raw, dtype, mode, gram in items], _variant)
+        [(raw, raw.shape[0], raw.shape[1], _DTYPES[dtype][0], _MODES[mode], int(moments), gram)
+         for raw, dtype, mode, gram, moments in items], _variant)
     return values
 
 

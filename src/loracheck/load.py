@@ -599,33 +599,33 @@ def _fused_item(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
     # Canonical A is (r, in) and B (out, r); a transposed (mlx) layout swaps the Gram's side.
     mode: fused.Mode = "rows" if (which == "A") != pair.transposed else "cols"
     r = stored.shape[0] if mode == "rows" else stored.shape[1]
-    return stored, ref.dtype, mode, np.empty((r, r), dtype=np.float64)
+    # A's kurtosis needs the central sums; B's σ comes from Σx² unless it cancels.
+    return stored, ref.dtype, mode, np.empty((r, r), dtype=np.float64), which == "A"
 
 
 def _fused_side(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str
                 ) -> tuple[FactorStats, np.ndarray] | None:
     """One factor's statistics and Gram by the compiled fused pass over its stored bytes,
-    without a float64 copy; None where it does not apply (:func:`_fused_item`) or the factor
-    holds NaN/Inf: then :func:`_side` decodes the factor."""
+    without a float64 copy; None where it does not apply (:func:`_fused_item`) or cannot
+    measure the factor (NaN/Inf, a cancelling σ²: :func:`stats.from_pass_values`): then
+    :func:`_side` decodes the factor."""
     from loracheck import fused, stats
 
     item = _fused_item(pair, source, ref, which)
     if item is None:
         return None
-    gram = item[3]
-    measured = stats.from_pass_values(fused.side_pass_values(*item), gram,
-                                      kurtosis=which == "A")
-    return None if measured is None else (measured, gram)
+    measured = stats.from_pass_values(fused.side_pass_values(*item), kurtosis=which == "A")
+    return None if measured is None else (measured, item[3])
 
 
 def _from_values(pair: PairKeys, source: TensorSource, ref: TensorRef, which: str,
                  values: PassValues, gram: np.ndarray
                  ) -> tuple[np.ndarray | None, FactorStats, np.ndarray]:
     """:func:`_side`'s result from a fused pass already run (``values``, ``gram``): a factor
-    the pass cannot take (NaN/Inf) is decoded and measured again."""
+    the pass cannot measure (NaN/Inf, a cancelling σ²) is decoded and measured again."""
     from loracheck import stats
 
-    measured = stats.from_pass_values(values, gram, kurtosis=which == "A")
+    measured = stats.from_pass_values(values, kurtosis=which == "A")
     if measured is None:
         return _side(pair, source, ref, which, fused=False)
     return None, measured, gram

@@ -135,39 +135,37 @@ def _row_norms(sq_rows: np.ndarray) -> tuple[list[float | None], list[float | No
     return list(mean_norms), cv
 
 
-def from_pass_values(values: PassValues, gram: np.ndarray, *, kurtosis: bool,
-                     row_norms: bool = True) -> FactorStats | None:
+def from_pass_values(values: PassValues, *, kurtosis: bool) -> FactorStats | None:
     """A factor's statistics from one fused pass over its stored bytes
-    (:func:`loracheck.fused.side_pass_values`: its tuple, and the Gram it filled): the same
-    formulas as :func:`factor_stats`, with σ² = m2/n from the pass's centred sums (so |μ| ≫ σ
-    cannot cancel) and the row norms from the Gram's diagonal. None for a factor with NaN/Inf
-    entries or sums that overflow: :func:`side_stats` on the decoded values takes those."""
-    n, total, zeros, nonfinite, lo, hi, m2, m4 = values
+    (:func:`loracheck.fused.side_pass_values`'s tuple): the same formulas as
+    :func:`factor_stats`. With the pass's central sums (``kurtosis``, or any pass that took
+    them) σ² = m2/n, which |μ| ≫ σ cannot cancel; without them σ² = Σx²/n − μ², as
+    :func:`factor_stats` has it. The row norms come from the Gram's diagonal, summed in the
+    kernel. None for a factor with NaN/Inf entries or sums that overflow, for one whose
+    Σx²/n − μ² cancels, and for kurtosis without the central sums: :func:`side_stats` on the
+    decoded values takes those."""
+    n, total, zeros, nonfinite, lo, hi, m2, m4, sumsq, norm_mean, norm_spread = values
     if n == 0:
         return _EMPTY_FACTOR
-    diagonal = gram.diagonal()
-    squares: list[float] = diagonal.tolist()
-    sumsq = sum(squares)
-    if nonfinite or not (math.isfinite(sumsq) and math.isfinite(total) and math.isfinite(m4)):
+    if nonfinite or not (math.isfinite(sumsq) and math.isfinite(total)):
         return None
-    var = max(m2 / n, 0.0)
-    rn_mean: float | None = None
-    rn_cv: float | None = None
-    if row_norms and len(squares) > 256:
-        means, cvs = _row_norms(diagonal[None])
-        rn_mean, rn_cv = means[0], cvs[0]
-    elif row_norms:  # a few values: Python floats cost less than numpy calls
-        # A Gram's diagonal holds sums of squares (never negative): max(x, 0) is x.
-        norms = (list(map(math.sqrt, squares)) if min(squares) >= 0.0
-                 else [math.sqrt(max(x, 0.0)) for x in squares])
-        rn_mean = sum(norms) / len(norms)
-        spread = math.sqrt(sum([(x - rn_mean) ** 2 for x in norms]) / len(norms))
-        rn_cv = spread / rn_mean if rn_mean > 0.0 else None
+    mean = total / n
+    if m2 == m2:  # the pass took the central sums
+        if not math.isfinite(m4):
+            return None
+        var = max(m2 / n, 0.0)
+    else:
+        mean_square = sumsq / n
+        var = mean_square - mean * mean
+        if kurtosis or (var <= 1e-6 * mean_square and mean_square > 0.0):
+            return None  # kurtosis needs m4; a cancelling σ² needs the two-pass
+        var = max(var, 0.0)
     return FactorStats(
-        numel=n, mean=total / n, std=math.sqrt(var), absmax=max(hi, -lo),
+        numel=n, mean=mean, std=math.sqrt(var), absmax=max(hi, -lo),
         zero_fraction=zeros / n, nonfinite=0,
         kurtosis=m4 / n / (var * var) if kurtosis and var > 0.0 else None,
-        row_norm_mean=rn_mean, row_norm_cv=rn_cv, min=lo, max=hi,
+        row_norm_mean=norm_mean, row_norm_cv=norm_spread / norm_mean if norm_mean > 0.0 else None,
+        min=lo, max=hi,
     )
 
 
@@ -274,41 +272,38 @@ def _deltas(g_a: np.ndarray, g_b: np.ndarray, scalings: Sequence[float]) -> list
         finite = [math.isfinite(s_i) for s_i in s]
     cross = [c if c > 0.0 or c != c else 0.0 for c in cross]  # np.maximum(·, 0.0), NaN kept
     solve = [i for i in range(k) if finite[i] and cross[i] > 0.0 and s[i] > 0.0] if r else []
-    sig_rows: list[list[float]] = [[0.0] * r for _ in range(k)]
-    if solve:
-        every = len(solve) == k  # the usual case: no copies of the Grams
-        root = _root_factors(g_a if every else g_a[solve])
-        core = np.matmul(np.matmul(root.transpose(0, 2, 1), g_b if every else g_b[solve]), root)
-        lam = np.linalg.eigvalsh((core + core.transpose(0, 2, 1)) * 0.5)
-        scale = np.array(s if every else [s[i] for i in solve], dtype=np.float64)
-        solved_rows = (np.sqrt(np.maximum(lam[:, ::-1], 0.0)) * scale[:, None]).tolist()
-        for i, row in zip(solve, solved_rows, strict=True):
-            sig_rows[i] = row
-    solved = [False] * k
-    for i in solve:
-        solved[i] = True
-    out: list[DeltaStats] = []
-    # The rest is a few scalars per pair: Python floats cost less than numpy calls on k values.
-    rows = zip(finite, solved, s, cross, tr_a, tr_b, sig_rows, strict=True)
-    for ok, was_solved, s_i, cross_i, ta, tb, sig_i in rows:
-        if not ok:
-            out.append(_NAN_DELTA)
-            continue
-        if not was_solved:
-            out.append(_zero_delta(r))
-            continue
-        fro = s_i * math.sqrt(cross_i)
-        sigma_max = sig_i[0]
-        total = math.fsum(sig_i)
-        entropy = -sum(x / total * math.log(x / total) for x in sig_i if x > 0.0) if (
-            total > 0.0) else 0.0
-        out.append(DeltaStats(
-            frobenius=fro, singular_values=tuple(sig_i), sigma_max=sigma_max,
-            effective_rank=math.exp(entropy) if total > 0.0 else 0.0,
-            stable_rank=fro * fro / (sigma_max * sigma_max) if sigma_max > 0.0 else 0.0,
-            alignment=min(math.sqrt(cross_i / (ta * tb)), 1.0) if ta > 0.0 and tb > 0.0 else 0.0,
-        ))
-    return out
+    if not solve:
+        return [_NAN_DELTA if not ok else _zero_delta(r) for ok in finite]
+    every = len(solve) == k  # the usual case: no copies of the Grams
+    root = _root_factors(g_a if every else g_a[solve])
+    core = np.matmul(np.matmul(root.transpose(0, 2, 1), g_b if every else g_b[solve]), root)
+    lam = np.linalg.eigvalsh((core + core.transpose(0, 2, 1)) * 0.5)
+    scale = np.array(s if every else [s[i] for i in solve], dtype=np.float64)
+    sig = np.sqrt(np.maximum(lam[:, ::-1], 0.0)) * scale[:, None]  # (solved, r), descending
+    # The scalars of every solved pair at once (numpy on arrays; a loop of Python floats
+    # per pair cost more than the solve at low rank):
+    #   effective rank = exp(−Σ p·ln p), p = σ/Σσ over σ > 0 (0·ln 0 taken as 0)
+    total = sig.sum(axis=1)
+    p = sig / np.where(total > 0.0, total, 1.0)[:, None]
+    effective = np.where(total > 0.0, np.exp(-(p * np.log(np.where(p > 0.0, p, 1.0))).sum(
+        axis=1)), 0.0)
+    solved_cross = np.array(cross if every else [cross[i] for i in solve])
+    fro = scale * np.sqrt(solved_cross)
+    sigma_max = sig[:, 0]
+    stable = np.where(sigma_max > 0.0, fro * fro / np.where(sigma_max > 0.0, sigma_max, 1.0)
+                      ** 2, 0.0)
+    traces = np.array([tr_a[i] * tr_b[i] for i in solve])
+    alignment = np.where(traces > 0.0, np.minimum(np.sqrt(solved_cross / np.where(
+        traces > 0.0, traces, 1.0)), 1.0), 0.0)
+    columns = zip(solve, sig.tolist(), fro.tolist(), effective.tolist(), stable.tolist(),
+                  alignment.tolist(), strict=True)
+    solved = {i: DeltaStats(frobenius=fro_i, singular_values=tuple(sig_i), sigma_max=sig_i[0],
+                            effective_rank=eff_i, stable_rank=stable_i, alignment=align_i)
+              for i, sig_i, fro_i, eff_i, stable_i, align_i in columns}
+    if every:
+        return list(solved.values())
+    return [solved[i] if i in solved else _NAN_DELTA if not finite[i] else _zero_delta(r)
+            for i in range(k)]
 
 
 def _delta_from_grams(g_a: np.ndarray, g_b: np.ndarray, scaling: float) -> DeltaStats:
