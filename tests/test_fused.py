@@ -444,7 +444,6 @@ def test_b_sigma_from_the_sum_of_squares_and_its_two_pass_fallback(
     (that difference cancels) is decoded and measured two-pass instead, a zero B is not; each
     σ within 1e-12 relative of numpy's std of the decoded factor (0 exactly for zeros)."""
     from builders import write_safetensors
-
     from loracheck import load, stats
     from loracheck.discover import discover
     from loracheck.model import FactorStats
