@@ -51,14 +51,42 @@ def test_released_pages_leave_the_resident_set(tmp_path: Path) -> None:
     assert _rss_file_kib() - before < 8 * 1024
 
 
-def _big_adapter(path: Path, layers: int, seed: int = 0) -> Path:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_resident_file_pages_peak_flat_in_the_layer_count(tmp_path: Path) -> None:
+    """While a unit loads on every thread, the file's resident pages peak at the chunks
+    queued for the pool, the one being filled and the release batch, whatever the file's
+    size: sampled after every layer, for 24 and 72 pairs of 2 MiB (48 and 144 MiB)."""
+    from loracheck import load
+
+    bound_kib = (load._CHUNKS_IN_FLIGHT_BYTES + load._CHUNK_BYTES + load._RELEASE_BATCH
+                 + (4 << 20)) // 1024  # + 2 MiB a pair being read beside them, twice
+    peaks = {}
+    for layers in (24, 72):
+        path = _big_adapter(tmp_path / f"l{layers}.safetensors", layers, width=16384)
+        (unit,) = discover([path])
+        before = _rss_file_kib()
+        samples: list[int] = []
+
+        def sample(done: int, total: int, samples: list[int] = samples) -> None:
+            samples.append(_rss_file_kib())
+
+        adapter = load_unit(unit, load.LoadOptions(threads=max(os.cpu_count() or 1, 2)),
+                            progress=sample)
+        assert adapter is not None and len(adapter.layers) == layers
+        peaks[layers] = max(samples) - before
+    assert peaks[72] <= bound_kib and peaks[24] <= bound_kib, (peaks, bound_kib)
+    # Flat: 48 more pairs would add 96 MiB of pages if none were released.
+    assert peaks[72] <= peaks[24] + 8 * 1024, peaks
+
+
+def _big_adapter(path: Path, layers: int, seed: int = 0, width: int = 8192) -> Path:
     rng = np.random.default_rng(seed)
     tensors = {}
-    for i in range(layers):  # 2 x 0.5 MiB of float32 a pair: past the threads' threshold
+    for i in range(layers):  # 2 x 0.5 MiB of float32 a pair (width 8192): past the threads'
         tensors[f"base_model.model.layers.{i}.q_proj.lora_A.weight"] = rng.normal(
-            size=(16, 8192)).astype(np.float32)
+            size=(16, width)).astype(np.float32)
         tensors[f"base_model.model.layers.{i}.q_proj.lora_B.weight"] = rng.normal(
-            0, 1e-3, size=(8192, 16)).astype(np.float32)
+            0, 1e-3, size=(width, 16)).astype(np.float32)
     return write_safetensors(path, tensors)
 
 
