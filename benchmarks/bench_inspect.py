@@ -176,7 +176,8 @@ def items(st):
             raw = raw.view(np.uint16)  # the pass reads fp16 as its bits, as inspect does
         mode = 'rows' if 'lora_A' in key else 'cols'
         r = raw.shape[0] if mode == 'rows' else raw.shape[1]
-        yield raw, entry.dtype, mode, np.empty((r, r))
+        # A's pass takes the central sums (kurtosis), B's does not, as inspect's
+        yield raw, entry.dtype, mode, np.empty((r, r)), mode == 'rows'
 
 def kernel():
     with SafetensorsFile.open(path) as st:
