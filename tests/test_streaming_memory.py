@@ -79,6 +79,34 @@ def test_resident_file_pages_peak_flat_in_the_layer_count(tmp_path: Path) -> Non
     assert peaks[72] <= peaks[24] + 8 * 1024, peaks
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_dropper_releases_pages_from_another_thread(tmp_path: Path) -> None:
+    """SafetensorsFile.dropper: the call a worker makes (without the GIL where the extension
+    is built) drops the spans' pages from the resident set; after close it does nothing."""
+    import threading
+
+    from loracheck import fused
+
+    path = _big_adapter(tmp_path / "drop.safetensors", 16)  # 16 MiB of float32
+    with SafetensorsFile.open(path) as file:
+        before = _rss_file_kib()
+        for key in file.entries:
+            float(file.read_raw(key).sum())
+        touched = _rss_file_kib() - before
+        release = file.dropper([(e.start, e.end) for e in file.entries.values()])
+        assert release is not None
+        worker = threading.Thread(target=release)
+        worker.start()
+        worker.join()
+        left = _rss_file_kib() - before
+    assert touched > 12 * 1024 and left < 1024, (touched, left)
+    release()  # the mapping is closed: nothing to drop, nothing raised
+    if fused.DROP_PAGES is not None:
+        data = np.zeros(1 << 16, np.uint8)
+        with pytest.raises(ValueError, match="outside"):
+            fused.DROP_PAGES(data, 1 << 15, 1 << 16)
+
+
 def _big_adapter(path: Path, layers: int, seed: int = 0, width: int = 8192) -> Path:
     rng = np.random.default_rng(seed)
     tensors = {}

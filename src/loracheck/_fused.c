@@ -15,6 +15,9 @@
  * gram_out  a writable buffer of r·r float64: receives G (symmetric, row-major)
  * variant   0 the best this CPU runs, 1 the portable baseline, 2 AVX2 (where the CPU has it)
  *
+ *   drop_pages(mapping, start, length) -> bool   madvise(MADV_DONTNEED) without the GIL, for
+ *           the loader's workers (see py_drop_pages)
+ *
  * Over the n = rows·cols entries x: sum = Σx over the finite ones, zeros = #(x == ±0),
  * nonfinite = #(NaN, ±Inf), min/max over the finite ones (NaN when none), μ = sum/#finite.
  * G_ij = Σ_k x_i(k)·x_j(k) over all entries (NaN/Inf propagate as in any float64 product).
@@ -46,6 +49,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #if !defined(__GNUC__) && !defined(__clang__)
 #error "loracheck._fused needs GCC or Clang (vector extensions); loracheck falls back to numpy"
@@ -507,6 +515,37 @@ out:
     return result;
 }
 
+/* drop_pages(buffer, start, length) -> bool: madvise(MADV_DONTNEED) on the bytes
+ * [start, start + length) of a buffer that is a file mapping (an mmap: its first byte starts
+ * a page; start must too), without the GIL, so a worker thread drops the pages it has read
+ * while the caller's thread runs Python (mmap.madvise holds the GIL). The pages stay in the
+ * page cache and fault back in if touched.  False where madvise is missing or refuses. */
+static PyObject *py_drop_pages(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer buf;
+    Py_ssize_t start, length;
+    if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &length))
+        return NULL;
+    if (start < 0 || length < 0 || start > buf.len || length > buf.len - start) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "drop_pages: the span lies outside the buffer");
+        return NULL;
+    }
+    int dropped = 0;
+#if (defined(__unix__) || defined(__APPLE__)) && defined(MADV_DONTNEED)
+    const long page = sysconf(_SC_PAGESIZE);
+    const uintptr_t first = (uintptr_t)buf.buf + (uintptr_t)start;
+    if (page > 0 && first % (uintptr_t)page == 0 && length > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        dropped = madvise((void *)first, (size_t)length, MADV_DONTNEED) == 0;
+        Py_END_ALLOW_THREADS
+    }
+#endif
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(dropped);
+}
+
 static PyObject *py_variant(PyObject *self, PyObject *noargs)
 {
     (void)self, (void)noargs;
@@ -519,6 +558,8 @@ static PyMethodDef methods[] = {
      " -> (n, sum, zeros, nonfinite, min, max, m2, m4, sumsq, norm_mean, norm_spread)"},
     {"side_pass_many", py_side_pass_many, METH_VARARGS,
      "side_pass_many(items, variant) -> [side_pass's tuple for each item]"},
+    {"drop_pages", py_drop_pages, METH_VARARGS,
+     "drop_pages(mapping, start, length) -> bool: madvise(MADV_DONTNEED) without the GIL"},
     {"variant", py_variant, METH_NOARGS, "The instruction set side_pass uses by default."},
     {NULL, NULL, 0, NULL},
 };

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Literal
 
@@ -54,6 +54,10 @@ _variant = 1 if _choice == "baseline" else 0
 
 # Whether side_pass runs the compiled kernel (the loader then reads stored bytes directly).
 COMPILED: bool = _use_compiled
+# The extension's other function, whichever kernel runs: drop_pages(mapping, start, length),
+# madvise(MADV_DONTNEED) without the GIL (see safetensors_io.SafetensorsFile.dropper).
+DROP_PAGES: Callable[[object, int, int], bool] | None = (
+    _compiled.drop_pages if _compiled is not None else None)
 # The stored dtypes side_pass reads.
 FUSED_DTYPES = frozenset(_DTYPES)
 

@@ -83,6 +83,12 @@ class TensorSource(Protocol):
 
     def release(self, key: str) -> None: ...
 
+    def dropper(self, keys: Sequence[str]) -> Callable[[], None] | None:
+        """A call that drops the pages of ``keys`` as :meth:`release` would, for a worker
+        thread to make without holding up the caller's; None when there is nothing to
+        drop."""
+        ...
+
     def metadata(self) -> dict[str, str]: ...
 
     def close(self) -> None: ...
@@ -140,6 +146,20 @@ class _SafetensorsSource:
         else:
             self._released = (start, end)
 
+    def dropper(self, keys: Sequence[str]) -> Callable[[], None] | None:
+        """The spans of ``keys``, those within the margins of each other merged (one system
+        call for a chunk's pairs, which lie side by side in the file)."""
+        from loracheck.safetensors_io import RELEASE_MARGIN
+
+        entries = self._file.entries
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted((entries[k].start, entries[k].end) for k in keys):
+            if merged and start - merged[-1][1] <= 2 * RELEASE_MARGIN:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return self._file.dropper(merged)
+
     def metadata(self) -> dict[str, str]:
         return dict(self._file.metadata)
 
@@ -177,6 +197,9 @@ class _PickleSource:
 
     def release(self, key: str) -> None:
         """Nothing to release: tensors are read from the zip on demand."""
+
+    def dropper(self, keys: Sequence[str]) -> Callable[[], None] | None:
+        return None
 
     def metadata(self) -> dict[str, str]:
         return {}
@@ -353,7 +376,8 @@ _PARALLEL_PAIR_NUMEL = 1 << 16
 @dataclass(frozen=True)
 class _Measured:
     """One pair, measured: its canonical factors (for the sink; None when the statistics came
-    from the stored bytes), stats and Grams."""
+    from the stored bytes), stats and Grams; ``released`` when the worker that read its
+    stored bytes has dropped their pages already (:func:`_pass_and_release`)."""
 
     a: np.ndarray | None
     b: np.ndarray | None
@@ -361,6 +385,7 @@ class _Measured:
     b_stats: FactorStats
     g_a: np.ndarray
     g_b: np.ndarray
+    released: bool = False
 
 
 # A pair measured, to be completed: its record and what gives its _Measured (or raises
@@ -447,15 +472,14 @@ class _PairThreads:
         return self._send_chunk()
 
     def _send_chunk(self) -> list[_Ready]:
-        from loracheck import fused
-
         chunk = self._chunk
         if not chunk.pairs:
             return []
         self._chunk = _Chunk()
+        keys = [ref.key for record, _, _ in chunk.pairs
+                for ref in (record.a, record.b) if ref is not None]
         try:
-            self._source.check_size([ref.key for record, _, _ in chunk.pairs
-                                     for ref in (record.a, record.b) if ref is not None])
+            self._source.check_size(keys)
         except ArtifactError:
             # The file shrank under us: each pair is measured on its own, with its own check,
             # and the ones whose bytes are gone become faults.
@@ -463,7 +487,8 @@ class _PairThreads:
                 self._queue(record, fn)
                 self._singles += 1
             return self._due()
-        self._queue(chunk, functools.partial(fused.side_pass_many, chunk.items))
+        self._queue(chunk, functools.partial(_pass_and_release, chunk.items,
+                                             self._source.dropper(keys)))
         self._chunk_bytes += chunk.nbytes
         return self._due()
 
@@ -500,7 +525,9 @@ class _PairThreads:
                                            chunk.items[2 * i][3])
             b, b_stats, g_b = _from_values(pair, source, record.b, "B", values[2 * i + 1],
                                            chunk.items[2 * i + 1][3])
-            return _Measured(a, b, a_stats, b_stats, g_a, g_b)
+            # A factor decoded again (NaN/Inf) faulted its pages back in: release them.
+            return _Measured(a, b, a_stats, b_stats, g_a, g_b,
+                             released=a is None and b is None)
 
         return [(record, functools.partial(measured, i, pair, record))
                 for i, (record, pair, _) in enumerate(chunk.pairs)]
@@ -515,6 +542,18 @@ class _PairThreads:
         self._pending.clear()
         self._chunk = _Chunk()
         self._pool.close()
+
+
+def _pass_and_release(items: list[PassItem], release: Callable[[], None] | None
+                      ) -> list[PassValues]:
+    """A chunk's job on a worker: the compiled pass over its factors, then its pages dropped
+    (``release``, from :meth:`TensorSource.dropper`) without holding up the caller's thread."""
+    from loracheck import fused
+
+    values = fused.side_pass_many(items)
+    if release is not None:
+        release()
+    return values
 
 
 def _measure(
@@ -678,7 +717,7 @@ def _finish(record: LayerRecord, measured: _Measured, source: TensorSource,
     # else the inner dimensions disagree (LC202): no product to measure, the factors still are.
     if sink is not None and measured.a is not None and measured.b is not None:
         sink(record, measured.a, measured.b)
-    if release:
+    if release and not measured.released:
         assert record.a is not None and record.b is not None
         source.release(record.a.key)
         source.release(record.b.key)

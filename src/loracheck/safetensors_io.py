@@ -18,7 +18,7 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -417,18 +417,50 @@ class SafetensorsFile:
         entry = self.entries[key]
         self.release_bytes(entry.start, entry.end)
 
-    def release_bytes(self, start: int, end: int) -> None:
-        """:meth:`release` for the bytes [start, end) of the file (several tensors' spans at
-        once, one system call), with :data:`RELEASE_MARGIN` on both sides."""
+    def _page_span(self, start: int, end: int) -> tuple[int, int] | None:
+        """(first byte, length) of the pages that releasing the bytes [start, end) drops:
+        :data:`RELEASE_MARGIN` added on both sides, the start rounded down to a page; None
+        when nothing is mapped (bytes read whole are this process's own) or the span is
+        empty."""
         mapping = self._buffer
         if not isinstance(mapping, mmap.mmap) or end <= start or not hasattr(
                 mmap, "MADV_DONTNEED"):
-            return  # bytes read whole are this process's own: nothing to drop
+            return None
         start = max(0, start - RELEASE_MARGIN)
         start -= start % mmap.PAGESIZE
         end = min(len(mapping), end + RELEASE_MARGIN)
-        with contextlib.suppress(OSError, ValueError):
-            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return (start, end - start) if end > start else None
+
+    def release_bytes(self, start: int, end: int) -> None:
+        """:meth:`release` for the bytes [start, end) of the file (several tensors' spans at
+        once, one system call), with :data:`RELEASE_MARGIN` on both sides."""
+        span = self._page_span(start, end)
+        if span is not None and isinstance(self._buffer, mmap.mmap):
+            with contextlib.suppress(OSError, ValueError):
+                self._buffer.madvise(mmap.MADV_DONTNEED, *span)
+
+    def dropper(self, spans: Iterable[tuple[int, int]]) -> Callable[[], None] | None:
+        """A call that releases the byte spans [start, end) as :meth:`release_bytes` does,
+        for a worker thread to make: without the GIL where loracheck's compiled extension is
+        built (:data:`loracheck.fused.DROP_PAGES`), so the caller's thread runs on meanwhile.
+        None when nothing is mapped. After :meth:`close` the call does nothing."""
+        from loracheck.fused import DROP_PAGES
+
+        mapping = self._buffer
+        pages = [span for start, end in spans
+                 if (span := self._page_span(start, end)) is not None]
+        if not pages or not isinstance(mapping, mmap.mmap):
+            return None
+        drop = DROP_PAGES if DROP_PAGES is not None else (
+            lambda buffer, start, length: buffer.madvise(mmap.MADV_DONTNEED, start, length))
+
+        def release() -> None:
+            for start, length in pages:
+                # ValueError: the mapping was closed meanwhile (its pages went with it)
+                with contextlib.suppress(OSError, ValueError):
+                    drop(mapping, start, length)
+
+        return release
 
     # --- lifetime ---------------------------------------------------------------------------
 

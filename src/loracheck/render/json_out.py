@@ -77,18 +77,31 @@ def _ref(ref: TensorRef | None) -> dict[str, Any] | None:
     return {"key": ref.key, "dtype": ref.dtype, "shape": list(ref.shape), "nbytes": ref.nbytes}
 
 
+_FACTOR_FIELDS = ("mean", "std", "absmax", "zero_fraction", "kurtosis", "row_norm_mean",
+                  "row_norm_cv")
+# The per-layer keys of each factor's statistics, made once (hundreds of layers a file).
+_FACTOR_KEYS = {prefix: (tuple(f"{prefix}_{name}" for name in _FACTOR_FIELDS),
+                         f"{prefix}_nonfinite")
+                for prefix in ("a", "b", "magnitude")}
+
+
 def _factor(prefix: str, stats: FactorStats | None) -> dict[str, Any]:
+    keys, nonfinite = _FACTOR_KEYS[prefix]
+    if stats is None:
+        return dict.fromkeys((*keys, nonfinite))
     s = stats
-    return {
-        f"{prefix}_mean": _float(s.mean) if s else None,
-        f"{prefix}_std": _float(s.std) if s else None,
-        f"{prefix}_absmax": _float(s.absmax) if s else None,
-        f"{prefix}_zero_fraction": _float(s.zero_fraction) if s else None,
-        f"{prefix}_kurtosis": _float(s.kurtosis) if s else None,
-        f"{prefix}_row_norm_mean": _float(s.row_norm_mean) if s else None,
-        f"{prefix}_row_norm_cv": _float(s.row_norm_cv) if s else None,
-        f"{prefix}_nonfinite": s.nonfinite if s else None,
-    }
+    values = (s.mean, s.std, s.absmax, s.zero_fraction, s.kurtosis, s.row_norm_mean,
+              s.row_norm_cv)
+    out = {key: _float(value) for key, value in zip(keys, values, strict=True)}
+    out[nonfinite] = s.nonfinite
+    return out
+
+
+def _floats(values: tuple[float, ...]) -> list[float | None]:
+    """``values`` with each non-finite one as None (the usual all-finite case in one pass)."""
+    if all(map(math.isfinite, values)):
+        return [float(v) for v in values]
+    return [_float(v) for v in values]
 
 
 def _layer_dtype(layer: LayerRecord) -> str | None:
@@ -125,7 +138,7 @@ def layer_to_dict(layer: LayerRecord) -> dict[str, Any]:
         {
             "delta_norm": _float(delta.frobenius) if delta else None,
             "sigma_max": _float(delta.sigma_max) if delta else None,
-            "singular_values": [_float(v) for v in delta.singular_values] if delta else None,
+            "singular_values": _floats(delta.singular_values) if delta else None,
             "effective_rank": _float(delta.effective_rank) if delta else None,
             "stable_rank": _float(delta.stable_rank) if delta else None,
             "alignment": _float(delta.alignment) if delta else None,
@@ -383,15 +396,18 @@ def probe_to_dict(report: Report) -> dict[str, Any]:
     return body
 
 
+# One encoder for every per-layer line: json.dumps with options builds a new one a call.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(", ", ": "))
+
+
 def _one_line(layer: Any) -> str:
     """One per-layer object, compact. :func:`layer_to_dict` builds plain JSON data already,
     so the C encoder takes it as is; anything it refuses (a NaN, a set) is cleaned first,
     which gives the same text a cleaned object would."""
     try:
-        return json.dumps(layer, ensure_ascii=True, allow_nan=False, separators=(", ", ": "))
+        return _LINE_ENCODER.encode(layer)
     except (TypeError, ValueError):
-        return json.dumps(clean(layer), ensure_ascii=True, allow_nan=False,
-                          separators=(", ", ": "))
+        return _LINE_ENCODER.encode(clean(layer))
 
 
 def dumps(data: Any) -> str:
