@@ -280,3 +280,22 @@ def test_lc214_dora() -> None:
     lay = [*layers(4, magnitude=True),
            layer(peft_name(4, "q_proj"), magnitude=True, magnitude_stats=negative_m)]
     only(adapter(lay, spec_=dora), "LC214")
+
+
+def test_median_of_the_other_modules_is_statistics_median() -> None:
+    """LC209's median of a module's peers, read off the group's sorted norms, is exactly
+    statistics.median of the others: odd and even counts, ties, the ends."""
+    import random
+    import statistics
+
+    from loracheck.rules.weights import _median_of_others
+
+    rng = random.Random(5)
+    for size in range(2, 40):
+        values = [rng.choice([0.5, 1.0, 2.0]) if size % 3 == 0 else rng.lognormvariate(0, 2)
+                  for _ in range(size)]
+        ordered = sorted(values)
+        for i in range(size):
+            others = values[:i] + values[i + 1:]
+            index = ordered.index(values[i])
+            assert _median_of_others(ordered, index) == statistics.median(others)

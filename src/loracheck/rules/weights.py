@@ -3,8 +3,8 @@ and scaling convention in force."""
 
 from __future__ import annotations
 
+import bisect
 import math
-import statistics
 from collections.abc import Iterator
 
 from loracheck.model import InitScheme, LayerRecord, LoraSpec, Severity, Stage, StageSource
@@ -566,18 +566,21 @@ def update_norm_outlier(ctx: RuleContext) -> Iterator[Finding]:
     for (_, mtype), layers in sorted(groups.items()):
         if len(layers) < MIN_FEW_PEERS + 1:
             continue
+        # Sorted once: each module's peers are the others, their median read off by index.
+        norms = sorted(layer.delta.frobenius for layer in layers if layer.delta is not None)
         for layer in layers:
             assert layer.delta is not None
-            peers = [p.delta.frobenius for p in layers if p is not layer and p.delta is not None]
             norm = layer.delta.frobenius
-            if len(peers) >= MIN_PEERS:
-                med = statistics.median(peers)
+            n_peers = len(layers) - 1
+            if n_peers >= MIN_PEERS:
+                med = _median_of_others(norms, bisect.bisect_left(norms, norm))
                 if med > 0 and norm > factor * med:
                     yield ctx.weight_finding(
                         f"‖ΔW‖ of {short_name(layer.name)} is {fmt_num(norm)}, "
-                        f"{norm / med:.0f}× the median {fmt_num(med)} of {len(peers)} {mtype} "
+                        f"{norm / med:.0f}× the median {fmt_num(med)} of {n_peers} {mtype} "
                         "peers", layer.name)
                 continue
+            peers = [p.delta.frobenius for p in layers if p is not layer and p.delta is not None]
             top = max(peers)
             if top > 0 and norm > FEW_PEERS_FACTOR * factor * top:
                 yield ctx.weight_finding(
@@ -587,6 +590,19 @@ def update_norm_outlier(ctx: RuleContext) -> Iterator[Finding]:
 
 
 # --- LC210 --------------------------------------------------------------------------------------
+
+
+def _median_of_others(ordered: list[float], index: int) -> float:
+    """:func:`statistics.median` of the sorted ``ordered`` without its element at ``index``
+    (the same arithmetic: the middle value, or the mean of the two middle ones)."""
+    count = len(ordered) - 1
+
+    def at(i: int) -> float:
+        return ordered[i] if i < index else ordered[i + 1]
+
+    if count % 2:
+        return at(count // 2)
+    return (at(count // 2 - 1) + at(count // 2)) / 2
 
 
 @rule("LC210", "rank-collapse", Severity.WARNING)
