@@ -400,8 +400,8 @@ _CHUNK_PAIRS = 32
 # Chunks queued for the pool hold at most this many stored bytes (their pages are resident
 # until released): deep enough in time that the pool's threads still have work while the
 # caller completes pairs, solves a batch of eigenproblems (32 pairs at r = 64: ~6 ms) or
-# runs a chunk itself, and small enough that RSS stays flat in the layer count. In process,
-# fp16 r=64 7B-shaped: 4 MiB queued took 219 ms, 16 MiB 182 ms (best of 24 each).
+# runs a chunk itself, and small enough that RSS stays flat in the layer count (an ad hoc
+# in-process A/B, fp16 r=64 7B-shaped, best of 24: 4 MiB queued 219 ms, 16 MiB 182 ms).
 _CHUNKS_IN_FLIGHT_BYTES = 16 << 20
 
 
