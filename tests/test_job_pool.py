@@ -41,11 +41,11 @@ def test_raise_now_raises_at_once_and_keeps_it() -> None:
         job.result()
 
 
-def test_workers_take_the_oldest_and_the_caller_the_newest() -> None:
-    pool = JobPool(1, "test-pool")
+def _hold_the_worker(pool: JobPool, order: list[str]) -> tuple[Job[str], threading.Event]:
+    """Submit a job that keeps the pool's only worker busy until the event is set (then
+    records "first"); returns once the worker has started it."""
     release = threading.Event()
     started = threading.Event()
-    order: list[str] = []
 
     def first() -> str:
         started.set()
@@ -54,7 +54,14 @@ def test_workers_take_the_oldest_and_the_caller_the_newest() -> None:
         return "first"
 
     held = pool.submit(first)
-    assert started.wait(timeout=30)  # the only worker is busy with the first job
+    assert started.wait(timeout=30)
+    return held, release
+
+
+def test_workers_take_the_oldest_and_the_caller_the_newest() -> None:
+    pool = JobPool(1, "test-pool")
+    order: list[str] = []
+    held, release = _hold_the_worker(pool, order)
     middle = pool.submit(lambda: order.append("middle") or "middle")
     newest = pool.submit(lambda: order.append("newest") or "newest")
     taken = pool.take_newest()
@@ -70,23 +77,15 @@ def test_workers_take_the_oldest_and_the_caller_the_newest() -> None:
 
 def test_close_drops_the_jobs_no_worker_has_started() -> None:
     pool = JobPool(1, "test-pool")
-    release = threading.Event()
-    started = threading.Event()
-    ran: list[int] = []
-
-    def hold() -> None:
-        started.set()
-        release.wait(timeout=30)
-
-    running = pool.submit(hold)
-    assert started.wait(timeout=30)
-    queued = pool.submit(lambda: ran.append(1))
+    order: list[str] = []
+    running, release = _hold_the_worker(pool, order)
+    queued = pool.submit(lambda: order.append("queued"))
     pool.close()
     release.set()
-    running.result()  # the running job finishes
+    assert running.result() == "first"  # the running job finishes
     for thread in pool._threads:
         thread.join(timeout=30)
         assert not thread.is_alive()  # and its thread ends
-    assert not queued.done() and ran == []
+    assert not queued.done() and order == ["first"]
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
