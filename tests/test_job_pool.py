@@ -89,3 +89,19 @@ def test_close_drops_the_jobs_no_worker_has_started() -> None:
     assert not queued.done() and order == ["first"]
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+def test_a_job_submitted_first_is_taken_next_and_a_queued_job_can_be_taken() -> None:
+    pool = JobPool(1, "test-pool")
+    order: list[str] = []
+    held, release = _hold_the_worker(pool, order)
+    late = pool.submit(lambda: order.append("late") or "late")
+    urgent = pool.submit(lambda: order.append("urgent") or "urgent", first=True)
+    spare = pool.submit(lambda: order.append("spare") or "spare")
+    assert pool.take(spare) and not pool.take(held)  # queued: taken; running: not
+    spare.run()
+    assert not pool.take(spare)  # it has run
+    release.set()
+    assert (held.result(), urgent.result(), late.result()) == ("first", "urgent", "late")
+    assert order == ["spare", "first", "urgent", "late"]  # the worker took urgent next
+    pool.close()

@@ -365,24 +365,33 @@ def test_a_batch_sorts_its_pairs_into_nan_zero_and_solved_by_each_pairs_own_gram
     assert math.isnan(ok[1].frobenius) and ok[1].singular_values == ()
 
 
-def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled() -> None:
+@pytest.mark.parametrize("on_a_worker", [False, True])
+def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled(
+        on_a_worker: bool) -> None:
     """PairBatch groups Grams by rank and solves a group when it holds MAX_PAIRS pairs or
     MAX_BYTES of Grams (8 pairs at r = 256): every record gets the ΔW statistics of its own
-    pair (against the float64 SVD), whatever group it was solved in."""
+    pair (against the float64 SVD), whatever group it was solved in, and whether the full
+    groups were solved on a worker thread (then flush waits for them) or on the caller's."""
+    import threading
+
+    from loracheck.job_pool import JobPool
     from loracheck.model import LayerRecord
     from loracheck.pair_batch import MAX_BYTES, MAX_PAIRS, PairBatch
 
     rng = np.random.default_rng(3)
     calls: list[int] = []
+    threads: set[str] = set()
     import loracheck.stats as stats_module
 
     real = stats_module.batch_delta_from_grams
 
     def counted(g_a: np.ndarray, g_b: np.ndarray, scalings: Any) -> list[DeltaStats]:
         calls.append(g_a.shape[0])
+        threads.add(threading.current_thread().name)
         return real(g_a, g_b, scalings)
 
-    batch = PairBatch(None)
+    pool = JobPool(1, "test-solve") if on_a_worker else None
+    batch = PairBatch(None, (lambda solve: pool.submit(solve, first=True)) if pool else None)
     pairs: list[tuple[LayerRecord, np.ndarray, np.ndarray, float]] = []
     stats_module.batch_delta_from_grams = counted  # type: ignore[assignment]
     try:
@@ -398,8 +407,12 @@ def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled() -
         batch.flush()
     finally:
         stats_module.batch_delta_from_grams = real  # type: ignore[assignment]
+        if pool is not None:
+            pool.close()
     per_256 = MAX_BYTES // (2 * 256 * 256 * 8)
     assert sorted(calls) == sorted([MAX_PAIRS, 5, per_256, 9 - per_256])
+    # the full groups (32 at r = 4, per_256 at r = 256) on the worker, the rest at flush
+    assert threads == ({"test-solve-0", "MainThread"} if on_a_worker else {"MainThread"})
     for record, a, b, s in pairs:
         assert record.delta is not None and record.delta_from == "low-rank"
         check_delta(record.delta, a, b, s)

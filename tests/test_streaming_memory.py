@@ -230,6 +230,47 @@ def test_caller_runs_a_chunk_instead_of_waiting(
     assert one.layers == many.layers
 
 
+def test_caller_runs_the_oldest_jobs_itself_while_the_pool_is_busy() -> None:
+    """While the pool's only thread is busy (here with a job that holds it), the caller does
+    not wait for the oldest pair: it takes the pairs no thread has started and runs them
+    itself, oldest first, so they complete in file order without the pool."""
+    import threading
+
+    from loracheck.load import _PairThreads
+    from loracheck.model import LayerRecord
+
+    pairs = _PairThreads(2, source=None)  # type: ignore[arg-type]  # no chunk, no source
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(timeout=30)
+
+    ran: list[tuple[str, bool]] = []
+
+    def pair(name: str) -> Any:
+        def measure() -> str:
+            ran.append((name, threading.current_thread() is threading.main_thread()))
+            return name
+        return measure
+
+    held = pairs._pool.submit(hold)
+    assert started.wait(timeout=30)
+    records = [LayerRecord(name=f"m{i}", kind="lora", a=None, b=None, rank=None,
+                           in_features=None, out_features=None, alpha=None,
+                           alpha_source="missing", scaling=None) for i in range(3)]
+    for record in records:
+        pairs.submit(record, pair(record.name))
+    ready = pairs.drain()
+    assert not held.done()  # the pool's thread is still held: the caller ran every pair
+    release.set()
+    assert ran == [("m0", True), ("m1", True), ("m2", True)]
+    assert [(record.name, done()) for record, done in ready] == [
+        ("m0", "m0"), ("m1", "m1"), ("m2", "m2")]
+    pairs.close()
+
+
 def test_deadline_on_the_caller_running_a_chunk_ends_the_unit_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The unit's alarm raises on the caller's thread; when that thread is running a chunk

@@ -72,12 +72,17 @@ class JobPool:
         self._threads: list[threading.Thread] = []
         self._closed = False
 
-    def submit(self, fn: Callable[[], T]) -> Job[T]:
+    def submit(self, fn: Callable[[], T], *, first: bool = False) -> Job[T]:
+        """Queue ``fn`` behind the others, or with ``first`` ahead of them (the next job a
+        worker takes, and the last :meth:`take_newest` gives)."""
         job = Job(fn)
         with self._wake:
             if self._closed:
                 raise RuntimeError("submit to a closed JobPool")
-            self._queue.append(job)  # type: ignore[arg-type]  # the queue holds any Job
+            if first:
+                self._queue.appendleft(job)  # type: ignore[arg-type]  # the queue holds any Job
+            else:
+                self._queue.append(job)  # type: ignore[arg-type]
             self._wake.notify()
         if not self._threads:
             for index in range(self._workers):
@@ -85,6 +90,16 @@ class JobPool:
                 thread.start()
                 self._threads.append(thread)
         return job
+
+    def take(self, job: Job[T]) -> bool:
+        """Remove ``job`` from the queue if no worker has started it: True when the caller
+        now owns it (and must :meth:`Job.run` it)."""
+        with self._wake:
+            try:
+                self._queue.remove(job)  # type: ignore[arg-type]
+            except ValueError:  # a worker has it, or it has run
+                return False
+            return True
 
     def take_newest(self) -> Job[object] | None:
         """The newest job no worker has started, removed from the queue (the caller now runs

@@ -21,6 +21,7 @@ from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError, DeadlineExceeded
 from loracheck.model import (
     Adapter,
+    DeltaStats,
     ExtraTensor,
     FactorStats,
     Fault,
@@ -428,8 +429,9 @@ class _PairThreads:
     full chunk is one job (the kernel releases the GIL for the whole chunk); any other pair is
     one job of its own (numpy releases the GIL in its decode and Grams). Each thread runs one
     job at a time, with no barrier between threads, while the caller prepares the next jobs
-    and completes the finished ones. In flight: at most threads + 1 single pairs, and chunks
-    of at most :data:`_CHUNKS_IN_FLIGHT_BYTES` stored bytes together besides the one being
+    and completes the finished ones; a batch of eigenproblems goes ahead of the queued
+    chunks (:meth:`solve_soon`). In flight: at most threads + 1 single pairs, and chunks of
+    at most :data:`_CHUNKS_IN_FLIGHT_BYTES` stored bytes together besides the one being
     filled, so memory is bounded by that many pairs and bytes."""
 
     def __init__(self, threads: int, source: TensorSource) -> None:
@@ -496,8 +498,7 @@ class _PairThreads:
         ready: list[_Ready] = []
         while self._pending and (everything or self._singles > self._threads + 1
                                  or self._chunk_bytes > _CHUNKS_IN_FLIGHT_BYTES):
-            if not self._pending[0][1].done():
-                self._help()
+            self._help(self._pending[0][1])
             what, job = self._pending.popleft()
             if isinstance(what, _Chunk):
                 self._chunk_bytes -= what.nbytes
@@ -507,13 +508,19 @@ class _PairThreads:
                 ready.append((what, job.result))
         return ready
 
-    def _help(self) -> None:
-        """Rather than wait for the oldest job, run the newest one no pool thread has started,
-        here: the caller's thread is the pool's last worker whenever it would idle. Its
-        exception is kept for when its result is taken, as a pool thread's would be, but for
-        the unit's alarm (raised on this thread): that ends the unit now."""
-        job = self._pool.take_newest()
-        if job is not None:
+    def _help(self, oldest: Job[Any]) -> None:
+        """Rather than wait for the oldest job, run jobs here until it is done: the oldest
+        itself if no pool thread has started it, else the newest one none has (the caller's
+        thread is the pool's last worker whenever it would idle). A job's exception is kept
+        for when its result is taken, as a pool thread's would be, but for the unit's alarm
+        (raised on this thread): that ends the unit now."""
+        while not oldest.done():
+            if self._pool.take(oldest):
+                oldest.run(raise_now=DeadlineExceeded)
+                return
+            job = self._pool.take_newest()
+            if job is None:
+                return  # every job has a thread: wait for the oldest
             job.run(raise_now=DeadlineExceeded)
 
     def _chunk_ready(self, chunk: _Chunk, values: list[PassValues]) -> list[_Ready]:
@@ -531,6 +538,11 @@ class _PairThreads:
 
         return [(record, functools.partial(measured, i, pair, record))
                 for i, (record, pair, _) in enumerate(chunk.pairs)]
+
+    def solve_soon(self, solve: Callable[[], list[DeltaStats]]) -> Job[list[DeltaStats]]:
+        """A batch of eigenproblems for the next free pool thread (ahead of the queued
+        chunks), so the caller's thread reads and completes pairs meanwhile."""
+        return self._pool.submit(solve, first=True)
 
     def drain(self) -> list[_Ready]:
         """Every pair queued, to be completed now."""
@@ -1068,9 +1080,9 @@ def _load_weights(
     # Without a config, the metadata embedded in the weights (kohya ss_*) sets rank and alpha.
     spec_for_scale = adapter.spec if adapter.spec is not None else adapter.metadata_spec
     total = len(grouping.pairs)
-    batch = PairBatch(sink)
     threads = (_PairThreads(opts.threads, source) if opts.measure and opts.threads > 1
                else None)
+    batch = PairBatch(sink, threads.solve_soon if threads is not None else None)
 
     def complete(ready: list[_Ready]) -> None:
         for record, measured in ready:
@@ -1095,10 +1107,10 @@ def _load_weights(
                 progress(index + 1, total)
         if threads is not None:
             complete(threads.drain())
+        batch.flush()  # before the pool closes: groups may be solving on its threads
     finally:
         if threads is not None:
             threads.close()
-    batch.flush()
     # A zero-size factor is met twice (above, and as a pair in _layers): keep each key once.
     adapter.empty_tensors = list({ref.key: ref for ref in adapter.empty_tensors}.values())
     if opts.measure:

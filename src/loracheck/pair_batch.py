@@ -11,19 +11,28 @@ Two kinds of work are deferred until a batch is full (or the adapter ends):
 Memory held is bounded by :data:`MAX_PAIRS` pairs and :data:`MAX_BYTES` per group, so it stays
 flat in the layer count. Records are complete once :meth:`PairBatch.flush` has run; the
 loader flushes before anything reads them (init and stage inference, the rules).
+
+A full group of Grams may be solved on a worker thread (``solve_soon``: LAPACK releases the
+GIL, so the caller's thread reads on meanwhile); its results are put into the records on the
+caller's thread, when done, at the next pair or at :meth:`PairBatch.flush`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from loracheck.model import LayerRecord
+    from loracheck.job_pool import Job
+    from loracheck.model import DeltaStats, LayerRecord
 
     Sink = Callable[[LayerRecord, np.ndarray, np.ndarray], None]
+    # Runs a solve on a worker thread soon (loracheck.job_pool.JobPool.submit, first).
+    SolveSoon = Callable[[Callable[[], list[DeltaStats]]], Job[list[DeltaStats]]]
 
 SMALL_PAIR_NUMEL = 1 << 14  # 128 KiB of float64: Python per call costs more than the numbers
 MAX_PAIRS = 32
@@ -34,8 +43,11 @@ class PairBatch:
     """Deferred statistics of one adapter's pairs (see the module docstring). ``sink``
     receives each small pair's canonical factors when they are measured."""
 
-    def __init__(self, sink: Sink | None) -> None:
+    def __init__(self, sink: Sink | None, solve_soon: SolveSoon | None = None) -> None:
         self._sink = sink
+        self._solve_soon = solve_soon
+        # Groups being solved on a worker, oldest first: their records and the solve's job.
+        self._solving: deque[tuple[list[LayerRecord], Job[list[DeltaStats]]]] = deque()
         # (A shape, B shape) -> pending small pairs: (record, A (r, in), B (out, r), scale)
         self._small: dict[tuple[tuple[int, ...], tuple[int, ...]],
                           list[tuple[LayerRecord, np.ndarray, np.ndarray, float]]] = {}
@@ -60,13 +72,18 @@ class PairBatch:
             group = self._grams[r] = _GramGroup(r)
         if group.add(record, g_a, g_b, scaling):
             self._flush_grams(r)
+        elif self._solving:
+            self._collect(wait=False)
 
     def flush(self) -> None:
-        """Measure everything pending."""
+        """Measure everything pending (the last groups on the caller's thread), and wait for
+        the groups being solved on workers."""
+        self._solve_soon = None
         for shapes in list(self._small):
             self._flush_small(*shapes)
         for r in list(self._grams):
             self._flush_grams(r)
+        self._collect(wait=True)
 
     def _flush_small(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
         import numpy as np
@@ -97,10 +114,26 @@ class PairBatch:
         if group is None or not group.records:
             return
         k = len(group.records)
-        deltas = batch_delta_from_grams(group.g_a[:k], group.g_b[:k], group.scalings)
-        for record, delta in zip(group.records, deltas, strict=True):
-            record.delta = delta
-            record.delta_from = "low-rank"
+        # The group's buffers are the solve's own now: the next pairs of rank r start another.
+        solve = functools.partial(batch_delta_from_grams, group.g_a[:k], group.g_b[:k],
+                                  group.scalings)
+        if self._solve_soon is None:
+            _into_records(group.records, solve())
+        else:
+            self._solving.append((group.records, self._solve_soon(solve)))
+
+    def _collect(self, *, wait: bool) -> None:
+        """The solved groups' results into their records, in order: those done (all, waiting
+        for them, with ``wait``)."""
+        while self._solving and (wait or self._solving[0][1].done()):
+            records, job = self._solving.popleft()
+            _into_records(records, job.result())
+
+
+def _into_records(records: list[LayerRecord], deltas: list[DeltaStats]) -> None:
+    for record, delta in zip(records, deltas, strict=True):
+        record.delta = delta
+        record.delta_from = "low-rank"
 
 
 class _GramGroup:
