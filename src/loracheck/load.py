@@ -21,7 +21,6 @@ from loracheck.discover import Unit, discover, is_pickle
 from loracheck.errors import ArtifactError, DeadlineExceeded
 from loracheck.model import (
     Adapter,
-    DeltaStats,
     ExtraTensor,
     FactorStats,
     Fault,
@@ -430,7 +429,7 @@ class _PairThreads:
     one job of its own (numpy releases the GIL in its decode and Grams). Each thread runs one
     job at a time, with no barrier between threads, while the caller prepares the next jobs
     and completes the finished ones; a batch of eigenproblems goes ahead of the queued
-    chunks (:meth:`solve_soon`). In flight: at most threads + 1 single pairs, and chunks of
+    chunks (:attr:`pool`). In flight: at most threads + 1 single pairs, and chunks of
     at most :data:`_CHUNKS_IN_FLIGHT_BYTES` stored bytes together besides the one being
     filled, so memory is bounded by that many pairs and bytes."""
 
@@ -539,10 +538,11 @@ class _PairThreads:
         return [(record, functools.partial(measured, i, pair, record))
                 for i, (record, pair, _) in enumerate(chunk.pairs)]
 
-    def solve_soon(self, solve: Callable[[], list[DeltaStats]]) -> Job[list[DeltaStats]]:
-        """A batch of eigenproblems for the next free pool thread (ahead of the queued
-        chunks), so the caller's thread reads and completes pairs meanwhile."""
-        return self._pool.submit(solve, first=True)
+    @property
+    def pool(self) -> JobPool:
+        """The pool's threads, for the batches of eigenproblems (:class:`PairBatch`), which go
+        ahead of the queued chunks so the caller's thread reads on meanwhile."""
+        return self._pool
 
     def drain(self) -> list[_Ready]:
         """Every pair queued, to be completed now."""
@@ -1082,7 +1082,7 @@ def _load_weights(
     total = len(grouping.pairs)
     threads = (_PairThreads(opts.threads, source) if opts.measure and opts.threads > 1
                else None)
-    batch = PairBatch(sink, threads.solve_soon if threads is not None else None)
+    batch = PairBatch(sink, threads.pool if threads is not None else None)
 
     def complete(ready: list[_Ready]) -> None:
         for record, measured in ready:

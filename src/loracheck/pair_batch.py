@@ -12,27 +12,29 @@ Memory held is bounded by :data:`MAX_PAIRS` pairs and :data:`MAX_BYTES` per grou
 flat in the layer count. Records are complete once :meth:`PairBatch.flush` has run; the
 loader flushes before anything reads them (init and stage inference, the rules).
 
-A full group of Grams may be solved on a worker thread (``solve_soon``: LAPACK releases the
-GIL, so the caller's thread reads on meanwhile); its results are put into the records on the
-caller's thread, when done, at the next pair or at :meth:`PairBatch.flush`.
+A full group of Grams may be solved on a worker thread (``pool``, in two halves ahead of its
+queued jobs: LAPACK releases the GIL, so the caller's thread reads on meanwhile); the results
+are put into the records on the caller's thread, when done, at the next pair or at
+:meth:`PairBatch.flush`, which runs any half no worker has started itself.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from loracheck.errors import DeadlineExceeded
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from loracheck.job_pool import Job
+    from loracheck.job_pool import Job, JobPool
     from loracheck.model import DeltaStats, LayerRecord
 
     Sink = Callable[[LayerRecord, np.ndarray, np.ndarray], None]
-    # Runs a solve on a worker thread soon (loracheck.job_pool.JobPool.submit, first).
-    SolveSoon = Callable[[Callable[[], list[DeltaStats]]], Job[list[DeltaStats]]]
 
 SMALL_PAIR_NUMEL = 1 << 14  # 128 KiB of float64: Python per call costs more than the numbers
 MAX_PAIRS = 32
@@ -43,9 +45,9 @@ class PairBatch:
     """Deferred statistics of one adapter's pairs (see the module docstring). ``sink``
     receives each small pair's canonical factors when they are measured."""
 
-    def __init__(self, sink: Sink | None, solve_soon: SolveSoon | None = None) -> None:
+    def __init__(self, sink: Sink | None, pool: JobPool | None = None) -> None:
         self._sink = sink
-        self._solve_soon = solve_soon
+        self._pool = pool
         # Groups being solved on a worker, oldest first: their records and the solve's job.
         self._solving: deque[tuple[list[LayerRecord], Job[list[DeltaStats]]]] = deque()
         # (A shape, B shape) -> pending small pairs: (record, A (r, in), B (out, r), scale)
@@ -77,8 +79,7 @@ class PairBatch:
 
     def flush(self) -> None:
         """Measure everything pending (the last groups on the caller's thread), and wait for
-        the groups being solved on workers."""
-        self._solve_soon = None
+        the groups being solved on workers (running here those none has started)."""
         for shapes in list(self._small):
             self._flush_small(*shapes)
         for r in list(self._grams):
@@ -115,18 +116,24 @@ class PairBatch:
             return
         k = len(group.records)
         # The group's buffers are the solve's own now: the next pairs of rank r start another.
-        solve = functools.partial(batch_delta_from_grams, group.g_a[:k], group.g_b[:k],
-                                  group.scalings)
-        if self._solve_soon is None:
-            _into_records(group.records, solve())
-        else:
-            self._solving.append((group.records, self._solve_soon(solve)))
+        # On a worker, in two halves: the last group's then run on two threads at once.
+        cuts = [0, k] if self._pool is None or k < 2 else [0, k // 2, k]
+        for lo, hi in itertools.pairwise(cuts):
+            solve = functools.partial(batch_delta_from_grams, group.g_a[lo:hi],
+                                      group.g_b[lo:hi], group.scalings[lo:hi])
+            if self._pool is None:
+                _into_records(group.records[lo:hi], solve())
+            else:
+                self._solving.append((group.records[lo:hi],
+                                      self._pool.submit(solve, first=True)))
 
     def _collect(self, *, wait: bool) -> None:
-        """The solved groups' results into their records, in order: those done (all, waiting
-        for them, with ``wait``)."""
+        """The solved groups' results into their records, in order: those done (all, with
+        ``wait``: a solve no worker has started runs here, the others are waited for)."""
         while self._solving and (wait or self._solving[0][1].done()):
             records, job = self._solving.popleft()
+            if wait and self._pool is not None and self._pool.take(job):
+                job.run(raise_now=DeadlineExceeded)
             _into_records(records, job.result())
 
 
