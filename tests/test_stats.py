@@ -389,8 +389,13 @@ def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled(
     def counted(g_a: np.ndarray, g_b: np.ndarray, scalings: Any) -> list[DeltaStats]:
         calls.append(g_a.shape[0])
         threads.add(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            on_worker.set()
         return real(g_a, g_b, scalings)
 
+    on_worker = threading.Event()
+
+    per_256 = MAX_BYTES // (2 * 256 * 256 * 8)
     pool = JobPool(1, "test-solve") if on_a_worker else None
     batch = PairBatch(None, pool)
     pairs: list[tuple[LayerRecord, np.ndarray, np.ndarray, float]] = []
@@ -405,15 +410,16 @@ def test_pair_batch_flushes_each_rank_at_its_bounds_with_every_record_filled(
                                  alpha_source="missing", scaling=1.5)
             batch.add_grams(record, a @ a.T, b.T @ b, 1.5)
             pairs.append((record, a, b, 1.5))
+            if on_a_worker and i == MAX_PAIRS + 5 + per_256 - 1:  # the r = 256 group went out
+                assert on_worker.wait(timeout=30)  # a worker took a half: not all left here
         batch.flush()
     finally:
         stats_module.batch_delta_from_grams = real  # type: ignore[assignment]
         if pool is not None:
             pool.close()
-    per_256 = MAX_BYTES // (2 * 256 * 256 * 8)
     groups = [MAX_PAIRS, 5, per_256, 9 - per_256]
-    if on_a_worker:  # each group of two pairs or more is solved in two halves
-        groups = [half for n in groups for half in ((n // 2, n - n // 2) if n > 1 else (n,))]
+    if on_a_worker:  # at r = 256 each group of two pairs or more is solved in two halves
+        groups = [MAX_PAIRS, 5, per_256 // 2, per_256 - per_256 // 2, 9 - per_256]
     assert sorted(calls) == sorted(groups)
     assert threads == ({"test-solve-0", "MainThread"} if on_a_worker else {"MainThread"})
     for record, a, b, s in pairs:

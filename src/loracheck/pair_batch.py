@@ -12,8 +12,9 @@ Memory held is bounded by :data:`MAX_PAIRS` pairs and :data:`MAX_BYTES` per grou
 flat in the layer count. Records are complete once :meth:`PairBatch.flush` has run; the
 loader flushes before anything reads them (init and stage inference, the rules).
 
-A full group of Grams may be solved on a worker thread (``pool``, in two halves ahead of its
-queued jobs: LAPACK releases the GIL, so the caller's thread reads on meanwhile); the results
+A group of Grams of rank :data:`POOL_MIN_RANK` or more may be solved on a worker thread
+(``pool``, in two halves ahead of its queued jobs: LAPACK releases the GIL, so the caller's
+thread reads on meanwhile); the results
 are put into the records on the caller's thread, when done, at the next pair or at
 :meth:`PairBatch.flush`, which runs any half no worker has started itself.
 """
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 SMALL_PAIR_NUMEL = 1 << 14  # 128 KiB of float64: Python per call costs more than the numbers
 MAX_PAIRS = 32
 MAX_BYTES = 8 << 20
+# Groups of a lower rank are solved on the caller's thread even with a pool: their solve is
+# mostly Python (the GIL, which a worker would contend for), ~0.5 ms for 32 pairs at r = 16.
+POOL_MIN_RANK = 32
 
 
 class PairBatch:
@@ -117,15 +121,15 @@ class PairBatch:
         k = len(group.records)
         # The group's buffers are the solve's own now: the next pairs of rank r start another.
         # On a worker, in two halves: the last group's then run on two threads at once.
-        cuts = [0, k] if self._pool is None or k < 2 else [0, k // 2, k]
+        pool = self._pool if r >= POOL_MIN_RANK else None
+        cuts = [0, k] if pool is None or k < 2 else [0, k // 2, k]
         for lo, hi in itertools.pairwise(cuts):
             solve = functools.partial(batch_delta_from_grams, group.g_a[lo:hi],
                                       group.g_b[lo:hi], group.scalings[lo:hi])
-            if self._pool is None:
+            if pool is None:
                 _into_records(group.records[lo:hi], solve())
             else:
-                self._solving.append((group.records[lo:hi],
-                                      self._pool.submit(solve, first=True)))
+                self._solving.append((group.records[lo:hi], pool.submit(solve, first=True)))
 
     def _collect(self, *, wait: bool) -> None:
         """The solved groups' results into their records, in order: those done (all, with
