@@ -428,7 +428,7 @@ def dumps(data: Any) -> str:
                 tokens = []
                 for layer in layers:
                     token = f"@@{nonce}-{len(compact)}@@"
-                    compact[json.dumps(token)] = _one_line(layer)
+                    compact[f'"{token}"'] = _one_line(layer)  # hex and digits: no escapes
                     tokens.append(token)
                 entry = {**entry, "layers": tokens}
             entries.append(entry)
