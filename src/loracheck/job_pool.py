@@ -1,6 +1,7 @@
-"""Worker threads for the loader's pair jobs: a few threads take queued jobs oldest first, and
-the submitting thread may take the newest one no worker has started and run it itself (what
-it does rather than wait: see ``load._PairThreads``).
+"""Worker threads for the loader's pair jobs: a few threads take queued jobs oldest first (a
+job submitted ``first`` ahead of the others), and the submitting thread may take back a given
+job or the newest one no worker has started and run it itself (what it does rather than
+wait: see ``load._PairThreads`` and ``pair_batch.PairBatch``).
 
 Not ``concurrent.futures``: importing it pulls in ``logging`` (about 3 ms, paid by every unit
 with large pairs), and its futures cost a condition variable each; a job here is one lock.

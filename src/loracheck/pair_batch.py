@@ -14,9 +14,9 @@ loader flushes before anything reads them (init and stage inference, the rules).
 
 A group of Grams of rank :data:`POOL_MIN_RANK` or more may be solved on a worker thread
 (``pool``, in two halves ahead of its queued jobs: LAPACK releases the GIL, so the caller's
-thread reads on meanwhile); the results
-are put into the records on the caller's thread, when done, at the next pair or at
-:meth:`PairBatch.flush`, which runs any half no worker has started itself.
+thread reads on meanwhile); the results are put into the records on the caller's thread, when
+done, at the next pair or at :meth:`PairBatch.flush`, which runs any half no worker has
+started itself.
 """
 
 from __future__ import annotations
