@@ -126,10 +126,14 @@ def test_check_and_inspect_never_import_torch(command: str) -> None:
 def test_version_help_and_bare_command(capsys: pytest.CaptureFixture[str]) -> None:
     from loracheck import __version__
     from loracheck.fused import KERNEL
+    from loracheck.render.json_out import LINE_WRITER
 
     code, out, _ = run(["--version"], capsys)
-    # The version, and which statistics kernel runs (compiled or numpy: issue 14).
-    assert code == 0 and out.strip() == f"loracheck {__version__} (statistics: {KERNEL})"
+    # The version, which statistics kernel runs (compiled or numpy) and what writes the JSON
+    # lines (issue 14).
+    lines = "compiled" if LINE_WRITER is not None else "json"
+    assert code == 0 and out.strip() == (
+        f"loracheck {__version__} (statistics: {KERNEL}; JSON lines: {lines})")
     code, out, err = run([], capsys)
     assert code == 2 and "inspect" in out and "Traceback" not in err
     assert not err.strip(), err

@@ -678,8 +678,10 @@ class _StepBar:
 def _version(value: bool) -> None:
     if value:
         from loracheck.fused import KERNEL
+        from loracheck.render.json_out import LINE_WRITER_NAME
 
-        typer.echo(f"loracheck {__version__} (statistics: {KERNEL})")
+        typer.echo(f"loracheck {__version__} (statistics: {KERNEL}; JSON lines: "
+                   f"{LINE_WRITER_NAME})")
         raise typer.Exit(0)
 
 
