@@ -10,7 +10,8 @@ bare interpreter start), each wall the best of 7 rounds that run the four comman
 at r=256, inspect's wall time as a ratio to a numpy process that decodes the same bytes to
 float64 and forms the same Grams with BLAS on every core (the flop floor of the method);
 where the time goes (the compiled pass alone, loading with rules, the JSON renderer, each in a
-warm process); start-up times and whether torch was imported; the speed-up over the naive
+warm process), and the records, rules and JSON beside the statistics in CPU seconds, with the
+JSON renderer's compiled line writer beside json's own encoder; start-up times and whether torch was imported; the speed-up over the naive
 approach (timed on a few layers and extrapolated to all 224, as stated); and peak RSS with
 32 and 128 layers and at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16,
 fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
@@ -153,20 +154,23 @@ BREAKDOWN = """
 import json, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
+from loracheck.engine import check_adapter
 from loracheck.fused import COMPILED, side_pass_many, side_pass_values
+from loracheck.render import json_out
 from loracheck.render.json_out import render_json
 from loracheck.runner import RunOptions, run
 from loracheck.safetensors_io import SafetensorsFile
+from loracheck.stats import batch_delta_from_grams
 
 folder = sys.argv[1]
 path = folder + '/adapter_model.safetensors'
 
-def best(fn, rounds=5):
+def best(fn, rounds=5, clock=time.perf_counter):
     out = float('inf')
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        out = min(out, time.perf_counter() - start)
+        out = min(out, clock() - start)
     return out
 
 def items(st):
@@ -193,12 +197,46 @@ def kernel_all_cores():
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             list(pool.map(side_pass_many, chunks))
 
-report = run([folder], RunOptions())[0]
+def grams():
+    # every pair's two Grams, A's and B's, as the pass gives them
+    with SafetensorsFile.open(path) as st:
+        out = {}
+        for item, key in zip(items(st), st.entries):
+            side_pass_values(*item)
+            out[key] = item[3]
+    keys = sorted(k for k in out if 'lora_A' in k)
+    return (np.stack([out[k] for k in keys]),
+            np.stack([out[k.replace('lora_A', 'lora_B')] for k in keys]))
+
+def solves(g_a, g_b):
+    # ΔW's statistics from the Grams, in groups of 32 as inspect solves them
+    for i in range(0, len(g_a), 32):
+        batch_delta_from_grams(g_a[i:i + 32], g_b[i:i + 32], [1.0] * len(g_a[i:i + 32]))
+
+def render_with_json_module(report):
+    writer = json_out.LINE_WRITER
+    json_out.LINE_WRITER = None
+    try:
+        return render_json(report)
+    finally:
+        json_out.LINE_WRITER = writer
+
+report, settings = run([folder], RunOptions())
+g_a, g_b = grams()
+cpu = time.process_time
 print(json.dumps({
     'kernel': best(kernel) if COMPILED else float('nan'),
     'kernel_all': best(kernel_all_cores) if COMPILED else float('nan'),
     'run': best(lambda: run([folder], RunOptions())),
     'json': best(lambda: render_json(report)),
+    # CPU seconds (all threads): the statistics (the pass on one thread, the solves) and run's
+    # whole cost, whose difference is the records, the loader's Python and the rules
+    'kernel_cpu': best(kernel, clock=cpu) if COMPILED else float('nan'),
+    'solves_cpu': best(lambda: solves(g_a, g_b), clock=cpu),
+    'run_cpu': best(lambda: run([folder], RunOptions()), clock=cpu),
+    'rules': best(lambda: check_adapter(report.adapters[0], settings)),
+    'json_module': best(lambda: render_with_json_module(report)),
+    'same_json': render_json(report) == render_with_json_module(report),
 }))
 """
 
@@ -209,7 +247,10 @@ def breakdown(folder: Path) -> dict[str, float]:
     mapped afresh each round, so its pages are faulted in as inspect's are, but never
     dropped), `runner.run` (load, statistics, rules)
     and the JSON renderer, each the best of 5: where inspect's marginal time goes."""
-    proc = subprocess.run([PY, "-c", BREAKDOWN, str(folder)], capture_output=True, text=True)
+    # BLAS on one thread, as the CLI sets it (cli.py)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([PY, "-c", BREAKDOWN, str(folder)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0:
         raise SystemExit(f"breakdown failed: {proc.stderr[-800:]}")
     return {k: float(v) for k, v in json.loads(proc.stdout).items()}
@@ -306,6 +347,23 @@ def main() -> None:
     for name, read_cost, part in parts:
         print(f"| {name} | {read_cost:.3f} | {part['kernel']:.3f} | {part['kernel_all']:.3f} | "
               f"{part['run']:.3f} | {part['json']:.3f} |")
+
+    # Issue 14, point 4: what is not statistics, beside the statistics, in CPU seconds.
+    print("\nthe per-layer Python beside the statistics, 224 layers (CPU s, best of 5; "
+          "statistics = the pass on one thread + the ΔW solves; records = run's CPU minus "
+          "the statistics and the rules, so it holds the loader's Python and page faults):")
+    print("| adapter | statistics s | records s | rules s | JSON s (compiled lines) | "
+          "JSON s (json module) | json module / compiled | byte-identical | "
+          "(records + rules + JSON) / statistics |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, _, part in parts:
+        statistics = part["kernel_cpu"] + part["solves_cpu"]
+        records = part["run_cpu"] - statistics - part["rules"]
+        other = records + part["rules"] + part["json"]
+        print(f"| {name} | {statistics:.3f} | {records:.3f} | {part['rules']:.4f} | "
+              f"{part['json']:.4f} | {part['json_module']:.4f} | "
+              f"{part['json_module'] / part['json']:.1f}x | {bool(part['same_json'])} | "
+              f"{other / statistics:.2f} |")
 
     assert big_for_naive is not None
     folder, ours = big_for_naive
