@@ -11,10 +11,11 @@ at r=256, inspect's wall time as a ratio to a numpy process that decodes the sam
 float64 and forms the same Grams with BLAS on every core (the flop floor of the method);
 where the time goes (the compiled pass alone, loading with rules, the JSON renderer, each in a
 warm process), and the records, rules and JSON beside the statistics in CPU seconds, with the
-JSON renderer's compiled line writer beside json's own encoder; start-up times and whether torch was imported; the speed-up over the naive
-approach (timed on a few layers and extrapolated to all 224, as stated); and peak RSS with
-32 and 128 layers and at r=256. Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16,
-fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
+JSON renderer's compiled line writer beside json's own encoder; start-up times and whether
+torch was imported; the speed-up over the naive approach (timed on a few layers and
+extrapolated to all 224, as stated); and peak RSS with 32 and 128 layers and at r=256.
+Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16, fp32), <= 4x for fp16 r=64,
+inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
 """
 
 from __future__ import annotations

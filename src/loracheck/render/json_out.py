@@ -79,29 +79,36 @@ def _ref(ref: TensorRef | None) -> dict[str, Any] | None:
 
 _FACTOR_FIELDS = ("mean", "std", "absmax", "zero_fraction", "kurtosis", "row_norm_mean",
                   "row_norm_cv")
-# The per-layer keys of each factor's statistics, made once (hundreds of layers a file).
-_FACTOR_KEYS = {prefix: (tuple(f"{prefix}_{name}" for name in _FACTOR_FIELDS),
-                         f"{prefix}_nonfinite")
-                for prefix in ("a", "b", "magnitude")}
+# A layer's keys, in the schema's order (docs/json-schema.md): made once, hundreds of layers a
+# file; layer_to_dict fills in the values in the same order.
+_LAYER_KEYS = (
+    "name", "kind", "module_type", "rank", "in_features", "out_features", "alpha",
+    "alpha_source", "scaling", "a_key", "b_key", "a_shape", "b_shape", "dtype", "alpha_key",
+    "magnitude_key", "bias_key", "delta_from",
+    *(f"{prefix}_{name}" for prefix in ("a", "b", "magnitude")
+      for name in (*_FACTOR_FIELDS, "nonfinite")),
+    "delta_norm", "sigma_max", "singular_values", "effective_rank", "stable_rank", "alignment",
+    "nonfinite",
+)
+_NO_FACTOR = (None,) * (len(_FACTOR_FIELDS) + 1)
+_NO_DELTA = (None,) * 6
 
 
-def _factor(prefix: str, stats: FactorStats | None) -> dict[str, Any]:
-    keys, nonfinite = _FACTOR_KEYS[prefix]
+def _floats(values: tuple[float | None, ...]) -> list[float | None]:
+    """``values`` as floats, each None or non-finite one as None (:func:`_float` of each)."""
+    isfinite = math.isfinite
+    if None not in values and all(map(isfinite, values)):  # the usual case, in C loops
+        return list(map(float, values))
+    return [None if v is None or not isfinite(v) else float(v) for v in values]
+
+
+def _factor(stats: FactorStats | None) -> tuple[Any, ...]:
+    """One factor's values for the layer's ``{prefix}_*`` keys, in their order."""
     if stats is None:
-        return dict.fromkeys((*keys, nonfinite))
+        return _NO_FACTOR
     s = stats
-    values = (s.mean, s.std, s.absmax, s.zero_fraction, s.kurtosis, s.row_norm_mean,
-              s.row_norm_cv)
-    out = {key: _float(value) for key, value in zip(keys, values, strict=True)}
-    out[nonfinite] = s.nonfinite
-    return out
-
-
-def _floats(values: tuple[float, ...]) -> list[float | None]:
-    """``values`` with each non-finite one as None (the usual all-finite case in one pass)."""
-    if all(map(math.isfinite, values)):
-        return [float(v) for v in values]
-    return [_float(v) for v in values]
+    return (*_floats((s.mean, s.std, s.absmax, s.zero_fraction, s.kurtosis, s.row_norm_mean,
+                      s.row_norm_cv)), s.nonfinite)
 
 
 def _layer_dtype(layer: LayerRecord) -> str | None:
@@ -110,42 +117,29 @@ def _layer_dtype(layer: LayerRecord) -> str | None:
 
 
 def layer_to_dict(layer: LayerRecord) -> dict[str, Any]:
-    delta = layer.delta
-    out: dict[str, Any] = {
-        "name": layer.name,
-        "kind": layer.kind,
-        "module_type": layer.module_type,
-        "rank": layer.rank,
-        "in_features": layer.in_features,
-        "out_features": layer.out_features,
-        "alpha": _float(layer.alpha),
-        "alpha_source": layer.alpha_source,
-        "scaling": _float(layer.scaling),
-        "a_key": layer.a.key if layer.a else None,
-        "b_key": layer.b.key if layer.b else None,
-        "a_shape": list(layer.a.shape) if layer.a else None,
-        "b_shape": list(layer.b.shape) if layer.b else None,
-        "dtype": _layer_dtype(layer),
-        "alpha_key": layer.alpha_tensor.key if layer.alpha_tensor else None,
-        "magnitude_key": layer.magnitude.key if layer.magnitude else None,
-        "bias_key": layer.bias.key if layer.bias else None,
-        "delta_from": layer.delta_from,
-    }
-    out.update(_factor("a", layer.a_stats))
-    out.update(_factor("b", layer.b_stats))
-    out.update(_factor("magnitude", layer.magnitude_stats))
-    out.update(
-        {
-            "delta_norm": _float(delta.frobenius) if delta else None,
-            "sigma_max": _float(delta.sigma_max) if delta else None,
-            "singular_values": _floats(delta.singular_values) if delta else None,
-            "effective_rank": _float(delta.effective_rank) if delta else None,
-            "stable_rank": _float(delta.stable_rank) if delta else None,
-            "alignment": _float(delta.alignment) if delta else None,
-            "nonfinite": layer.nonfinite,
-        }
-    )
-    return out
+    a, b, delta = layer.a, layer.b, layer.delta
+    alpha, scaling = _floats((layer.alpha, layer.scaling))
+    if delta is None:
+        delta_values: tuple[Any, ...] | list[Any] = _NO_DELTA
+    else:
+        norm, sigma_max, effective, stable, alignment = _floats((
+            delta.frobenius, delta.sigma_max, delta.effective_rank, delta.stable_rank,
+            delta.alignment))
+        delta_values = (norm, sigma_max, _floats(delta.singular_values), effective, stable,
+                        alignment)
+    return dict(zip(_LAYER_KEYS, (
+        layer.name, layer.kind, layer.module_type, layer.rank, layer.in_features,
+        layer.out_features, alpha, layer.alpha_source, scaling,
+        a.key if a else None, b.key if b else None,
+        list(a.shape) if a else None, list(b.shape) if b else None,
+        _layer_dtype(layer),
+        layer.alpha_tensor.key if layer.alpha_tensor else None,
+        layer.magnitude.key if layer.magnitude else None,
+        layer.bias.key if layer.bias else None,
+        layer.delta_from,
+        *_factor(layer.a_stats), *_factor(layer.b_stats), *_factor(layer.magnitude_stats),
+        *delta_values, layer.nonfinite,
+    ), strict=True))
 
 
 def scaling_to_dict(adapter: Adapter) -> dict[str, Any]:
