@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from loracheck import __version__
 from loracheck.initscheme import scheme_label
@@ -97,8 +97,10 @@ _NO_DELTA = (None,) * 6
 def _floats(values: tuple[float | None, ...]) -> list[float | None]:
     """``values`` as floats, each None or non-finite one as None (:func:`_float` of each)."""
     isfinite = math.isfinite
-    if None not in values and all(map(isfinite, values)):  # the usual case, in C loops
-        return list(map(float, values))
+    if None not in values:  # the usual case, in C loops
+        present = cast("tuple[float, ...]", values)
+        if all(map(isfinite, present)):
+            return list(map(float, present))
     return [None if v is None or not isfinite(v) else float(v) for v in values]
 
 
