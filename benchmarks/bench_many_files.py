@@ -105,8 +105,8 @@ PYTHON_YAML = """
 import sys
 from loracheck.configs import documents
 documents.default_yaml_loader = lambda: "python"
-from loracheck.cli import main
-sys.exit(main())
+from loracheck._entry import run  # the console script's entry, as the default run takes
+sys.exit(run())
 """
 
 

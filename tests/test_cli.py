@@ -123,6 +123,24 @@ def test_check_and_inspect_never_import_torch(command: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_command_runs_without_the_cyclic_collector_and_the_module_leaves_it() -> None:
+    """The console script and ``python -m loracheck`` turn the collector off for their one
+    command (loracheck/_entry.py); importing loracheck.cli, as a test or a hook does, does not."""
+    code = ("import gc, sys\n"
+            "import loracheck.cli\n"
+            "assert gc.isenabled()\n"
+            "import loracheck._entry\n"
+            "assert not gc.isenabled()\n"
+            "sys.argv = ['loracheck', 'check', sys.argv[1]]\n"
+            "raise SystemExit(loracheck._entry.run())\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "broken-nan")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "LC203" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "loracheck", "check", str(EXAMPLES / "healthy")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_version_help_and_bare_command(capsys: pytest.CaptureFixture[str]) -> None:
     from loracheck import __version__
     from loracheck.fused import KERNEL

@@ -1,3 +1,3 @@
-from loracheck.cli import main
+from loracheck._entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())
