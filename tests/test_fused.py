@@ -256,11 +256,16 @@ def test_two_threads_at_once() -> None:
 def test_many_passes_in_one_call_equal_one_call_each() -> None:
     """side_pass_many (one GIL release for a chunk of factors) gives, item by item, exactly
     what side_pass_values gives for that item alone: every dtype and mode, ranks below and
-    above the AVX-512 cut (r <= 8 runs AVX2), an empty factor and one holding NaN/Inf."""
+    above the AVX-512 cut (r <= 8 runs AVX2), an empty factor and one holding NaN/Inf. The
+    passes share one scratch: a padded rank after a larger one (rows r..rp of S, D's padding
+    columns) must not read what the one before left there."""
     items: list[fused.PassItem] = []
     for i, (dtype, mode, shape) in enumerate([
             ("F16", "rows", (16, 4099)), ("BF16", "cols", (515, 17)), ("F32", "rows", (4, 300)),
-            ("F64", "cols", (129, 64)), ("F16", "cols", (0, 8)), ("BF16", "rows", (3, 1000))]):
+            ("F64", "cols", (129, 64)), ("F16", "cols", (0, 8)), ("BF16", "rows", (3, 1000)),
+            ("F16", "rows", (64, 4099)), ("F16", "rows", (13, 4099)),
+            ("F32", "cols", (64, 1000)), ("F32", "cols", (13, 1000)),
+            ("F16", "cols", (130, 300)), ("BF16", "rows", (9, 300)), ("F16", "cols", (5, 64))]):
         raw = encode(factor(shape, mode, i), dtype)
         items.append((raw, dtype, mode, np.empty((shape[0], shape[0])), i % 2 == 0))
     broken = encode(factor((8, 700), "rows", 9), "F16")

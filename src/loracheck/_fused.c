@@ -75,12 +75,15 @@ enum { MODE_ROWS = 0, MODE_COLS = 1 };
 #define DOT_PANEL_DOUBLES 4096 /* dot kernel: j rows taken in panels of about 32 KiB */
 #define OUTER_MIN_K 64    /* cols mode (outer kernel): at least this many vectors a block */
 
+typedef struct scratch_s scratch;
+
 typedef struct {
     /* in */
     const void *src;
     Py_ssize_t rows, cols;
     int dtype, mode, moments;
     double *gram; /* r·r out */
+    scratch *mem; /* the call's scratch (see scratch) */
     /* out */
     long long zeros, nonfinite;
     double sum, min, max, m2, m4;
@@ -257,21 +260,38 @@ static inline void prefetch_some(prefetcher *f, Py_ssize_t lines)
     }
 }
 
-/* ---- zeroed, 64-byte aligned scratch ------------------------------------------------------ */
+/* ---- scratch: 64-byte aligned, reused by the passes of one call ---------------------------- */
 
-typedef struct {
+/* One call's scratch (side_pass_many runs a chunk's passes in it one after another): each pass
+ * takes what it needs and zeroes only what it reads before writing.  Before, every pass
+ * calloc'd its own blocks: 448 × 32 KiB of zeroing for a 7B adapter at r = 16, and from
+ * r = 64 each block above malloc's mmap threshold cost 32 page faults and an munmap. */
+struct scratch_s {
     void *base;
-} buffer;
+    size_t bytes; /* usable from the aligned start */
+};
 
-static double *buffer_zeros(buffer *b, size_t count)
+/* count doubles from s, 64-byte aligned, grown when too small (the old contents are lost);
+ * NULL when they cannot be allocated */
+static double *scratch_take(scratch *s, size_t count)
 {
-    b->base = calloc(count * sizeof(double) + 64, 1);
-    if (!b->base)
-        return NULL;
-    return (double *)(((uintptr_t)b->base + 63) & ~(uintptr_t)63);
+    const size_t need = count * sizeof(double);
+    if (s->base == NULL || s->bytes < need) {
+        free(s->base);
+        s->base = malloc(need + 64);
+        s->bytes = s->base ? need : 0;
+        if (!s->base)
+            return NULL;
+    }
+    return (double *)(((uintptr_t)s->base + 63) & ~(uintptr_t)63);
 }
 
-static void buffer_free(buffer *b) { free(b->base); }
+static void scratch_free(scratch *s)
+{
+    free(s->base);
+    s->base = NULL;
+    s->bytes = 0;
+}
 
 /* ---- the variants ------------------------------------------------------------------------- */
 
@@ -438,8 +458,11 @@ static PyObject *py_side_pass(PyObject *self, PyObject *args)
     pass_t P;
     if (prepare_pass(&P, &raw, rows, cols, dtype, mode, moments_flag, &gram) == 0) {
         int status;
+        scratch mem = {NULL, 0};
+        P.mem = &mem;
         Py_BEGIN_ALLOW_THREADS
         status = run_pass(&P, pass_level(&P, variant));
+        scratch_free(&mem);
         Py_END_ALLOW_THREADS
         if (status != 0)
             PyErr_NoMemory();
@@ -489,9 +512,13 @@ static PyObject *py_side_pass_many(PyObject *self, PyObject *args)
         }
     }
     int failed = 0;
+    scratch mem = {NULL, 0};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count && !failed; i++)
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        passes[i].mem = &mem;
         failed = run_pass(&passes[i], pass_level(&passes[i], variant)) != 0;
+    }
+    scratch_free(&mem);
     Py_END_ALLOW_THREADS
     if (failed) {
         PyErr_NoMemory();

@@ -576,21 +576,32 @@ static KATTR int SFX(run)(pass_t *P)
         kbmax = use_dot ? (len + VW - 1) / VW * VW : len;
     const Py_ssize_t ld = kbmax; /* row stride of S in rows mode */
 
-    buffer gbuf = {0}, sbuf = {0}, dbuf = {0};
+    /* G (rp × rp, zeroed: it accumulates), then S: rows mode rp rows of ld, cols mode
+     * kbmax × r, which is D itself when r = rp; else D (kbmax × rp) after it.  The padding the
+     * kernels read (S's rows r..rp, D's columns r..rp; S's lanes kb..nk are zeroed block by
+     * block) only enters Gram entries that are dropped, but is zeroed so that no NaN or
+     * subnormal left by an earlier pass reaches the FMAs.  Each region is 64-byte aligned. */
     double *G = NULL, *S = NULL, *D = NULL;
     int status = -1;
     if (r > 0 && len > 0) {
-        G = buffer_zeros(&gbuf, (size_t)rp * (size_t)rp);
-        if (rows_mode)
-            S = buffer_zeros(&sbuf, (size_t)rp * (size_t)ld);
-        else if (r == rp)
-            S = D = buffer_zeros(&dbuf, (size_t)kbmax * (size_t)rp); /* already k-major */
-        else {
-            S = buffer_zeros(&sbuf, (size_t)kbmax * (size_t)r);
-            D = buffer_zeros(&dbuf, (size_t)kbmax * (size_t)rp);
-        }
-        if (!G || !S || (!rows_mode && !D))
+        const size_t g_count = (size_t)rp * (size_t)rp;
+        const size_t s_count = rows_mode ? (size_t)rp * (size_t)ld
+                               : (size_t)kbmax * (size_t)(r == rp ? rp : r);
+        const size_t d_count = !rows_mode && r != rp ? (size_t)kbmax * (size_t)rp : 0;
+        const size_t g_span = (g_count + 7) / 8 * 8, s_span = (s_count + 7) / 8 * 8;
+        G = scratch_take(P->mem, g_span + s_span + d_count);
+        if (!G)
             goto done;
+        memset(G, 0, g_count * sizeof(double));
+        S = G + g_span;
+        if (rows_mode)
+            memset(S + r * ld, 0, (size_t)(rp - r) * (size_t)ld * sizeof(double));
+        else if (r == rp)
+            D = S; /* already k-major */
+        else {
+            D = S + s_span;
+            memset(D, 0, d_count * sizeof(double));
+        }
     }
 
     const Py_ssize_t tiles = use_dot ? SFX(dot_tiles)(rp) : SFX(outer_tiles)(rp);
@@ -674,9 +685,6 @@ static KATTR int SFX(run)(pass_t *P)
     P->m4 = P->moments ? mom.m4 : NAN;
     status = 0;
 done:
-    buffer_free(&gbuf);
-    buffer_free(&sbuf);
-    buffer_free(&dbuf);
     return status;
 }
 
