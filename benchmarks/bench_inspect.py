@@ -6,16 +6,17 @@ merely reading the bytes, with numpy/BLAS forming the same Grams, and with the n
 
 Prints, for each dtype/rank: the marginal wall time of `inspect` over a tiny adapter, as a
 ratio to the time a Python process takes to read the file's bytes once (warm cache, minus the
-bare interpreter start), each wall the best of 7 rounds that run the four commands in turn;
+bare interpreter start), each wall the best of 11 rounds that run the four commands in turn;
 at r=256, inspect's wall time as a ratio to a numpy process that decodes the same bytes to
 float64 and forms the same Grams with BLAS on every core (the flop floor of the method);
 where the time goes (the compiled pass alone, loading with rules, the JSON renderer, each in a
 warm process), and the records, rules and JSON beside the statistics in CPU seconds, with the
 JSON renderer's compiled line writer beside json's own encoder; start-up times and whether
 torch was imported; the speed-up over the naive approach (timed on a few layers and
-extrapolated to all 224, as stated); and peak RSS with 32 and 128 layers and at r=256.
-Issue 14's goals: marginal/read <= 2x at r=16 (fp16, bf16, fp32), <= 4x for fp16 r=64,
-inspect/Grams <= 1.5x at r=256, start-up <= 0.3 s.
+extrapolated to all 224, as stated); peak RSS with 32 and 128 layers and at r=256; and how
+much CPU time the host stole from this virtual machine meanwhile. Issue 14's goals:
+marginal/read <= 2x at r=16 (fp16, bf16, fp32), <= 4x for fp16 r=64, inspect/Grams <= 1.5x
+at r=256, start-up <= 0.3 s.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def timed(cmd: list[str], repeat: int = 3,
     return best, peak
 
 
-ROUNDS = 7
+ROUNDS = 11
 
 
 def interleaved(cmds: list[list[str]], rounds: int = ROUNDS) -> list[float]:
@@ -293,7 +294,18 @@ def naive_seconds_per_layer(folder: Path, n_layers: int = 3) -> float:
     return load_time + per_layer * LAYERS, per_module  # type: ignore[return-value]
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) jiffies of every CPU since boot, from /proc/stat ((0, 0) elsewhere): the
+    time a virtual machine's host gave to others while this one wanted to run."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
 def main() -> None:
+    steal_start, all_start = cpu_ticks()
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="fp16 r=16 only, no naive SVD")
@@ -396,6 +408,12 @@ def main() -> None:
               f"({detail}), extrapolated to {LAYERS} layers: {naive:.0f} s")
         print(f"loracheck inspect on the same adapter: {ours:.2f} s -> speed-up "
               f"{naive / ours:.0f}x (goal >= 1000x)")
+
+    steal_end, all_end = cpu_ticks()
+    if all_end > all_start:
+        # A noisy host shows here: walls of a run with much stolen time are not comparable.
+        print(f"\nCPU time stolen by the host during this run: "
+              f"{100 * (steal_end - steal_start) / (all_end - all_start):.1f}%")
 
 
 if __name__ == "__main__":
