@@ -138,9 +138,14 @@ def test_plain_data_is_written_as_json_writes_it() -> None:
     assert writer(row) == _json(row) == json.dumps(row)
 
 
+class _ListOfItsOwn(list[Any]):
+    """A list subclass whose iteration is Python code (which could change what holds it)."""
+
+
 @needs_writer
 @pytest.mark.parametrize("value", [{"a", "b"}, {1: "int key"}, enum.Enum("E", "A").A, object(),
-                                   [[[[[[[[[1]]]]]]]]]])
+                                   [[[[[[[[[1]]]]]]]]], _ListOfItsOwn([1.5]),
+                                   type("T", (tuple,), {})((1,))])
 def test_what_it_does_not_write_is_refused_and_cleaned_by_the_caller(value: Any) -> None:
     assert writer is not None
     with pytest.raises(TypeError):
@@ -165,3 +170,22 @@ def test_real_reports_are_byte_identical_on_both_paths(
     compiled = json_out.render_json(report)
     monkeypatch.setattr(json_out, "LINE_WRITER", None)
     assert compiled == json_out.render_json(report)
+
+
+@needs_writer
+def test_a_container_changed_by_its_item_s_python_code_is_left_to_json() -> None:
+    """A list subclass whose __iter__ empties the list holding it: the writer refuses the
+    subclass before any Python code runs (it read freed items before), and json writes it."""
+    outer: list[Any] = []
+
+    class Emptying(list[Any]):
+        def __iter__(self) -> Any:
+            outer.clear()
+            return iter([])
+
+    outer += [Emptying(), 1.5, "x"]
+    assert writer is not None
+    with pytest.raises(TypeError):
+        writer(list(outer))
+    assert len(outer) == 3  # refused before any of its Python ran
+    assert json_out._one_line({"x": outer}) == '{"x": [[]]}'  # json's encoder ran it

@@ -2,9 +2,10 @@
  *
  * flat_json(obj) gives exactly what json.JSONEncoder(ensure_ascii=True, allow_nan=False,
  * separators=(", ", ": ")).encode(clean(obj)) gives, for obj built of dicts with str keys,
- * lists, tuples, str, int, float, bool and None (see render/json_out.py), except that a
- * non-finite float is written as null (as clean() makes it) instead of refused. Anything else
- * raises TypeError, and the caller encodes that object the usual way.
+ * lists and tuples (exactly those types), str, int, float (and their subclasses), bool and
+ * None (see render/json_out.py), except that a non-finite float is written as null (as
+ * clean() makes it) instead of refused. Anything else raises TypeError, and the caller
+ * encodes that object the usual way.
  *
  * Why: a 224-layer report holds 8,000-19,000 floats, and float.__repr__ (David Gay's dtoa,
  * arbitrary precision) costs ~0.4 us each: most of the JSON time. Here a finite normal double
@@ -319,22 +320,25 @@ static int put_value(text *t, PyObject *v, int depth)
     }
     if (depth >= 8)
         return refuse(v);
-    if (PyList_Check(v) || PyTuple_Check(v)) {
-        PyObject *seq = PySequence_Fast(v, "");
-        if (seq == NULL)
-            return -1;
-        const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    /* Exact lists, tuples and dicts only: a subclass's __iter__ or items() is Python code that
+     * could change the container under this loop (json's encoder runs it; the caller falls
+     * back to json for them).  Nothing else here runs Python code, but each item is held. */
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+        const int is_list = PyList_CheckExact(v);
         int status = put(t, "[", 1);
-        for (Py_ssize_t i = 0; status == 0 && i < n; i++) {
+        for (Py_ssize_t i = 0; status == 0; i++) {
+            const Py_ssize_t n = is_list ? PyList_GET_SIZE(v) : PyTuple_GET_SIZE(v);
+            if (i >= n)
+                break;
+            PyObject *item = is_list ? PyList_GET_ITEM(v, i) : PyTuple_GET_ITEM(v, i);
+            Py_INCREF(item);
             if (i > 0)
                 status = put(t, ", ", 2);
             if (status == 0)
-                status = put_value(t, PySequence_Fast_GET_ITEM(seq, i), depth + 1);
+                status = put_value(t, item, depth + 1);
+            Py_DECREF(item);
         }
-        if (status == 0)
-            status = put(t, "]", 1);
-        Py_DECREF(seq);
-        return status;
+        return status == 0 ? put(t, "]", 1) : status;
     }
     if (PyDict_CheckExact(v)) {
         Py_ssize_t pos = 0, i = 0;
@@ -344,8 +348,13 @@ static int put_value(text *t, PyObject *v, int depth)
         while (PyDict_Next(v, &pos, &key, &value)) {
             if (!PyUnicode_CheckExact(key))
                 return refuse(key);
-            if ((i++ > 0 && put(t, ", ", 2) < 0) || put_string(t, key) < 0 ||
-                put(t, ": ", 2) < 0 || put_value(t, value, depth + 1) < 0)
+            Py_INCREF(key);
+            Py_INCREF(value);
+            const int status = (i++ > 0 && put(t, ", ", 2) < 0) || put_string(t, key) < 0 ||
+                               put(t, ": ", 2) < 0 || put_value(t, value, depth + 1) < 0;
+            Py_DECREF(key);
+            Py_DECREF(value);
+            if (status)
                 return -1;
         }
         return put(t, "}", 1);
