@@ -7,6 +7,11 @@ Side by side in one run: a bare interpreter, `python -c "import numpy"` (the flo
 numeric tool pays), and loracheck's commands, with their bytecode cached as an installed
 package has it (benchmarks/_env.py). Goals: check on configs <= 0.3 s,
 inspect on a config <= 0.3 s, inspect on a tiny adapter <= 0.5 s.
+
+Then the cyclic garbage collector in one CLI process, side by side: with it on, as
+importing loracheck.cli leaves it (its collections and their time, from gc.callbacks), and
+as the console script runs (loracheck/_entry.py: off); and, with it off, how many objects a
+check of the shared corpus leaves in reference cycles.
 """
 
 from __future__ import annotations
@@ -42,10 +47,51 @@ def imported_modules(cmd_args: list[str]) -> set[str]:
     return names
 
 
+# One CLI command in a child process, its collections timed with gc.callbacks; argv[1] picks
+# the entry: "cli" (the collector on, as before _entry.py) or "entry" (the console script's).
+GC_CHILD = """
+import contextlib, gc, io, sys, time
+spent = [0, 0.0, 0.0]
+def timed(phase, info):
+    if phase == 'start':
+        spent[2] = time.perf_counter()
+    else:
+        spent[0] += 1
+        spent[1] += time.perf_counter() - spent[2]
+gc.callbacks.append(timed)
+if sys.argv[1] == 'entry':
+    import loracheck._entry as entry
+    main = entry.main
+else:
+    from loracheck.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    main(sys.argv[2:])
+print(spent[0], spent[1], gc.collect() if not gc.isenabled() else -1)
+"""
+
+
+def collector_table() -> None:
+    adapter = ROOT / "examples" / "adapters" / "healthy"
+    corpus = ROOT.parent / "shared" / "corpus" / "configs"
+    print("\n| cyclic collector | command | collections | their time | left in cycles |")
+    print("|---|---|---|---|---|")
+    runs = [("on (import loracheck.cli)", "cli", ["inspect", str(adapter), "--format", "json"]),
+            ("off (console script)", "entry", ["inspect", str(adapter), "--format", "json"])]
+    if corpus.is_dir():
+        runs.append(("off (console script)", "entry", ["check", str(corpus)]))
+    for label, entry, args in runs:
+        out = subprocess.run([PY, "-c", GC_CHILD, entry, *args], capture_output=True, text=True,
+                             check=True).stdout.split()
+        count, seconds, left = int(out[0]), float(out[1]), int(out[2])
+        print(f"| {label} | `{args[0]} {Path(args[1]).name}` | {count} | "
+              f"{seconds * 1000:.1f} ms | {left if left >= 0 else ''} |")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lc-startup-") as work:
         use_installed_env(Path(work) / "pycache")
         table()
+        collector_table()
 
 
 def table() -> None:

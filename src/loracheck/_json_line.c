@@ -27,14 +27,13 @@
 
 #include "_pow10.h"
 
-/* ---- the high 64 bits of a 64x64-bit product -------------------------------------------- */
+/* ---- the high 64 bits of a 64x64-bit product (the low ones are a * b) ------------------- */
 
 #if defined(__SIZEOF_INT128__)
 static inline uint64_t mul_hi(uint64_t a, uint64_t b)
 {
     return (uint64_t)(((unsigned __int128)a * b) >> 64);
 }
-static inline uint64_t mul_lo(uint64_t a, uint64_t b) { return a * b; }
 #else
 static inline uint64_t mul_hi(uint64_t a, uint64_t b)
 {
@@ -43,7 +42,6 @@ static inline uint64_t mul_hi(uint64_t a, uint64_t b)
     const uint64_t mid = (p00 >> 32) + (uint32_t)p01 + (uint32_t)p10;
     return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
 }
-static inline uint64_t mul_lo(uint64_t a, uint64_t b) { return a * b; }
 #endif
 
 #define MASK63 ((UINT64_C(1) << 63) - 1)
@@ -54,7 +52,7 @@ static inline uint64_t mul_lo(uint64_t a, uint64_t b) { return a * b; }
 static inline uint64_t scaled(uint64_t hi, uint64_t lo, uint64_t cp)
 {
     const uint64_t x1 = mul_hi(lo, cp);
-    const uint64_t y0 = mul_lo(hi, cp), y1 = mul_hi(hi, cp);
+    const uint64_t y0 = hi * cp, y1 = mul_hi(hi, cp); /* the product's low and high words */
     const uint64_t z = (y0 >> 1) + x1;
     const uint64_t whole = y1 + (z >> 63);
     return whole | (((z & MASK63) + MASK63) >> 63);
