@@ -465,3 +465,54 @@ def test_open_does_not_write(tmp_path: Path) -> None:
             assert f.read("a").sum() == 0
     finally:
         os.chmod(path, 0o644)
+
+
+
+_F16_2X3 = {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]}
+# (a tensor entry, the size of the data section): the section ends where the entry does (the
+# spans' order and coverage are checked after the fast path) but for the truncated file
+_ENTRY_VARIANTS: list[tuple[Any, int]] = [
+    (_F16_2X3, 12),
+    (_F16_2X3, 11),  # truncated
+    ({**_F16_2X3, "x": 1}, 12),
+    ({"dtype": "F16", "shape": [2, 3]}, 12),
+    ({"dtype": "F16", "shape": [2, 3], "offsets": [0, 12]}, 12),
+    ({**_F16_2X3, "dtype": "F17"}, 12),
+    ({**_F16_2X3, "dtype": ["F16"]}, 12),
+    ({**_F16_2X3, "shape": [2, True]}, 12),
+    ({**_F16_2X3, "shape": [2, -3]}, 12),
+    ({**_F16_2X3, "shape": (2, 3)}, 12),
+    ({"dtype": "F16", "shape": [0, 3], "data_offsets": [0, 0]}, 0),
+    ({"dtype": "F16", "shape": [], "data_offsets": [0, 2]}, 2),
+    ({"dtype": "F16", "shape": [2**62, 4], "data_offsets": [0, 12]}, 12),
+    ({"dtype": "F16", "shape": [0, 2**63], "data_offsets": [0, 0]}, 0),
+    ({"dtype": "F16", "shape": [1] * 65, "data_offsets": [0, 2]}, 2),
+    ({"dtype": "F16", "shape": [1] * 64, "data_offsets": [0, 2]}, 2),
+    ({**_F16_2X3, "data_offsets": [0, 14]}, 14),
+    ({**_F16_2X3, "data_offsets": [12, 0]}, 12),
+    ({**_F16_2X3, "data_offsets": [0, 12, 0]}, 12),
+    ({**_F16_2X3, "data_offsets": [0, 12.0]}, 12),
+    ({"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}, 1),
+    ({"dtype": "F4", "shape": [4], "data_offsets": [0, 2]}, 2),
+    ([1, 2, 3], 12),
+    (None, 12),
+]
+
+
+@pytest.mark.parametrize(("entry", "data_size"), _ENTRY_VARIANTS)
+def test_the_plain_entry_fast_path_accepts_only_what_the_full_checks_accept(
+        entry: Any, data_size: int) -> None:
+    """The header's per-entry fast path gives an entry exactly when the checks that name each
+    fault pass it (but for an empty dimension, left to them), and the same entry."""
+    from loracheck.safetensors_io import _plain_entry, _validate_entries
+
+    try:
+        entries, _ = _validate_entries("x.safetensors", {"t": entry}, data_size, 100)
+        full: TensorEntry | None = entries["t"]
+    except ArtifactError:
+        full = None
+    plain = _plain_entry(entry, data_size)
+    if plain is None:
+        assert full is None or 0 in full.shape
+    else:
+        assert full == TensorEntry("t", plain[0], plain[1], 100 + plain[2], 100 + plain[3])

@@ -544,6 +544,33 @@ def _parse_header(
     return n, *_validate_entries(path, doc, size - 8 - n, 8 + n)
 
 
+def _plain_entry(info: object, data_size: int) -> tuple[str, tuple[int, ...], int, int] | None:
+    """(dtype, shape, begin, end) of a tensor entry that passes every check of
+    :func:`_validate_entries` with no empty dimension (its per-entry checks but the spans'
+    order); None for any other, which those checks then name. One test a condition, with no
+    message built: a header holds hundreds of entries."""
+    if type(info) is not dict or len(info) != 3:
+        return None
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if (type(dtype) is not str or type(shape) is not list or len(shape) > MAX_NDIM
+            or type(offsets) is not list or len(offsets) != 2):
+        return None
+    bits = DTYPE_BITS.get(dtype)
+    begin, end = offsets
+    if bits is None or type(begin) is not int or type(end) is not int or not (
+            0 <= begin <= end <= data_size):
+        return None
+    numel = 1
+    for d in shape:
+        if type(d) is not int or d < 1:
+            return None
+        numel *= d
+    # Every dimension ≥ 1: the running product never falls, so the last bounds them all.
+    if numel > _MAX_INT or (numel * bits) % 8 or (numel * bits) // 8 != end - begin:
+        return None
+    return dtype, tuple(shape), begin, end
+
+
 def _validate_entries(
     path: str, doc: dict[str, Any], data_size: int, data_start: int
 ) -> tuple[dict[str, TensorEntry], dict[str, str]]:
@@ -569,6 +596,13 @@ def _validate_entries(
                     fail("__metadata__ has text that is not valid UTF-8 (lone surrogate)")
             metadata = dict(info)
             continue
+        plain = _plain_entry(info, data_size)
+        if plain is not None:
+            dtype, dims, begin, end = plain
+            spans.append((begin, end, key))
+            entries[key] = TensorEntry(key, dtype, dims, data_start + begin, data_start + end)
+            continue
+        # Something is wrong with this entry: the checks below say what.
         where = f"tensor {key!r}"
         if not isinstance(info, dict):
             fail(f"{where}: entry is a JSON {type(info).__name__}, not an object", key)
