@@ -125,22 +125,25 @@ def test_check_and_inspect_never_import_torch(command: str) -> None:
 
 def test_the_command_runs_without_the_cyclic_collector_and_the_module_leaves_it() -> None:
     """The console script and ``python -m loracheck`` turn the collector off for their one
-    command, and back on (start-up objects frozen) for ``verify``, which trains in the process
-    (loracheck/_entry.py); importing loracheck.cli, as a test or a hook does, leaves it on."""
+    command and set a 0.1 ms switch interval, and for ``verify``, which trains in the process,
+    turn the collector back on (start-up objects frozen) and leave the interval
+    (loracheck/_entry.py); importing loracheck.cli, as a test or a hook does, leaves both."""
     code = ("import gc, sys\n"
             "import loracheck.cli\n"
-            "assert gc.isenabled()\n"
+            "assert gc.isenabled() and sys.getswitchinterval() == 0.005\n"
             "import loracheck._entry\n"
-            "assert not gc.isenabled()\n"
-            "loracheck.cli.main = lambda: print(gc.isenabled(), gc.get_freeze_count() > 0)\n"
+            "assert not gc.isenabled() and sys.getswitchinterval() == 0.005\n"
+            "loracheck.cli.main = lambda: print(gc.isenabled(), gc.get_freeze_count() > 0,\n"
+            "                                   round(sys.getswitchinterval() * 1e6))\n"
             "loracheck._entry.main = loracheck.cli.main\n"
             "sys.argv = ['loracheck', 'inspect']\n"
             "loracheck._entry.run()\n"
+            "sys.setswitchinterval(0.005)\n"
             "sys.argv = ['loracheck', 'verify']\n"
             "loracheck._entry.run()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stdout.split() == ["False", "False", "True", "True"], (
-        proc.stdout + proc.stderr)
+    assert proc.returncode == 0 and proc.stdout.split() == [
+        "False", "False", "100", "True", "True", "5000"], proc.stdout + proc.stderr
     code = ("import sys\n"
             "import loracheck._entry\n"
             "sys.argv = ['loracheck', 'check', sys.argv[1]]\n"
