@@ -546,9 +546,9 @@ def _parse_header(
 
 def _plain_entry(info: object, data_size: int) -> tuple[str, tuple[int, ...], int, int] | None:
     """(dtype, shape, begin, end) of a tensor entry that passes every check of
-    :func:`_validate_entries` with no empty dimension (its per-entry checks but the spans'
-    order); None for any other, which those checks then name. One test a condition, with no
-    message built: a header holds hundreds of entries."""
+    :func:`_validate_entries` with no empty dimension (its per-entry checks; the spans' order
+    is checked after); None for any other entry, which those checks then take. Each condition
+    is tested without building a message: a header holds hundreds of entries."""
     if type(info) is not dict or len(info) != 3:
         return None
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -602,7 +602,7 @@ def _validate_entries(
             spans.append((begin, end, key))
             entries[key] = TensorEntry(key, dtype, dims, data_start + begin, data_start + end)
             continue
-        # Something is wrong with this entry: the checks below say what.
+        # A faulty entry (the checks below name the fault) or one with an empty dimension.
         where = f"tensor {key!r}"
         if not isinstance(info, dict):
             fail(f"{where}: entry is a JSON {type(info).__name__}, not an object", key)
