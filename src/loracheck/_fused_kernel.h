@@ -381,9 +381,12 @@ static inline KATTR void SFX(hsum4_add)(double *g, VD c0, VD c1, VD c2, VD c3)
  *   c[a][t] += S[i+a][k..k+VW) ∘ S[j+t][k..k+VW),   G_ij = Σ_lanes c,
  * summed across lanes into Gacc once per tile and block (so a block is DOT_MIN_K vectors
  * long at least).  Per step it loads DOT_MR + 4 vectors for 4·DOT_MR FMAs: AVX-512 runs
- * 4 × 4 tiles (8 loads, 16 FMAs; its 32 registers hold them), the others 2 × 4 (16
- * registers).  Only tiles reaching the upper triangle are run (j-block end ≥ i); with rp a
- * multiple of 4, at r = 64 that is 2176 products per vector x(k) for the 2080 of i ≤ j.
+ * 4 × 4 tiles (8 loads, 16 FMAs; its 32 registers hold them), AVX2 3 × 4 (7 loads, 12 FMAs:
+ * 12 accumulators and 3 x vectors fill 15 of its 16 registers, each y a memory operand;
+ * 2 × 4 tiles, 8 add chains, ran at 14 GFMA/s against 17 at r = 64 on a Zen 3), the portable
+ * variant 2 × 4.  Only tiles reaching the upper triangle are run (j-block end ≥ i); with rp
+ * a multiple of 4, at r = 64 that is 2176 products per vector x(k) for the 2080 of i ≤ j
+ * (2236 with AVX2's 3-row tiles).
  *
  * Rows mode takes this kernel at every rank: S is already "k-contiguous", where the outer
  * kernel needs a transposed copy (its shuffles share the FMA port) and pads r to its
@@ -392,6 +395,8 @@ static inline KATTR void SFX(hsum4_add)(double *g, VD c0, VD c1, VD c2, VD c3)
  * high rank). */
 #if VW == 8
 #define DOT_MR 4
+#elif VW == 4
+#define DOT_MR 3 /* 12 accumulators, 3 x vectors; y is the FMAs' memory operand */
 #else
 #define DOT_MR 2
 #endif
@@ -405,6 +410,38 @@ static KATTR Py_ssize_t SFX(dot_tiles)(Py_ssize_t rp)
     return n;
 }
 
+/* one tile: rows i .. i+mr of S against rows j .. j+4, added into G's rows i .. i+mr */
+static inline __attribute__((always_inline)) KATTR void
+SFX(dot_tile)(const double *S, Py_ssize_t rp, Py_ssize_t ld, Py_ssize_t nk, Py_ssize_t i,
+              Py_ssize_t j, const int mr, double *G)
+{
+    VD c[DOT_MR][4];
+#pragma GCC unroll 4
+    for (int a = 0; a < DOT_MR; a++)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            c[a][t] = SFX(vsplat)(0.0);
+    for (Py_ssize_t k = 0; k < nk; k += VW) {
+        VD x[DOT_MR];
+#pragma GCC unroll 4
+        for (int a = 0; a < DOT_MR; a++)
+            if (a < mr)
+                x[a] = SFX(vload)(S + (i + a) * ld + k);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            const VD y = SFX(vload)(S + (j + t) * ld + k);
+#pragma GCC unroll 4
+            for (int a = 0; a < DOT_MR; a++)
+                if (a < mr)
+                    c[a][t] += x[a] * y;
+        }
+    }
+#pragma GCC unroll 4
+    for (int a = 0; a < DOT_MR; a++)
+        if (a < mr)
+            SFX(hsum4_add)(G + (i + a) * rp + j, c[a][0], c[a][1], c[a][2], c[a][3]);
+}
+
 static KATTR void SFX(gram_dot)(const double *S, Py_ssize_t rp, Py_ssize_t ld, Py_ssize_t nk,
                                 double *G, prefetcher *pf)
 {
@@ -414,30 +451,29 @@ static KATTR void SFX(gram_dot)(const double *S, Py_ssize_t rp, Py_ssize_t ld, P
     for (Py_ssize_t p0 = 0; p0 < rp; p0 += panel) {
         const Py_ssize_t p1 = p0 + panel < rp ? p0 + panel : rp;
         for (Py_ssize_t i = 0; i < p1; i += DOT_MR) {
+            /* the last tile may be short (rp is a multiple of 4, not of DOT_MR); a tile's
+             * rows past the panel only meet its columns below the diagonal */
+            const int mr = rp - i < DOT_MR ? (int)(rp - i) : DOT_MR;
             const Py_ssize_t jstart = i / 4 * 4 > p0 ? i / 4 * 4 : p0;
             for (Py_ssize_t j = jstart; j < p1; j += 4) {
-                VD c[DOT_MR][4];
-#pragma GCC unroll 4
-                for (int a = 0; a < DOT_MR; a++)
-#pragma GCC unroll 4
-                    for (int t = 0; t < 4; t++)
-                        c[a][t] = SFX(vsplat)(0.0);
-                for (Py_ssize_t k = 0; k < nk; k += VW) {
-                    VD x[DOT_MR];
-#pragma GCC unroll 4
-                    for (int a = 0; a < DOT_MR; a++)
-                        x[a] = SFX(vload)(S + (i + a) * ld + k);
-#pragma GCC unroll 4
-                    for (int t = 0; t < 4; t++) {
-                        const VD y = SFX(vload)(S + (j + t) * ld + k);
-#pragma GCC unroll 4
-                        for (int a = 0; a < DOT_MR; a++)
-                            c[a][t] += x[a] * y;
-                    }
+                switch (mr) { /* mr a constant in each call: accumulators in registers */
+                case DOT_MR:
+                    SFX(dot_tile)(S, rp, ld, nk, i, j, DOT_MR, G);
+                    break;
+#if DOT_MR > 3
+                case 3:
+                    SFX(dot_tile)(S, rp, ld, nk, i, j, 3, G);
+                    break;
+#endif
+#if DOT_MR > 2
+                case 2:
+                    SFX(dot_tile)(S, rp, ld, nk, i, j, 2, G);
+                    break;
+#endif
+                default:
+                    SFX(dot_tile)(S, rp, ld, nk, i, j, 1, G);
+                    break;
                 }
-#pragma GCC unroll 4
-                for (int a = 0; a < DOT_MR; a++)
-                    SFX(hsum4_add)(G + (i + a) * rp + j, c[a][0], c[a][1], c[a][2], c[a][3]);
                 prefetch_some(pf, pf->quota);
             }
         }
