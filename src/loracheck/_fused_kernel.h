@@ -383,7 +383,8 @@ static inline KATTR void SFX(hsum4_add)(double *g, VD c0, VD c1, VD c2, VD c3)
  * long at least).  Per step it loads DOT_MR + 4 vectors for 4·DOT_MR FMAs: AVX-512 runs
  * 4 × 4 tiles (8 loads, 16 FMAs; its 32 registers hold them), AVX2 3 × 4 (7 loads, 12 FMAs:
  * 12 accumulators and 3 x vectors fill 15 of its 16 registers, each y a memory operand;
- * 2 × 4 tiles, 8 add chains, ran at 14 GFMA/s against 17 at r = 64 on a Zen 3), the portable
+ * 2 × 4 tiles, 8 add chains, ran at 14 GFMA/s against 17 at r = 64 on a Zen 3, measured
+ * ad hoc), the portable
  * variant 2 × 4.  Only tiles reaching the upper triangle are run (j-block end ≥ i); with rp
  * a multiple of 4, at r = 64 that is 2176 products per vector x(k) for the 2080 of i ≤ j
  * (2236 with AVX2's 3-row tiles).
@@ -451,29 +452,28 @@ static KATTR void SFX(gram_dot)(const double *S, Py_ssize_t rp, Py_ssize_t ld, P
     for (Py_ssize_t p0 = 0; p0 < rp; p0 += panel) {
         const Py_ssize_t p1 = p0 + panel < rp ? p0 + panel : rp;
         for (Py_ssize_t i = 0; i < p1; i += DOT_MR) {
-            /* the last tile may be short (rp is a multiple of 4, not of DOT_MR); a tile's
-             * rows past the panel only meet its columns below the diagonal */
+#if DOT_MR == 3
+            /* the last tile may be short (rp is a multiple of 4, not of 3); a tile's rows past
+             * the panel only meet its columns below the diagonal */
             const int mr = rp - i < DOT_MR ? (int)(rp - i) : DOT_MR;
+#endif
             const Py_ssize_t jstart = i / 4 * 4 > p0 ? i / 4 * 4 : p0;
             for (Py_ssize_t j = jstart; j < p1; j += 4) {
+#if DOT_MR == 3
                 switch (mr) { /* mr a constant in each call: accumulators in registers */
-                case DOT_MR:
-                    SFX(dot_tile)(S, rp, ld, nk, i, j, DOT_MR, G);
-                    break;
-#if DOT_MR > 3
                 case 3:
                     SFX(dot_tile)(S, rp, ld, nk, i, j, 3, G);
                     break;
-#endif
-#if DOT_MR > 2
                 case 2:
                     SFX(dot_tile)(S, rp, ld, nk, i, j, 2, G);
                     break;
-#endif
                 default:
                     SFX(dot_tile)(S, rp, ld, nk, i, j, 1, G);
                     break;
                 }
+#else /* DOT_MR divides 4, so every tile is whole */
+                SFX(dot_tile)(S, rp, ld, nk, i, j, DOT_MR, G);
+#endif
                 prefetch_some(pf, pf->quota);
             }
         }
